@@ -1,0 +1,30 @@
+"""vsm_edge.sync: replication that converges whatever the network does.
+
+Hybrid logical clocks, delta-state CRDTs (plus pycrdt/Yjs documents), the
+signed COSE wire codec, gossip and anti-entropy, discovery and the store.
+Pure, sans-I/O cores with thin adapters; imports nothing else of vsm_edge.
+"""
+
+from ._hlc import (
+    MAX_LOGICAL,
+    MAX_WALL_MS,
+    ClockDriftError,
+    FileHighWaterMark,
+    HighWaterMark,
+    HybridLogicalClock,
+    MemoryHighWaterMark,
+    Timestamp,
+    wall_clock_ms,
+)
+
+__all__ = [
+    "MAX_LOGICAL",
+    "MAX_WALL_MS",
+    "ClockDriftError",
+    "FileHighWaterMark",
+    "HighWaterMark",
+    "HybridLogicalClock",
+    "MemoryHighWaterMark",
+    "Timestamp",
+    "wall_clock_ms",
+]

@@ -1,0 +1,316 @@
+"""Hybrid logical clock (Kulkarni, Demirbas et al., 2014).
+
+Theory of operation
+-------------------
+A timestamp is ``(wall, logical)``: ``wall`` is the largest physical time (in
+milliseconds) this node has heard of, ``logical`` counts events that share
+that ``wall``. The rules are the paper's, with ``pt`` the physical clock:
+
+* send / local event::
+
+      l' = max(l, pt)
+      c' = c + 1 if l' == l else 0
+
+* receive of a remote ``(l_m, c_m)``::
+
+      l' = max(l, l_m, pt)
+      c' = max(c, c_m) + 1   if l' == l == l_m
+           c + 1             if l' == l
+           c_m + 1           if l' == l_m
+           0                 otherwise
+
+Timestamps are totally ordered by ``(wall, logical, node)``: the node id only
+breaks ties between different nodes' equal stamps.
+
+On the wire a stamp is one unsigned 64-bit integer, 48 bits of wall
+milliseconds above 16 bits of logical counter (:meth:`Timestamp.packed`).
+The counter never wraps: when it would pass 0xFFFF the clock *borrows the next
+millisecond* (``wall + 1``, ``logical = 0``), which keeps the order and moves
+the clock at most a few milliseconds ahead of physical time under a storm of
+events within one millisecond.
+
+Drift: a remote stamp whose wall time is more than ``max_offset_ms`` ahead of
+our physical clock is rejected with :class:`ClockDriftError` (and counted) so
+one node with a broken clock cannot drag the whole mesh into the future. With
+that rule ``l - pt`` stays bounded by ``max_offset_ms`` for every node.
+
+Restarts: the clock must never run backwards across a reboot, even when the
+physical clock did (no RTC on a Raspberry Pi until NTP syncs). The clock keeps
+a persisted *ceiling*: no stamp it issues has a wall time at or above the
+ceiling without first raising the ceiling to ``wall + reserve_ms`` and
+persisting it. After a restart the clock starts from the stored ceiling, so
+every new stamp is above every stamp issued before. The cost is one durable
+write per ``reserve_ms`` of clock progress and, after a restart, a clock up to
+``reserve_ms`` ahead of physical time (well inside ``max_offset_ms``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = [
+    "MAX_LOGICAL",
+    "MAX_WALL_MS",
+    "ClockDriftError",
+    "FileHighWaterMark",
+    "HighWaterMark",
+    "HybridLogicalClock",
+    "MemoryHighWaterMark",
+    "Timestamp",
+    "wall_clock_ms",
+]
+
+WALL_BITS = 48
+LOGICAL_BITS = 16
+MAX_WALL_MS = (1 << WALL_BITS) - 1
+MAX_LOGICAL = (1 << LOGICAL_BITS) - 1
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Timestamp:
+    """One HLC stamp. Ordered by ``(wall, logical, node)``; frozen."""
+
+    wall: int
+    logical: int
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.wall <= MAX_WALL_MS:
+            raise ValueError(f"HLC wall time {self.wall} outside 0..2**48-1 ms")
+        if not 0 <= self.logical <= MAX_LOGICAL:
+            raise ValueError(f"HLC logical counter {self.logical} outside 0..65535")
+
+    @property
+    def packed(self) -> int:
+        """The 64-bit wire form: 48 bits of wall ms, then 16 bits of logical."""
+        return (self.wall << LOGICAL_BITS) | self.logical
+
+    @classmethod
+    def unpack(cls, value: int, node: str = "") -> Timestamp:
+        """Inverse of :attr:`packed`. Raises ValueError outside 0..2**64-1."""
+        if not 0 <= value < (1 << 64):
+            raise ValueError(f"packed HLC {value} is not an unsigned 64-bit integer")
+        return cls(value >> LOGICAL_BITS, value & MAX_LOGICAL, node)
+
+    def __str__(self) -> str:
+        return f"{self.wall}.{self.logical:05d}@{self.node}"
+
+
+ZERO = Timestamp(0, 0, "")
+
+
+class ClockDriftError(ValueError):
+    """A remote stamp is further ahead of our physical clock than allowed.
+
+    ``remote`` is the offending stamp, ``physical_ms`` our physical time when
+    it arrived, ``max_offset_ms`` the bound it broke.
+    """
+
+    def __init__(self, remote: Timestamp, physical_ms: int, max_offset_ms: int) -> None:
+        self.remote = remote
+        self.physical_ms = physical_ms
+        self.max_offset_ms = max_offset_ms
+        super().__init__(
+            f"remote HLC {remote} is {remote.wall - physical_ms} ms ahead of the local "
+            f"physical clock (max offset {max_offset_ms} ms); stamp rejected"
+        )
+
+
+class HighWaterMark(Protocol):
+    """Where the clock keeps its ceiling across restarts."""
+
+    def load(self) -> int:
+        """The stored ceiling in wall ms, 0 when nothing was stored."""
+        ...
+
+    def store(self, wall_ms: int) -> None:
+        """Durably store a new ceiling (must not return before it is durable)."""
+        ...
+
+
+class MemoryHighWaterMark:
+    """A high-water mark that lives as long as the object (tests, ephemeral nodes)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self.writes = 0
+
+    def load(self) -> int:
+        return self.value
+
+    def store(self, wall_ms: int) -> None:
+        self.value = wall_ms
+        self.writes += 1
+
+
+class FileHighWaterMark:
+    """A high-water mark in a small text file, replaced atomically and fsynced.
+
+    A missing file reads as 0; an unreadable one raises ValueError rather than
+    silently restarting the clock from zero.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> int:
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        if not text.isdigit() or int(text) > MAX_WALL_MS:
+            raise ValueError(f"HLC high-water file {self.path} is corrupt: {text[:40]!r}")
+        return int(text)
+
+    def store(self, wall_ms: int) -> None:
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hlc-", dir=directory)
+        try:
+            os.write(fd, f"{wall_ms}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def wall_clock_ms() -> int:
+    """The system's real-time clock in integer milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStatistics:
+    issued: int
+    received: int
+    rejected_drift: int
+    borrowed_ms: int
+    ceiling_writes: int
+    last: Timestamp
+
+
+class HybridLogicalClock:
+    """A hybrid logical clock for one node.
+
+    ``wall_clock`` returns physical time in integer milliseconds (pass
+    :func:`wall_clock_ms` in production, a fake in tests). ``high_water``
+    persists the ceiling described in the module docstring (``reserve_ms``
+    defaults to 1 s, or half of ``max_offset_ms`` when that is smaller);
+    without one the clock is only monotonic for its own lifetime.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        wall_clock: Callable[[], int] = wall_clock_ms,
+        *,
+        max_offset_ms: int = 60_000,
+        high_water: HighWaterMark | None = None,
+        reserve_ms: int | None = None,
+    ) -> None:
+        if max_offset_ms <= 0:
+            raise ValueError("max_offset_ms must be positive")
+        if reserve_ms is None:
+            reserve_ms = max(1, min(1_000, max_offset_ms // 2))
+        if not 0 < reserve_ms < max_offset_ms:
+            raise ValueError("reserve_ms must be positive and below max_offset_ms")
+        self.node = node
+        self._wall_clock = wall_clock
+        self.max_offset_ms = max_offset_ms
+        self._high_water = high_water
+        self._reserve_ms = reserve_ms
+        ceiling = high_water.load() if high_water is not None else 0
+        # Every stamp issued before the restart has wall < ceiling, so starting
+        # "last" at (ceiling, 0) puts all new stamps above them.
+        self._wall = ceiling
+        self._logical = 0
+        self._ceiling = ceiling
+        self._issued = 0
+        self._received = 0
+        self._rejected = 0
+        self._borrowed = 0
+        self._ceiling_writes = 0
+
+    # -- the two rules -------------------------------------------------------
+
+    def now(self) -> Timestamp:
+        """Stamp a local or send event (the paper's send rule)."""
+        pt = self._physical()
+        wall = max(self._wall, pt)
+        logical = self._logical + 1 if wall == self._wall else 0
+        self._issued += 1
+        return self._commit(wall, logical)
+
+    def update(self, remote: Timestamp) -> Timestamp:
+        """Stamp the receipt of ``remote`` (the paper's receive rule).
+
+        Raises :class:`ClockDriftError` (and leaves the clock untouched) when
+        ``remote`` is more than ``max_offset_ms`` ahead of physical time.
+        """
+        pt = self._physical()
+        if remote.wall - pt > self.max_offset_ms:
+            self._rejected += 1
+            raise ClockDriftError(remote, pt, self.max_offset_ms)
+        old = self._wall
+        wall = max(old, remote.wall, pt)
+        if wall == old == remote.wall:
+            logical = max(self._logical, remote.logical) + 1
+        elif wall == old:
+            logical = self._logical + 1
+        elif wall == remote.wall:
+            logical = remote.logical + 1
+        else:
+            logical = 0
+        self._received += 1
+        return self._commit(wall, logical)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _physical(self) -> int:
+        pt = self._wall_clock()
+        if not 0 <= pt <= MAX_WALL_MS:
+            raise ValueError(f"wall clock returned {pt!r}, not ms in 0..2**48-1")
+        return pt
+
+    def _commit(self, wall: int, logical: int) -> Timestamp:
+        if logical > MAX_LOGICAL:
+            # Never wrap: borrow the next millisecond.
+            wall += 1
+            logical = 0
+            self._borrowed += 1
+        if wall > MAX_WALL_MS:
+            raise OverflowError("HLC wall time passed 2**48-1 ms")
+        if wall >= self._ceiling and self._high_water is not None:
+            ceiling = min(wall + self._reserve_ms, MAX_WALL_MS)
+            self._high_water.store(ceiling)  # durable before the stamp is used
+            self._ceiling = ceiling
+            self._ceiling_writes += 1
+        self._wall = wall
+        self._logical = logical
+        return Timestamp(wall, logical, self.node)
+
+    @property
+    def last(self) -> Timestamp:
+        """The most recent stamp issued or received (no side effects)."""
+        return Timestamp(self._wall, self._logical, self.node)
+
+    def statistics(self) -> ClockStatistics:
+        return ClockStatistics(
+            issued=self._issued,
+            received=self._received,
+            rejected_drift=self._rejected,
+            borrowed_ms=self._borrowed,
+            ceiling_writes=self._ceiling_writes,
+            last=self.last,
+        )
