@@ -1,0 +1,1 @@
+"""Helpers and fixtures shared by tests; import them explicitly from test modules."""
