@@ -5,6 +5,7 @@ signed COSE wire codec, gossip and anti-entropy, discovery and the store.
 Pure, sans-I/O cores with thin adapters; imports nothing else of vsm_edge.
 """
 
+from ._errors import LimitExceededError, MalformedError, SyncError, WireError
 from ._hlc import (
     MAX_LOGICAL,
     MAX_WALL_MS,
@@ -24,7 +25,11 @@ __all__ = [
     "FileHighWaterMark",
     "HighWaterMark",
     "HybridLogicalClock",
+    "LimitExceededError",
+    "MalformedError",
     "MemoryHighWaterMark",
+    "SyncError",
     "Timestamp",
+    "WireError",
     "wall_clock_ms",
 ]
