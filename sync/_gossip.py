@@ -1,0 +1,571 @@
+"""Gossip and anti-entropy as a sans-I/O state machine.
+
+Theory of operation
+-------------------
+Each node replicates a set of named documents (delta-CRDTs, Yjs documents).
+This core decides *what* to send and *when*; an adapter (see ``_replicator``)
+owns the clock, the transport, the signatures and the topics. Inputs are
+method calls with the current time in seconds; outputs are frozen actions
+collected by :meth:`Gossip.drain`. Nothing here blocks or does I/O.
+
+Three flows keep replicas converging whatever the network does:
+
+1. **Eager push.** A local mutation's delta is queued; queued deltas leave as
+   one batch when ``batch_interval`` has passed since the first of them or the
+   batch reached ``batch_max_bytes``. A batch is broadcast once (MQTT QoS 1).
+
+2. **Causal delivery.** A received delta is joined only when it is causally
+   ready (Almeida et al. 2018, §6): the document decides, because it knows its
+   own causal context (for a delta-CRDT: the context holds every earlier dot
+   of the delta's origin; for a Yjs document: no pending structs). A delta that
+   is not ready is buffered (bounded) and retried after every later join, and
+   a repair is requested from its sender. Duplicates and reordering are
+   therefore harmless: joins are idempotent and order only delays.
+
+3. **Pull anti-entropy.** Every ``digest_interval`` each node broadcasts its
+   digests (version vectors). A node that sees a peer's digest covering
+   something it lacks sends that peer a *repair request* carrying its own
+   digest; the peer answers, on the requester's direct topic, with
+   ``delta_since(digest)``: the delta-interval the requester misses. Answers
+   larger than ``chunk_size`` travel as a chunked transfer, reassembled (with
+   bounds and a timeout) before the join.
+
+   A digest races the eager pushes that it already counts, so a node compares
+   its state with the *previous* digest of each peer (at least one
+   ``digest_interval`` old: anything in it should have arrived by push) —
+   except for the first digest of a peer, which is acted on at once so that a
+   fresh or restarted node catches up without waiting. A node that hears from
+   a peer for the first time sends it its own digest directly, so both learn
+   at once what the other has. At most one repair is in flight per node (a
+   fresh joiner does not ask twenty peers for the same state); a lost answer
+   is given up after ``repair_timeout`` and the next digest retries.
+
+Eager push makes the common case fast; pull anti-entropy makes loss,
+partitions, restarts and late joiners converge without an unbounded queue:
+whatever a bounded buffer had to drop, the next digest exchange repairs.
+
+Peers' latest digests also give *causal stability*: the pointwise minimum of
+the digests of every live peer and ourselves. Documents may garbage-collect
+metadata (e.g. removal records) that is stable.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from ._errors import MalformedError, SyncError
+
+__all__ = [
+    "ApplyOutcome",
+    "Broadcast",
+    "Direct",
+    "Gossip",
+    "GossipConfig",
+    "GossipDocument",
+    "Joined",
+]
+
+KIND_DELTA = "delta"
+KIND_DIGEST = "digest"
+KIND_REPAIR = "repair"
+KIND_CHUNK = "chunk"
+
+
+class ApplyOutcome(Enum):
+    """What a document did with a delta it was offered."""
+
+    APPLIED = "applied"  # joined (possibly a no-op duplicate)
+    NOT_READY = "not-ready"  # causally not ready: left untouched (or held pending)
+
+
+class GossipDocument(Protocol):
+    """What the gossip core needs from a replicated document.
+
+    Digests are opaque to the core except through these methods; they must be
+    CBOR-ready plain values (see docs/protocol.md §3).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def digest(self) -> Any:
+        """The document's current digest (a version vector), CBOR-ready."""
+        ...
+
+    def lacks(self, remote_digest: Any) -> bool:
+        """True when ``remote_digest`` covers an update this replica lacks.
+
+        Raises MalformedError when the digest is not well formed.
+        """
+        ...
+
+    def delta_since(self, remote_digest: Any) -> bytes | None:
+        """Encoded delta that brings a replica at ``remote_digest`` up to date,
+        or None when it lacks nothing. Raises MalformedError on a bad digest."""
+        ...
+
+    def apply(self, data: bytes) -> ApplyOutcome:
+        """Join an encoded delta or state if it is causally ready.
+
+        Raises MalformedError (or another WireError) when ``data`` does not
+        decode; the document is then unchanged.
+        """
+        ...
+
+    def compact(self, stable: list[Any]) -> None:
+        """Drop metadata covered by every digest in ``stable`` (may be a no-op).
+
+        ``stable`` holds the digests of *live* peers only, so a peer that was
+        away may come back below what was compacted: ``delta_since`` must then
+        answer with the full state (a full-state join needs no removal
+        records), never with a partial delta that would miss a removal.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Tunables; times in seconds, sizes in bytes."""
+
+    batch_interval: float = 0.010
+    batch_max_bytes: int = 64 * 1024
+    digest_interval: float = 1.0
+    repair_timeout: float = 2.0
+    chunk_size: int = 120 * 1024  # chunk data; the envelope stays below 128 KiB
+    max_pending: int = 1024  # buffered not-ready deltas (oldest dropped, counted)
+    max_transfers: int = 8  # concurrent incoming chunked transfers
+    max_transfer_bytes: int = 64 * 1024 * 1024
+    transfer_timeout: float = 30.0
+    peer_timeout: float = 10.0  # a peer silent this long no longer holds back GC
+
+    def __post_init__(self) -> None:
+        for name in (
+            "batch_interval",
+            "digest_interval",
+            "repair_timeout",
+            "transfer_timeout",
+            "peer_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"gossip.{name} must be > 0")
+        for name in ("batch_max_bytes", "chunk_size", "max_pending", "max_transfers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gossip.{name} must be >= 1")
+        if self.max_transfer_bytes < self.chunk_size:
+            raise ValueError("gossip.max_transfer_bytes must be >= gossip.chunk_size")
+
+
+# -- actions (outputs) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send ``body`` (CBOR-ready) of ``kind`` to every peer."""
+
+    kind: str
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """Send ``body`` (CBOR-ready) of ``kind`` to one peer."""
+
+    to: str
+    kind: str
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """An event: a delta from ``sender`` was joined into ``doc``."""
+
+    doc: str
+    sender: str
+    size: int
+    direct: bool
+
+
+Action = Broadcast | Direct
+
+
+@dataclass(slots=True)
+class _Peer:
+    last_seen: float
+    digests: dict[str, Any] = field(default_factory=dict)  # latest, by document
+    previous: dict[str, Any] = field(default_factory=dict)  # the one before
+
+
+@dataclass(slots=True)
+class _Transfer:
+    started: float
+    count: int
+    parts: dict[int, bytes]
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _Stats:
+    batches_sent: int = 0
+    deltas_queued: int = 0
+    deltas_applied: int = 0
+    deltas_buffered: int = 0
+    pending_dropped: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    unknown_doc: int = 0
+    digests_sent: int = 0
+    repairs_requested: int = 0
+    repairs_served: int = 0
+    chunks_sent: int = 0
+    chunks_received: int = 0
+    transfers_completed: int = 0
+    transfers_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GossipStatistics:
+    peers: int
+    pending: int
+    queued_bytes: int
+    transfers: int
+    counters: dict[str, int]
+
+
+class Gossip:
+    """The gossip/anti-entropy state machine of one node.
+
+    ``docs`` are the documents this node replicates. Call :meth:`local_update`
+    after each local mutation, :meth:`receive` for each verified message from
+    a peer, and :meth:`tick` whenever :meth:`next_deadline` has passed; send
+    what :meth:`drain` returns.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        docs: Mapping[str, GossipDocument],
+        config: GossipConfig | None = None,
+        *,
+        now: float = 0.0,
+    ) -> None:
+        self.node = node
+        self.docs = dict(docs)
+        self.config = config or GossipConfig()
+        self._actions: list[Action] = []
+        self._events: list[Joined] = []
+        self._batch: list[list[Any]] = []  # [[doc, data], ...]
+        self._batch_bytes = 0
+        self._batch_since: float | None = None
+        self._next_digest = now  # the first digest goes out at once
+        self._peers: dict[str, _Peer] = {}
+        # not-ready deltas: key (sender, doc, data) -> arrival time; FIFO bounded
+        self._pending: OrderedDict[tuple[str, str, bytes], float] = OrderedDict()
+        self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._transfer_ids = itertools.count(1)
+        self._repair: tuple[str, float] | None = None  # (peer, sent at)
+        self._stats = _Stats()
+
+    # -- inputs --------------------------------------------------------------
+
+    def local_update(self, doc: str, data: bytes, now: float) -> None:
+        """Queue the encoded delta of a local mutation of ``doc`` for broadcast."""
+        if doc not in self.docs:
+            raise SyncError(f"unknown document {doc!r}")
+        self._batch.append([doc, data])
+        self._batch_bytes += len(data)
+        self._stats.deltas_queued += 1
+        if self._batch_since is None:
+            self._batch_since = now
+        if self._batch_bytes >= self.config.batch_max_bytes:
+            self._flush_batch()
+
+    def receive(self, sender: str, kind: str, body: Any, now: float, *, direct: bool) -> None:
+        """Handle one message from ``sender`` (already verified by the adapter).
+
+        Malformed bodies are counted and dropped (they never raise); the
+        adapter's gateway decides about the sender.
+        """
+        if sender == self.node:
+            return
+        peer = self._peers.get(sender)
+        if peer is None:
+            peer = self._peers[sender] = _Peer(last_seen=now)
+            # First contact: tell the newcomer what we have, so that whichever
+            # of us is behind can ask for a repair at once.
+            self._actions.append(Direct(sender, KIND_DIGEST, self._digests()))
+            self._stats.digests_sent += 1
+        peer.last_seen = now
+        try:
+            if kind == KIND_DELTA:
+                self._on_delta(sender, body, now, direct=direct)
+            elif kind == KIND_DIGEST:
+                self._on_digest(sender, peer, body, now)
+            elif kind == KIND_REPAIR:
+                self._on_repair(sender, body)
+            elif kind == KIND_CHUNK:
+                self._on_chunk(sender, body, now)
+            else:
+                self._stats.malformed += 1  # a kind from a newer protocol: ignored
+        except MalformedError:
+            self._stats.malformed += 1
+
+    def peer_gone(self, node: str) -> None:
+        """Forget a peer (it went offline): it no longer holds back stability."""
+        self._peers.pop(node, None)
+        for key in [k for k in self._transfers if k[0] == node]:
+            del self._transfers[key]
+        if self._repair is not None and self._repair[0] == node:
+            self._repair = None
+
+    def tick(self, now: float) -> None:
+        """Run the timers that are due at ``now``."""
+        # Deadlines are compared as ``now >= start + interval``, the very
+        # expression next_deadline() returns, so a tick at a deadline always
+        # acts (``now - start >= interval`` can differ by a rounding error).
+        if self._batch_since is not None and now >= self._batch_since + self.config.batch_interval:
+            self._flush_batch()
+        if now >= self._next_digest:
+            self._send_digest()
+            self._next_digest = now + self.config.digest_interval
+            self._compact(now)
+        for key, transfer in list(self._transfers.items()):
+            if now >= transfer.started + self.config.transfer_timeout:
+                del self._transfers[key]
+                self._stats.transfers_dropped += 1
+        if self._repair is not None and now >= self._repair[1] + self.config.repair_timeout:
+            self._repair = None  # lost; the next digest from anyone retries
+
+    def request_digest_now(self, now: float) -> None:
+        """Send digests at the next tick (e.g. right after (re)connecting)."""
+        self._next_digest = now
+
+    # -- outputs -------------------------------------------------------------
+
+    def drain(self) -> list[Action]:
+        """The actions produced since the last call, in order."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def events(self) -> list[Joined]:
+        """The join events since the last call (for observers and metrics)."""
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float:
+        """The time at which :meth:`tick` next has something to do."""
+        deadline = self._next_digest
+        if self._batch_since is not None:
+            deadline = min(deadline, self._batch_since + self.config.batch_interval)
+        if self._repair is not None:
+            deadline = min(deadline, self._repair[1] + self.config.repair_timeout)
+        for transfer in self._transfers.values():
+            deadline = min(deadline, transfer.started + self.config.transfer_timeout)
+        return deadline
+
+    def statistics(self) -> GossipStatistics:
+        return GossipStatistics(
+            peers=len(self._peers),
+            pending=len(self._pending),
+            queued_bytes=self._batch_bytes,
+            transfers=len(self._transfers),
+            counters={k: getattr(self._stats, k) for k in _Stats.__slots__},
+        )
+
+    def peer_digests(self) -> dict[str, dict[str, Any]]:
+        """The latest digests heard from each live peer (a copy)."""
+        return {name: dict(p.digests) for name, p in self._peers.items()}
+
+    # -- internals -----------------------------------------------------------
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            self._actions.append(Broadcast(KIND_DELTA, self._batch))
+            self._stats.batches_sent += 1
+        self._batch = []
+        self._batch_bytes = 0
+        self._batch_since = None
+
+    def _digests(self) -> dict[str, Any]:
+        return {name: doc.digest() for name, doc in self.docs.items()}
+
+    def _send_digest(self) -> None:
+        self._actions.append(Broadcast(KIND_DIGEST, self._digests()))
+        self._stats.digests_sent += 1
+
+    def _on_delta(self, sender: str, body: Any, now: float, *, direct: bool) -> None:
+        items = _expect_pairs(body)
+        if direct and self._repair is not None and self._repair[0] == sender:
+            self._repair = None  # the answer to our repair request
+        for doc_name, data in items:
+            doc = self.docs.get(doc_name)
+            if doc is None:
+                self._stats.unknown_doc += 1
+                continue
+            outcome = doc.apply(data)
+            if outcome is ApplyOutcome.APPLIED:
+                self._stats.deltas_applied += 1
+                self._events.append(Joined(doc_name, sender, len(data), direct))
+                self._retry_pending(doc_name)
+            else:
+                self._buffer(sender, doc_name, data, now)
+                self._request_repair(sender, self.docs, now)
+
+    def _buffer(self, sender: str, doc: str, data: bytes, now: float) -> None:
+        key = (sender, doc, data)
+        if key in self._pending:
+            self._stats.duplicates += 1
+            return
+        self._pending[key] = now
+        self._stats.deltas_buffered += 1
+        while len(self._pending) > self.config.max_pending:
+            self._pending.popitem(last=False)
+            self._stats.pending_dropped += 1  # anti-entropy repairs what is dropped
+
+    def _retry_pending(self, doc_name: str) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for key in [k for k in self._pending if k[1] == doc_name]:
+                sender, _, data = key
+                try:
+                    outcome = self.docs[doc_name].apply(data)
+                except MalformedError:  # decoded before, so unexpected; never loop on it
+                    del self._pending[key]
+                    self._stats.malformed += 1
+                    continue
+                if outcome is ApplyOutcome.APPLIED:
+                    del self._pending[key]
+                    self._stats.deltas_applied += 1
+                    self._events.append(Joined(doc_name, sender, len(data), False))
+                    progress = True
+
+    def _on_digest(self, sender: str, peer: _Peer, body: Any, now: float) -> None:
+        if not isinstance(body, dict):
+            raise MalformedError("digest body must be a map of document -> digest")
+        behind: dict[str, GossipDocument] = {}
+        for doc_name, digest in body.items():
+            doc = self.docs.get(doc_name)
+            if doc is None:
+                continue
+            first = doc_name not in peer.digests
+            if not first:
+                peer.previous[doc_name] = peer.digests[doc_name]
+            peer.digests[doc_name] = digest
+            # See the theory of operation: the first digest at once, later the
+            # previous one (older than any push still in flight).
+            if doc.lacks(digest if first else peer.previous[doc_name]):
+                behind[doc_name] = doc
+        if behind:
+            self._request_repair(sender, behind, now)
+
+    def _request_repair(self, peer: str, docs: Mapping[str, GossipDocument], now: float) -> None:
+        if self._repair is not None:
+            return  # one in flight; its answer or its timeout comes first
+        wanted = {name: doc.digest() for name, doc in docs.items()}
+        self._actions.append(Direct(peer, KIND_REPAIR, wanted))
+        self._repair = (peer, now)
+        self._stats.repairs_requested += 1
+
+    def _on_repair(self, sender: str, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise MalformedError("repair body must be a map of document -> digest")
+        reply: list[list[Any]] = []
+        for doc_name, digest in body.items():
+            doc = self.docs.get(doc_name)
+            if doc is None:
+                continue
+            data = doc.delta_since(digest)
+            if data is not None:
+                reply.append([doc_name, data])
+        self._stats.repairs_served += 1
+        # Always answer (possibly empty) so the requester's in-flight marker clears.
+        self._send_direct_delta(sender, reply)
+
+    def _send_direct_delta(self, to: str, reply: list[list[Any]]) -> None:
+        size = sum(len(d) for _, d in reply)
+        if size <= self.config.chunk_size:
+            self._actions.append(Direct(to, KIND_DELTA, reply))
+            return
+        from ._cbor import dumps  # local import: only large replies need it
+
+        blob = dumps(reply)
+        step = self.config.chunk_size
+        parts = [blob[i : i + step] for i in range(0, len(blob), step)]
+        transfer = next(self._transfer_ids)
+        for index, part in enumerate(parts):
+            self._actions.append(Direct(to, KIND_CHUNK, [transfer, index, len(parts), part]))
+        self._stats.chunks_sent += len(parts)
+
+    def _on_chunk(self, sender: str, body: Any, now: float) -> None:
+        if not (
+            isinstance(body, list)
+            and len(body) == 4
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in body[:3])
+            and isinstance(body[3], bytes)
+        ):
+            raise MalformedError("chunk body must be [transfer, index, count, bytes]")
+        transfer_id, index, count, data = body
+        if not 0 <= index < count or count * self.config.chunk_size > (
+            self.config.max_transfer_bytes + self.config.chunk_size
+        ):
+            raise MalformedError(f"chunk {index}/{count} out of bounds")
+        self._stats.chunks_received += 1
+        if self._repair is not None and self._repair[0] == sender:
+            self._repair = (sender, now)  # progress: do not time the transfer out
+        key = (sender, transfer_id)
+        transfer = self._transfers.get(key)
+        if transfer is None:
+            if len(self._transfers) >= self.config.max_transfers:
+                oldest = min(self._transfers, key=lambda k: self._transfers[k].started)
+                del self._transfers[oldest]
+                self._stats.transfers_dropped += 1
+            transfer = self._transfers[key] = _Transfer(started=now, count=count, parts={})
+        if transfer.count != count:
+            del self._transfers[key]
+            raise MalformedError("chunk count changed within one transfer")
+        if index not in transfer.parts:
+            transfer.parts[index] = data
+            transfer.size += len(data)
+        if transfer.size > self.config.max_transfer_bytes:
+            del self._transfers[key]
+            self._stats.transfers_dropped += 1
+            raise MalformedError("chunked transfer exceeds max_transfer_bytes")
+        if len(transfer.parts) == count:
+            del self._transfers[key]
+            from ._cbor import loads
+
+            blob = b"".join(transfer.parts[i] for i in range(count))
+            self._stats.transfers_completed += 1
+            self._on_delta(
+                sender, loads(blob, max_size=self.config.max_transfer_bytes), now, direct=True
+            )
+
+    def _compact(self, now: float) -> None:
+        live = [
+            p for p in self._peers.values() if now - p.last_seen <= self.config.peer_timeout
+        ]
+        for name, doc in self.docs.items():
+            stable = [p.digests[name] for p in live if name in p.digests]
+            if len(stable) == len(live):  # every live peer has told us its digest
+                doc.compact([doc.digest(), *stable])
+
+
+def _expect_pairs(body: Any) -> list[tuple[str, bytes]]:
+    if not isinstance(body, list):
+        raise MalformedError("delta body must be a list of [document, bytes]")
+    pairs: list[tuple[str, bytes]] = []
+    for item in body:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], bytes)
+        ):
+            raise MalformedError("delta body must be a list of [document, bytes]")
+        pairs.append((item[0], item[1]))
+    return pairs
