@@ -24,6 +24,7 @@ documented way to send a hand-made query; the tests exercise them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import random
 import socket
@@ -52,10 +53,12 @@ from ._discovery import (
     SERVICE_TYPE,
     Advertisement,
     BrokerCandidate,
+    DiscoveryStatistics,
     DiscoveryTiming,
     Peer,
     choose_broker,
     decode_txt,
+    encode_txt,
 )
 from ._discovery_service import _TableService
 from ._errors import DiscoveryError, TxtRecordError
@@ -213,6 +216,12 @@ class ZeroconfDiscovery(_TableService):
         self._resolve_limiter = trio.CapacityLimiter(4)
         self._nursery: trio.Nursery | None = None
 
+    def statistics(self) -> DiscoveryStatistics:
+        """The table's counters; ``overflow`` also counts notes dropped by the bridge."""
+        stats = self._table.statistics()
+        dropped = self._bridge.overflow if self._bridge is not None else 0
+        return dataclasses.replace(stats, overflow=stats.overflow + dropped)
+
     # -- zeroconf objects ----------------------------------------------------------
 
     def _server(self) -> str:
@@ -220,8 +229,6 @@ class ZeroconfDiscovery(_TableService):
         return f"{label.lower()[:63]}.local."
 
     def _service_info(self) -> ServiceInfo:
-        from ._discovery import encode_txt
-
         adv = self.advertisement
         return ServiceInfo(
             SERVICE_TYPE,
