@@ -1,8 +1,9 @@
 """Cost of a durable commit in the node store, on this machine's disk.
 
-Prints commits/s and deltas/s for single-delta transactions and batched ones
-(FULL and NORMAL), outbox enqueue+ack round trips, the repair query, and the
-Trio wrapper's overhead. Each figure is measured for a bounded time.
+Prints calls/s (each mutating call is one commit) and deltas/s for
+single-delta transactions and batched ones (FULL and NORMAL), outbox
+enqueue+ack round trips, the repair query, and the Trio wrapper's overhead.
+Each figure is measured for a bounded time.
 
     python bench/bench_store.py [--dir DIR] [--seconds S]
 """
@@ -39,7 +40,7 @@ def measure(label: str, seconds: float, step: Callable[[], int]) -> None:
     p50 = lat[len(lat) // 2] * 1e3
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
     print(
-        f"{label:<46} {calls / elapsed:>9.0f} commits/s {done / elapsed:>9.0f} items/s"
+        f"{label:<46} {calls / elapsed:>9.0f} calls/s {done / elapsed:>9.0f} items/s"
         f"   p50 {p50:6.3f} ms  p99 {p99:6.3f} ms"
     )
 
@@ -100,7 +101,7 @@ def bench_async(base: Path, seconds: float) -> None:
                 lat.append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - start
             print(
-                f"{'AsyncStore.append_delta FULL batch   1':<46} {seq / elapsed:>9.0f} commits/s"
+                f"{'AsyncStore.append_delta FULL batch   1':<46} {seq / elapsed:>9.0f} calls/s"
                 f"{'':>20}   p50 {statistics.median(lat) * 1e3:6.3f} ms"
             )
 
