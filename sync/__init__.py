@@ -5,7 +5,38 @@ signed COSE wire codec, gossip and anti-entropy, discovery and the store.
 Pure, sans-I/O cores with thin adapters; imports nothing else of vsm_edge.
 """
 
-from ._errors import LimitExceededError, MalformedError, SyncError, WireError
+from typing import TYPE_CHECKING, Any
+
+from ._astore import AsyncStore
+from ._discovery import (
+    MQTT_SERVICE_TYPE,
+    SERVICE_TYPE,
+    Advertisement,
+    BrokerCandidate,
+    Discovery,
+    DiscoveryStatistics,
+    DiscoveryTiming,
+    Peer,
+    PeerEvent,
+    PeerEventKind,
+    PeerTable,
+    choose_broker,
+    decode_txt,
+    encode_txt,
+)
+from ._discovery_service import MemoryDiscovery, MemoryDiscoveryNetwork
+from ._errors import (
+    DiscoveryError,
+    LimitExceededError,
+    MalformedError,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreVersionError,
+    SyncError,
+    TxtRecordError,
+    WireError,
+)
 from ._hlc import (
     MAX_LOGICAL,
     MAX_WALL_MS,
@@ -17,19 +48,81 @@ from ._hlc import (
     Timestamp,
     wall_clock_ms,
 )
+from ._store import (
+    CompactionResult,
+    DeltaRun,
+    LogEntry,
+    LogSpan,
+    LogStatistics,
+    OutboxMessage,
+    OverflowPolicy,
+    Snapshot,
+    Store,
+    StoreConfig,
+    StoreHighWaterMark,
+    StoreStatistics,
+)
 
 __all__ = [
     "MAX_LOGICAL",
     "MAX_WALL_MS",
+    "MQTT_SERVICE_TYPE",
+    "SERVICE_TYPE",
+    "Advertisement",
+    "AsyncStore",
+    "BrokerCandidate",
     "ClockDriftError",
+    "CompactionResult",
+    "DeltaRun",
+    "Discovery",
+    "DiscoveryError",
+    "DiscoveryStatistics",
+    "DiscoveryTiming",
     "FileHighWaterMark",
     "HighWaterMark",
     "HybridLogicalClock",
     "LimitExceededError",
+    "LogEntry",
+    "LogSpan",
+    "LogStatistics",
     "MalformedError",
+    "MemoryDiscovery",
+    "MemoryDiscoveryNetwork",
     "MemoryHighWaterMark",
+    "OutboxMessage",
+    "OverflowPolicy",
+    "Peer",
+    "PeerEvent",
+    "PeerEventKind",
+    "PeerTable",
+    "Snapshot",
+    "Store",
+    "StoreConfig",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreFullError",
+    "StoreHighWaterMark",
+    "StoreStatistics",
+    "StoreVersionError",
     "SyncError",
     "Timestamp",
+    "TxtRecordError",
     "WireError",
+    "ZeroconfDiscovery",
+    "choose_broker",
+    "decode_txt",
+    "encode_txt",
     "wall_clock_ms",
 ]
+
+if TYPE_CHECKING:
+    from ._mdns import ZeroconfDiscovery
+
+
+def __getattr__(name: str) -> Any:
+    # zeroconf (and its sockets' machinery) costs megabytes: load it on first use.
+    if name == "ZeroconfDiscovery":
+        from ._mdns import ZeroconfDiscovery
+
+        return ZeroconfDiscovery
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
