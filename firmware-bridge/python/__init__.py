@@ -17,6 +17,7 @@ Imports nothing else of vsm_edge. Every error raised on purpose is a
 :class:`BridgeError`.
 """
 
+from ._bridge import BridgeStatistics, SerialBridge
 from ._connection import NEED_DATA, Connection, FrameRejected, NeedData, Role
 from ._errors import (
     BridgeError,
@@ -71,6 +72,8 @@ from ._session import (
     SessionState,
     SessionStatistics,
 )
+from ._transport import SerialStream, configure_raw, open_serial
+from ._units import SensorReading, UnitDescription, UnitKind, describe_units
 
 __all__ = [
     "CRC_CHECK",
@@ -79,6 +82,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "BridgeError",
+    "BridgeStatistics",
     "Channel",
     "Command",
     "CommandCompleted",
@@ -115,20 +119,28 @@ __all__ = [
     "Reading",
     "ReadingReceived",
     "Role",
+    "SensorReading",
+    "SerialBridge",
+    "SerialStream",
     "SessionEstablished",
     "SessionLost",
     "SessionState",
     "SessionStatistics",
     "TransportError",
+    "UnitDescription",
+    "UnitKind",
     "Value",
     "cobs_decode",
     "cobs_encode",
+    "configure_raw",
     "crc16",
     "decode_frame",
     "decode_payload",
+    "describe_units",
     "encode_frame",
     "encode_payload",
     "max_payload",
     "message_from_json",
     "message_to_json",
+    "open_serial",
 ]

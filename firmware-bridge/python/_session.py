@@ -257,9 +257,10 @@ class _Base:
         self._emit(_kind(msg), frame)
         return frame
 
-    def _nack(self, reason: NackReason, ref: int | None = None, detail: str | None = None) -> None:
+    def _nack(self, reason: NackReason, ref: int | None = None, detail: str | None = None) -> bool:
+        """Queue a NACK unless one went out less than nack_interval ago; True if queued."""
         if self._now - self._last_nack < self._nack_interval:
-            return
+            return False
         self._last_nack = self._now
         if detail is not None:
             detail = detail.encode()[:MAX_DETAIL].decode(errors="ignore")
@@ -268,6 +269,7 @@ class _Base:
         except MessageError:  # the detail does not fit the peer's max_frame
             self._send(lambda seq: Nack(seq, reason, ref))
         self._stats.nacks_sent += 1
+        return True
 
     def _nack_rejected(self, ev: FrameRejected) -> None:
         err = ev.error
@@ -278,10 +280,13 @@ class _Base:
             self._nack(NackReason.MALFORMED, detail=str(err))
 
     def _track_seq(self, seq: int) -> None:
+        # Count gaps going forward; a repeated or older seq (a retransmission) is
+        # not a loss and does not move the mark.
         if self._rx_seq is not None:
             gap = (seq - self._rx_seq - 1) & _SEQ_MASK
-            if 0 < gap < 0x8000:
-                self._stats.frames_lost += gap
+            if gap >= 0x8000:
+                return
+            self._stats.frames_lost += gap
         self._rx_seq = seq
 
     def data_to_send(self) -> bytes:
@@ -707,7 +712,10 @@ class DeviceSession(_Base):
 
     def _on_command(self, cmd: Command) -> None:
         if self.state is not SessionState.CONNECTED:
-            self._nack(NackReason.NO_SESSION, ref=cmd.seq)
+            # The host believes in a session we do not have (its HELLO_ACK was
+            # lost): say so, and offer the hello again at once.
+            if self._nack(NackReason.NO_SESSION, ref=cmd.seq):
+                self._send_hello()
             return
         if cmd.seq == self._last_cmd:
             self._stats.duplicates += 1

@@ -164,3 +164,49 @@ def run_c_tool(exe: Path, mode: str, lines: list[str], *args: str) -> list[dict[
     )
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+async def fake_device(stream: Any, session: Any, answer_commands: bool = True) -> None:
+    """Run a DeviceSession over an in-memory stream (the fake beside the real pty)."""
+    import math
+
+    import trio
+
+    from vsm_edge.bridge import NEED_DATA, CommandReceived
+
+    session.start(trio.current_time())
+    wake = trio.Event()
+
+    async def flush() -> None:
+        data = session.data_to_send()
+        if data:
+            await stream.send_all(data)
+
+    async def reader() -> None:
+        nonlocal wake
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            session.receive_data(data, trio.current_time())
+            while (ev := session.next_event()) is not NEED_DATA:
+                if isinstance(ev, CommandReceived) and answer_commands:
+                    session.respond(ev.command)
+            await flush()
+            wake.set()
+
+    async def ticker() -> None:
+        nonlocal wake
+        while True:
+            deadline = session.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await wake.wait()
+            wake = trio.Event()
+            session.handle_timer(trio.current_time())
+            await flush()
+
+    await flush()  # the hello
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await reader()
+        nursery.cancel_scope.cancel()
