@@ -359,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unplug-every", type=float, help="seconds between unplugs")
     p.add_argument("--unplug-for", type=float, default=0.5, help="seconds unplugged")
     p.add_argument("--latency-probe", action="store_true", help="add a sensor of monotonic ns")
+    p.add_argument("--no-sensors", action="store_true", help="no simulated sensors (probe only)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     return p
 
@@ -370,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim = DeviceSimulator(
             device_id=args.device_id,
             firmware=args.firmware,
-            sensors=[SensorModel.parse(s) for s in args.sensor] or DEFAULT_SENSORS,
+            sensors=()
+            if args.no_sensors
+            else [SensorModel.parse(s) for s in args.sensor] or DEFAULT_SENSORS,
             actuators=[ActuatorModel.parse(a) for a in args.actuator] or DEFAULT_ACTUATORS,
             interval=args.interval,
             faults=Faults(
