@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.bridge import messages
 
 from vsm_edge.bridge import (
     NEED_DATA,
@@ -349,3 +354,34 @@ def test_lost_hello_ack_is_repaired_by_the_first_command() -> None:
     dev.respond(evs[1].command)  # type: ignore[attr-defined]
     pump(host, dev, 0.03)
     assert CommandCompleted(token) in events(host)
+
+
+# -- fuzz: whatever arrives, and whenever, the sessions never raise -------------------
+
+_inputs = st.lists(
+    st.one_of(
+        messages.map(lambda m: encode_frame(m, 4096)),
+        st.binary(max_size=40),
+        st.just(b"\x00"),
+    ),
+    max_size=25,
+)
+
+
+@given(_inputs, st.lists(st.floats(0, 5), min_size=25, max_size=25))
+@settings(max_examples=200)
+def test_fuzz_sessions_never_raise(chunks: list[bytes], steps: list[float]) -> None:
+    host, dev = connected()
+    t = 0.0
+    for chunk, step in zip(chunks, steps, strict=False):
+        t += step
+        for side in (host, dev):
+            side.receive_data(chunk, t)
+            events(side)
+            side.handle_timer(t)
+            events(side)
+            side.data_to_send()
+        if host.state is SessionState.CONNECTED and host.device and host.device.actuators:
+            with contextlib.suppress(QueueFullError, CommandRejected):
+                host.submit_command(host.device.actuators[0].id, 1, t)
+    pump(host, dev, t + 10)
