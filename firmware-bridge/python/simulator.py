@@ -33,7 +33,7 @@ import trio
 from ._connection import NeedData
 from ._errors import BridgeError, TransportError
 from ._messages import Channel, MessageType, Value
-from ._session import CommandReceived, DeviceConfig, DeviceSession
+from ._session import CommandReceived, DeviceConfig, DeviceSession, SessionState
 
 __all__ = ["ActuatorModel", "DeviceSimulator", "Faults", "SensorModel", "main"]
 
@@ -85,7 +85,7 @@ DEFAULT_ACTUATORS = (ActuatorModel("fan", "%", 0, 100), ActuatorModel("valve", "
 
 @dataclass(frozen=True, slots=True)
 class Faults:
-    """Fault probabilities (per frame) and the unplug schedule."""
+    """Fault probabilities (per frame, once a session is established) and the unplug schedule."""
 
     garbage: float = 0.0  # a burst of random bytes and a delimiter before a frame
     truncate: float = 0.0  # a cut-off copy of a frame before it
@@ -94,6 +94,9 @@ class Faults:
     drop_acks: float = 0.0  # an ACK never sent
     unplug_every: float | None = None  # seconds between unplugs
     unplug_for: float = 0.5  # seconds the device stays away
+
+
+_NO_FAULTS = Faults()
 
 
 @dataclass(slots=True)
@@ -241,7 +244,11 @@ class DeviceSimulator:
                 while (idx := pending.find(0)) >= 0:
                     frame = bytearray(pending[: idx + 1])
                     del pending[: idx + 1]
-                    if len(frame) > 1 and self.rng.random() < self.faults.corrupt_rx:
+                    if (
+                        len(frame) > 1
+                        and self._established()
+                        and self.rng.random() < self.faults.corrupt_rx
+                    ):
                         _flip(frame, self.rng)
                         self.stats.corrupted_rx += 1
                     session.receive_data(bytes(frame), trio.current_time())
@@ -278,6 +285,9 @@ class DeviceSimulator:
             nursery.cancel_scope.cancel()
         await stream.aclose()
 
+    def _established(self) -> bool:
+        return self.session is not None and self.session.state is SessionState.CONNECTED
+
     def _apply(self, session: DeviceSession) -> None:
         while not isinstance(ev := session.next_event(), NeedData):
             if isinstance(ev, CommandReceived):
@@ -299,7 +309,9 @@ class DeviceSimulator:
             self.stats.readings_sent += 1
 
     async def _write(self, stream: trio.lowlevel.FdStream, kind: MessageType, frame: bytes) -> None:
-        f = self.faults
+        # Faults only on an established session: the host flushes the tty's input
+        # queue when it opens the port, which would hide faults injected before.
+        f = self.faults if self._established() else _NO_FAULTS
         rng = self.rng
         if kind is MessageType.ACK and rng.random() < f.drop_acks:
             self.stats.acks_dropped += 1
