@@ -17,6 +17,12 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# gcc/g++ build the firmware bridge's C reference codec and example sketch;
+# iproute2 gives `ip` for the network-namespace tests.
+for tool in gcc:gcc g++:g++ ip:iproute2; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || apt_install "${tool##*:}" || true
+done
+
 ensure_venv dev
 
 echo "==> ruff" >&2
