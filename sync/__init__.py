@@ -5,6 +5,10 @@ signed COSE wire codec, gossip and anti-entropy, discovery and the store.
 Pure, sans-I/O cores with thin adapters; imports nothing else of vsm_edge.
 """
 
+from ._causal import AWSet, CausalCRDT, CausalLWWRegister, CCounter, MVRegister, ORMap
+from ._context import CausalContext, Dot, VersionVector
+from ._counters import GCounter, LWWRegister, PNCounter
+from ._crdt import DeltaCRDT, Digest
 from ._errors import LimitExceededError, MalformedError, SyncError, WireError
 from ._hlc import (
     MAX_LOGICAL,
@@ -21,15 +25,29 @@ from ._hlc import (
 __all__ = [
     "MAX_LOGICAL",
     "MAX_WALL_MS",
+    "AWSet",
+    "CCounter",
+    "CausalCRDT",
+    "CausalContext",
+    "CausalLWWRegister",
     "ClockDriftError",
+    "DeltaCRDT",
+    "Digest",
+    "Dot",
     "FileHighWaterMark",
+    "GCounter",
     "HighWaterMark",
     "HybridLogicalClock",
+    "LWWRegister",
     "LimitExceededError",
+    "MVRegister",
     "MalformedError",
     "MemoryHighWaterMark",
+    "ORMap",
+    "PNCounter",
     "SyncError",
     "Timestamp",
+    "VersionVector",
     "WireError",
     "wall_clock_ms",
 ]
