@@ -21,10 +21,12 @@ from ._hlc import (
     Timestamp,
     wall_clock_ms,
 )
+from ._ydoc import REMOTE_ORIGIN, StateVector, YDoc, YUpdate
 
 __all__ = [
     "MAX_LOGICAL",
     "MAX_WALL_MS",
+    "REMOTE_ORIGIN",
     "AWSet",
     "CCounter",
     "CausalCRDT",
@@ -45,9 +47,12 @@ __all__ = [
     "MemoryHighWaterMark",
     "ORMap",
     "PNCounter",
+    "StateVector",
     "SyncError",
     "Timestamp",
     "VersionVector",
     "WireError",
+    "YDoc",
+    "YUpdate",
     "wall_clock_ms",
 ]
