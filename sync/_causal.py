@@ -253,6 +253,19 @@ def _insert(store: Store, path: Path, i: int, dot: Dot, payload: Any, like: Stor
     return DotMap(m.entries.set(key, _insert(child, path, i + 1, dot, payload, like_child)))
 
 
+def _assemble(like: Store, items: list[tuple[Path, Dot, Any]], depth: int = 0) -> Store:
+    """A new store holding ``items`` (path, dot, payload), shaped like ``like``."""
+    if isinstance(like, DotMap):
+        groups: dict[Any, list[tuple[Path, Dot, Any]]] = {}
+        for item in items:
+            groups.setdefault(item[0][depth], []).append(item)
+        return DotMap(immutables.Map(
+            {k: _assemble(like.entries[k], g, depth + 1) for k, g in groups.items()}))
+    if isinstance(like, DotSet):
+        return DotSet(frozenset(d for _, d, _ in items))
+    return DotFun({d: p for _, d, p in items})
+
+
 def _index_of(store: Store) -> immutables.Map[Dot, Path]:
     index: dict[Dot, Path] = {}
     for dot, path, _ in _walk(store):
@@ -415,10 +428,8 @@ class CausalCRDT:
             recs = {r: self._records[r] for r in missing.dots() if r in self._records}
         else:
             recs = {r: ds for r, ds in self._records.items() if r not in digest}
-        store = self._ROOT
-        for d, path in chosen:
-            store = _insert(store, path, 0, d, _leaf_at(self._store, path).payload(d),
-                            self._store)
+        store = _assemble(
+            self._store, [(p, d, _leaf_at(self._store, p).payload(d)) for d, p in chosen])
         records: immutables.Map[Dot, frozenset[Dot]] = immutables.Map(recs.items())
         pending = frozenset(d for ds in recs.values() for d in ds if d not in missing)
         return type(self)._build(store, missing, records, immutables.Map(chosen), pending)

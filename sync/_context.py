@@ -72,8 +72,11 @@ def _union_ranges(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
         return b
     if not b:
         return a
-    if len(a) == 2 and len(b) == 2 and a[0] == 1 and b[0] == 1:
-        return a if a[1] >= b[1] else b
+    if len(a) == 2 and len(b) == 2:
+        if a[0] == 1 and b[0] == 1:
+            return a if a[1] >= b[1] else b
+        if a[0] <= b[0] <= a[1] + 1:  # b extends a (a replica's next dots)
+            return a if a[1] >= b[1] else (a[0], b[1])
     pairs = sorted([(a[i], a[i + 1]) for i in range(0, len(a), 2)]
                    + [(b[i], b[i + 1]) for i in range(0, len(b), 2)])
     out: list[int] = []
