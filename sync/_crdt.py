@@ -25,7 +25,7 @@ it) but leaves gaps in the digest that anti-entropy will fill.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 __all__ = ["DeltaCRDT", "Digest"]
 
@@ -72,3 +72,27 @@ class DeltaCRDT(Protocol[D, Delta]):
     def from_cbor(cls, obj: Any, /) -> Self:
         """Strict inverse of ``to_cbor``; raises ``MalformedError``."""
         ...
+
+
+if TYPE_CHECKING:  # mypy checks that every type implements the protocol
+    from ._causal import AWSet, CausalLWWRegister, CCounter, MVRegister, ORMap
+    from ._context import CausalContext, VersionVector
+    from ._counters import GCounter, LWWRegister, PNCounter
+    from ._ydoc import StateVector, YDoc, YUpdate
+
+    def _conformance(
+        a: AWSet, m: MVRegister, c: CausalLWWRegister, cc: CCounter, o: ORMap,
+        g: GCounter, p: PNCounter, w: LWWRegister, y: YDoc, u: YUpdate,
+    ) -> None:
+        _a: DeltaCRDT[CausalContext, AWSet] = a
+        _m: DeltaCRDT[CausalContext, MVRegister] = m
+        _c: DeltaCRDT[CausalContext, CausalLWWRegister] = c
+        _cc: DeltaCRDT[CausalContext, CCounter] = cc
+        _o: DeltaCRDT[CausalContext, ORMap] = o
+        _g: DeltaCRDT[VersionVector, GCounter] = g
+        _p: DeltaCRDT[VersionVector, PNCounter] = p
+        _w: DeltaCRDT[VersionVector, LWWRegister] = w
+        _y: DeltaCRDT[StateVector, YUpdate] = y
+        _d1: Digest = CausalContext()
+        _d2: Digest = VersionVector()
+        _d3: Digest = StateVector()

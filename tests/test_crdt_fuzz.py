@@ -45,7 +45,7 @@ def _decode(cls: Any, obj: Any) -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
-@settings(max_examples=80)
+@settings(max_examples=50)
 @given(obj=plain)
 def test_arbitrary_objects_are_parsed_or_rejected(spec: Spec, obj: Any) -> None:
     _decode(spec.cls, obj)
@@ -65,7 +65,7 @@ def _mutate(obj: Any, draw: Any) -> Any:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(data=st.data())
 def test_structurally_mutated_payloads_are_parsed_or_rejected(
     spec: Spec, data: st.DataObject
@@ -76,7 +76,7 @@ def test_structurally_mutated_payloads_are_parsed_or_rejected(
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
-@settings(max_examples=40)
+@settings(max_examples=30)
 @given(data=st.data())
 def test_truncated_and_bit_flipped_bytes_are_parsed_or_rejected(
     spec: Spec, data: st.DataObject

@@ -62,7 +62,7 @@ def _digest_from_cbor(spec: Spec, obj: Any) -> Any:
 
 @pytest.mark.parametrize("gc", [False, True], ids=["no-gc", "gc"])
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
-@settings(max_examples=25)
+@settings(max_examples=20)
 @given(data=st.data())
 def test_replicas_converge_under_loss_duplication_reordering(
     spec: Spec, gc: bool, data: st.DataObject

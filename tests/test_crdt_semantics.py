@@ -286,3 +286,37 @@ def test_bad_node_ids_are_refused() -> None:
     for bad in ("", "a b", "x" * 65, "é"):
         with pytest.raises(ValueError):
             AWSet().add(bad, "x")
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_add_wins_against_any_concurrent_removal(data: st.DataObject) -> None:
+    """Whatever the shared history, an add concurrent with a remove (or a
+    clear) of the same element leaves the element present everywhere."""
+    elems = ["a", "b", "c"]
+    shared = AWSet()
+    for node, e, add in data.draw(st.lists(st.tuples(
+            st.sampled_from(["n0", "n1"]), st.sampled_from(elems), st.booleans()), max_size=8)):
+        shared = shared.merge(shared.add(node, e) if add else shared.remove(node, e))
+    e = data.draw(st.sampled_from(elems))
+    remover = shared.merge(
+        shared.clear("n0") if data.draw(st.booleans()) else shared.remove("n0", e))
+    adder = shared.merge(shared.add("n1", e))
+    for merged in (remover.merge(adder), adder.merge(remover),
+                   remover.merge(adder.delta_since(remover.digest()))):
+        assert e in merged
+        assert merged.value() - {e} == remover.value() - {e}
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_ormap_update_wins_against_concurrent_key_removal(data: st.DataObject) -> None:
+    m = ORMap()
+    for i in range(data.draw(st.integers(0, 4))):
+        m = m.merge(m.update("n0", "k", AWSet, lambda s, i=i: s.add("n0", i)))
+    removed = m.merge(m.remove("n0", "k"))
+    updated = m.merge(m.update("n1", "k", AWSet, lambda s: s.add("n1", "new")))
+    for merged in (removed.merge(updated), updated.merge(removed),
+                   removed.merge(updated.delta_since(removed.digest()))):
+        # Only the concurrent update's effect survives the observed removal.
+        assert merged.get("k", AWSet).value() == frozenset({"new"})
