@@ -185,3 +185,15 @@ def test_documents_converge_under_loss_duplication_reordering(
     assert all(v == values[0] for v in values)
     assert not any(d.pending for d in docs.values())
     assert len({d.digest() for d in docs.values()}) == 1
+
+
+def test_merging_a_whole_document_brings_only_what_is_missing() -> None:
+    a, b = new(1), new(2)
+    a.mutate(lambda y: y.root("log").append("from-a"))
+    b.mutate(lambda y: y.root("log").append("from-b"))
+    assert b.merge(a) is b
+    assert a.merge(b) is a
+    assert a.value() == b.value()
+    assert sorted(a.value()["log"]) == ["from-a", "from-b"]
+    assert a.digest() == b.digest()
+    assert b.statistics()["merges"] == 1
