@@ -442,6 +442,8 @@ class CausalCRDT:
         of all of them). A record goes once its op dot and every dot it removed
         are in ``stable``.
         """
+        # Only dots we hold ourselves can be stable, whatever the caller passed.
+        stable = stable & self._ctx
         drop = [
             r for r, removed in self._records.items()
             if r in stable and all(d in stable for d in removed)

@@ -320,3 +320,17 @@ def test_ormap_update_wins_against_concurrent_key_removal(data: st.DataObject) -
                    removed.merge(updated.delta_since(removed.digest()))):
         # Only the concurrent update's effect survives the observed removal.
         assert merged.get("k", AWSet).value() == frozenset({"new"})
+
+
+def test_compact_never_drops_what_this_replica_has_not_seen() -> None:
+    # b got the removal of "x" before its add; a meet that wrongly claims the
+    # add is stable must not make b forget the removal.
+    a = AWSet()
+    add = a.add("a", "x")
+    a = a.merge(add)
+    rm = a.remove("a", "x")
+    b = AWSet().merge(rm)
+    everything = a.merge(rm).digest()
+    b = b.compact(everything)
+    assert b.record_count() == 1
+    assert "x" not in b.merge(add)
