@@ -8,6 +8,10 @@ Pure, sans-I/O cores with thin adapters; imports nothing else of vsm_edge.
 from typing import TYPE_CHECKING, Any
 
 from ._astore import AsyncStore
+from ._causal import AWSet, CausalCRDT, CausalLWWRegister, CCounter, MVRegister, ORMap
+from ._context import CausalContext, Dot, VersionVector
+from ._counters import GCounter, LWWRegister, PNCounter
+from ._crdt import DeltaCRDT, Digest
 from ._discovery import (
     MQTT_SERVICE_TYPE,
     SERVICE_TYPE,
@@ -62,40 +66,56 @@ from ._store import (
     StoreHighWaterMark,
     StoreStatistics,
 )
+from ._ydoc import REMOTE_ORIGIN, StateVector, YDoc, YUpdate
 
 __all__ = [
     "MAX_LOGICAL",
     "MAX_WALL_MS",
     "MQTT_SERVICE_TYPE",
+    "REMOTE_ORIGIN",
     "SERVICE_TYPE",
+    "AWSet",
     "Advertisement",
     "AsyncStore",
     "BrokerCandidate",
+    "CCounter",
+    "CausalCRDT",
+    "CausalContext",
+    "CausalLWWRegister",
     "ClockDriftError",
     "CompactionResult",
+    "DeltaCRDT",
     "DeltaRun",
+    "Digest",
     "Discovery",
     "DiscoveryError",
     "DiscoveryStatistics",
     "DiscoveryTiming",
+    "Dot",
     "FileHighWaterMark",
+    "GCounter",
     "HighWaterMark",
     "HybridLogicalClock",
+    "LWWRegister",
     "LimitExceededError",
     "LogEntry",
     "LogSpan",
     "LogStatistics",
+    "MVRegister",
     "MalformedError",
     "MemoryDiscovery",
     "MemoryDiscoveryNetwork",
     "MemoryHighWaterMark",
+    "ORMap",
     "OutboxMessage",
     "OverflowPolicy",
+    "PNCounter",
     "Peer",
     "PeerEvent",
     "PeerEventKind",
     "PeerTable",
     "Snapshot",
+    "StateVector",
     "Store",
     "StoreConfig",
     "StoreCorruptError",
@@ -107,7 +127,10 @@ __all__ = [
     "SyncError",
     "Timestamp",
     "TxtRecordError",
+    "VersionVector",
     "WireError",
+    "YDoc",
+    "YUpdate",
     "ZeroconfDiscovery",
     "choose_broker",
     "decode_txt",
