@@ -92,7 +92,7 @@ def test_c_crc_check_value_and_all_vectors_in_one_stream(c_tool: Path) -> None:
     assert run_c_tool(c_tool, "frames", [frame_bad]) == [{"result": "error", "error": "crc"}]
 
 
-@settings(max_examples=20, suppress_health_check=[HealthCheck.data_too_large])
+@settings(max_examples=20, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
 @given(st.lists(messages, min_size=20, max_size=40))
 def test_c_decodes_and_re_encodes_what_python_encodes(c_tool: Path, batch: list) -> None:
     frames = [encode_frame(m, 4096)[:-1] for m in batch]
