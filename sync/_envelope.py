@@ -126,6 +126,9 @@ _PROT_VERSION = b"\x3a\x00\x01\x00\x00\x01"  # -65537: 1
 _PROT_HLC = b"\x3a\x00\x01\x00\x01"  # -65538:
 _PROT_KIND = b"\x3a\x00\x01\x00\x02"  # -65539:
 _PROT_NONCE = b"\x3a\x00\x01\x00\x03"  # -65540:
+_PLAIN_START = _PROT_PLAIN + b"\x04\x50"  # ... 4: h'<16 bytes>'
+_ENCRYPTED_START = _PROT_ENCRYPTED + b"\x04\x50"
+_VERSION_1_HLC = _PROT_VERSION + _PROT_HLC
 _ENC0_HEAD = b"\xd0\x83"  # 16([ ... 3 items
 _ENC0_PROTECTED = b"\xa1\x01\x18\x18"  # {1: 24}
 _ENC0_FIXED = _ENC0_HEAD + b"\x44" + _ENC0_PROTECTED + b"\xa2\x04\x48"  # ... {4: h'<8>'
@@ -138,7 +141,11 @@ _head = _cbor.encode_head
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """RFC 9052 §4.4 ``["Signature1", protected, h'', payload]``, encoded."""
+    """RFC 9052 §4.4 ``["Signature1", protected, h'', payload]``, encoded.
+
+    The reference form: sign_envelope and Envelope.verify write the same bytes
+    inline (tests check all three against _cbor.dumps).
+    """
     return b"".join(
         (
             _SIG1_CONTEXT,
@@ -260,7 +267,18 @@ class Envelope:
         """
         if _kid_of(public_key) != self.kid:
             raise SignatureError(f"envelope kid {self.kid.hex()} is not the given key's id")
-        signed = self.signature + _sig_structure(self.protected, self.payload)
+        protected, payload = self.protected, self.payload
+        signed = b"".join(  # what crypto_sign_open takes: signature || Sig_structure
+            (
+                self.signature,
+                _SIG1_CONTEXT,
+                _head(2, len(protected)),
+                protected,
+                _EMPTY_BSTR,
+                _head(2, len(payload)),
+                payload,
+            )
+        )
         try:
             nacl.bindings.crypto_sign_open(signed, public_key)
         except nacl.exceptions.CryptoError:
@@ -387,15 +405,19 @@ def sign_envelope(
         )
     elif iv is not None:
         raise ValueError("an iv without a mesh key")
-    to_sign = _sig_structure(protected, payload)
+    protected_head = _head(2, len(protected))
+    payload_head = _head(2, len(payload))
+    to_sign = b"".join(
+        (_SIG1_CONTEXT, protected_head, protected, _EMPTY_BSTR, payload_head, payload)
+    )
     signature = nacl.bindings.crypto_sign(to_sign, key.secret_key)[:_SIG_SIZE]
     envelope = b"".join(
         (
             _SIGN1_HEAD,
-            _head(2, len(protected)),
+            protected_head,
             protected,
             _EMPTY_MAP,
-            _head(2, len(payload)),
+            payload_head,
             payload,
             _SIG_HEAD,
             signature,
@@ -507,17 +529,17 @@ def _decode_fast(data: bytes) -> Envelope | None:
             return None
         protected = data[p_start:p_end]
         h = protected
-        if h[:5] == _PROT_PLAIN + b"\x04\x50":
+        if h[:5] == _PLAIN_START:
             pos = 5
             encrypted = False
-        elif h[:7] == _PROT_ENCRYPTED + b"\x04\x50":
+        elif h[:7] == _ENCRYPTED_START:
             pos = 7
             encrypted = True
         else:
             return None
         kid = h[pos : pos + KID_SIZE]
         pos += KID_SIZE
-        if h[pos : pos + 11] != _PROT_VERSION + _PROT_HLC:
+        if h[pos : pos + 11] != _VERSION_1_HLC:
             return None
         hlc, pos = _uint(h, pos + 11)
         if h[pos : pos + 5] != _PROT_KIND:
