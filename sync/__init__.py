@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._astore import AsyncStore
 from ._causal import AWSet, CausalCRDT, CausalLWWRegister, CCounter, MVRegister, ORMap
+from ._cbor import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, DEFAULT_MAX_SIZE
 from ._context import CausalContext, Dot, VersionVector
 from ._counters import GCounter, LWWRegister, PNCounter
 from ._crdt import DeltaCRDT, Digest
@@ -29,16 +30,30 @@ from ._discovery import (
     encode_txt,
 )
 from ._discovery_service import MemoryDiscovery, MemoryDiscoveryNetwork
+from ._envelope import (
+    IV_SIZE,
+    KINDS,
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    Envelope,
+    decode_envelope,
+    open_envelope,
+    sign_envelope,
+)
 from ._errors import (
+    DecryptError,
     DiscoveryError,
+    KeyFileError,
     LimitExceededError,
     MalformedError,
+    SignatureError,
     StoreCorruptError,
     StoreError,
     StoreFullError,
     StoreVersionError,
     SyncError,
     TxtRecordError,
+    UnsupportedVersionError,
     WireError,
 )
 from ._hlc import (
@@ -51,6 +66,18 @@ from ._hlc import (
     MemoryHighWaterMark,
     Timestamp,
     wall_clock_ms,
+)
+from ._keys import (
+    KID_SIZE,
+    MeshKey,
+    NodeKey,
+    derive_kid,
+    load_mesh_key,
+    load_node_key,
+    load_public_key,
+    save_mesh_key,
+    save_node_key,
+    save_public_key,
 )
 from ._store import (
     CompactionResult,
@@ -69,9 +96,17 @@ from ._store import (
 from ._ydoc import REMOTE_ORIGIN, StateVector, YDoc, YUpdate
 
 __all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_ITEMS",
+    "DEFAULT_MAX_SIZE",
+    "IV_SIZE",
+    "KID_SIZE",
+    "KINDS",
     "MAX_LOGICAL",
     "MAX_WALL_MS",
     "MQTT_SERVICE_TYPE",
+    "NONCE_SIZE",
+    "PROTOCOL_VERSION",
     "REMOTE_ORIGIN",
     "SERVICE_TYPE",
     "AWSet",
@@ -84,6 +119,7 @@ __all__ = [
     "CausalLWWRegister",
     "ClockDriftError",
     "CompactionResult",
+    "DecryptError",
     "DeltaCRDT",
     "DeltaRun",
     "Digest",
@@ -92,10 +128,12 @@ __all__ = [
     "DiscoveryStatistics",
     "DiscoveryTiming",
     "Dot",
+    "Envelope",
     "FileHighWaterMark",
     "GCounter",
     "HighWaterMark",
     "HybridLogicalClock",
+    "KeyFileError",
     "LWWRegister",
     "LimitExceededError",
     "LogEntry",
@@ -106,6 +144,8 @@ __all__ = [
     "MemoryDiscovery",
     "MemoryDiscoveryNetwork",
     "MemoryHighWaterMark",
+    "MeshKey",
+    "NodeKey",
     "ORMap",
     "OutboxMessage",
     "OverflowPolicy",
@@ -114,6 +154,7 @@ __all__ = [
     "PeerEvent",
     "PeerEventKind",
     "PeerTable",
+    "SignatureError",
     "Snapshot",
     "StateVector",
     "Store",
@@ -127,14 +168,25 @@ __all__ = [
     "SyncError",
     "Timestamp",
     "TxtRecordError",
+    "UnsupportedVersionError",
     "VersionVector",
     "WireError",
     "YDoc",
     "YUpdate",
     "ZeroconfDiscovery",
     "choose_broker",
+    "decode_envelope",
     "decode_txt",
+    "derive_kid",
     "encode_txt",
+    "load_mesh_key",
+    "load_node_key",
+    "load_public_key",
+    "open_envelope",
+    "save_mesh_key",
+    "save_node_key",
+    "save_public_key",
+    "sign_envelope",
     "wall_clock_ms",
 ]
 

@@ -1,23 +1,44 @@
 """The exception tree of vsm_edge.sync.
 
 Every failure to decode or verify bytes that came from outside raises a
-:class:`WireError` subtype, never a cbor2, nacl or other third-party error.
-The store raises :class:`StoreError` subtypes (never ``sqlite3`` errors) and
-discovery raises :class:`DiscoveryError` subtypes (never zeroconf's).
+:class:`WireError` subtype, never a cbor2, nacl or other third-party error::
+
+    SyncError
+    ├── WireError                  bytes from the wire (or disk) rejected
+    │   ├── MalformedError         not well-formed CBOR / not the structure expected
+    │   ├── LimitExceededError     larger, deeper or with more items than allowed
+    │   ├── UnsupportedVersionError  an envelope of a protocol version we do not speak
+    │   ├── SignatureError         the signature does not verify under the given key
+    │   └── DecryptError           the encrypted payload cannot be opened
+    ├── KeyFileError               a key file is malformed or readable by others
+    ├── StoreError                 the SQLite store failed (never a sqlite3 error)
+    │   ├── StoreCorruptError      not a vsm-edge store, or damaged
+    │   ├── StoreVersionError      written by a newer schema
+    │   └── StoreFullError         a bound was hit and the policy is to refuse
+    ├── DiscoveryError             mDNS discovery failed (never a zeroconf error)
+    │   └── TxtRecordError         a TXT record too large or malformed
+    └── TransportError             the broker connection failed (see _transport)
+
+Arguments that break a documented precondition of an encoder (a caller's bug,
+not bad input) raise ``ValueError`` or ``TypeError`` instead.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "DecryptError",
     "DiscoveryError",
+    "KeyFileError",
     "LimitExceededError",
     "MalformedError",
+    "SignatureError",
     "StoreCorruptError",
     "StoreError",
     "StoreFullError",
     "StoreVersionError",
     "SyncError",
     "TxtRecordError",
+    "UnsupportedVersionError",
     "WireError",
 ]
 
@@ -35,7 +56,39 @@ class MalformedError(WireError):
 
 
 class LimitExceededError(WireError):
-    """The input is larger, deeper or has more items than the configured limits."""
+    """The input is larger, deeper or has more items than the configured limits.
+
+    ``limit`` names the limit that was crossed (``"size"``, ``"depth"`` or
+    ``"items"``; empty when raised by other code) and ``maximum`` its value.
+    """
+
+    def __init__(self, message: str, *, limit: str = "", maximum: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.maximum = maximum
+
+
+class UnsupportedVersionError(WireError):
+    """An envelope declares a protocol version this code does not implement.
+
+    ``version`` is the version found in the envelope's protected header.
+    """
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"unsupported protocol version {version}")
+        self.version = version
+
+
+class SignatureError(WireError):
+    """The envelope's signature is invalid, or its kid does not match the key."""
+
+
+class DecryptError(WireError):
+    """The encrypted payload could not be opened (wrong or missing mesh key, or forged)."""
+
+
+class KeyFileError(SyncError):
+    """A key file is malformed, or a private key file is readable by group or others."""
 
 
 class StoreError(SyncError):
