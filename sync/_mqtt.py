@@ -237,6 +237,7 @@ class _Connection:
         self.connack = trio.Event()
         self.refused: tuple[int, str] | None = None
         self.session_present = False
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5)
         self.lost = trio.Event()
         self.lost_reason = ""
         self.publishes: dict[int, _PendingPublish] = {}
@@ -273,6 +274,9 @@ class _Connection:
             if isinstance(receive_max, int) and receive_max > 0:
                 inflight = min(inflight, receive_max)
             self.transport._inflight.total_tokens = inflight
+            max_packet = getattr(properties, "MaximumPacketSize", None)
+            if isinstance(max_packet, int) and max_packet > 0:
+                self.max_packet = max_packet  # a larger PUBLISH would cost the connection
         self.connack.set()
 
     def _on_disconnect(
@@ -541,34 +545,17 @@ class MqttTransport:
                 nursery.start_soon(self._read_loop, conn)
                 nursery.start_soon(self._write_loop, conn)
                 conn.check(client.reconnect(), "sending CONNECT")
-                failure = await self._establish(conn, version)
-                if failure is None:
-                    if self._fallback is not None:
-                        self._protocol = self._fallback  # learnt
-                    self._fallback = None
-                    self._spoken = version
-                    nursery.start_soon(self._misc_loop, conn)
-                    self._conn = conn
-                    self._connects += 1
-                    self._state = TransportState.CONNECTED
-                    self._connected.set()
-                    log.info(
-                        "%s: connected to %s:%d (MQTT %s, session %s)",
-                        self.client_id,
-                        s.host,
-                        s.port,
-                        self.protocol,
-                        conn.session_present,
-                    )
-                    try:
-                        await conn.lost.wait()
-                    except trio.Cancelled:
-                        with trio.CancelScope(shield=True):
-                            await self._disconnect_cleanly(conn)
-                        raise
-                    self._lost += 1
-                    self._last_error = conn.lost_reason
-                    log.info("%s: %s", self.client_id, self._last_error)
+                try:
+                    failure = await self._establish(conn, version)
+                    if failure is None:
+                        nursery.start_soon(self._misc_loop, conn)
+                        await self._connected_until_lost(conn, version)
+                except trio.Cancelled:
+                    # Shutting down, connected or not yet: CONNECT may be out,
+                    # so say DISCONNECT, or the broker would publish our will.
+                    with trio.CancelScope(shield=True):
+                        await self._disconnect_cleanly(conn)
+                    raise
                 nursery.cancel_scope.cancel()
         finally:
             if self._conn is conn:
@@ -579,6 +566,25 @@ class MqttTransport:
         if failure is not None:
             raise failure
 
+    async def _connected_until_lost(self, conn: _Connection, version: MQTTProtocolVersion) -> None:
+        if self._fallback is not None:
+            self._protocol = self._fallback  # learnt
+        self._fallback = None
+        self._spoken = version
+        self._conn = conn
+        self._connects += 1
+        self._state = TransportState.CONNECTED
+        self._connected.set()
+        s = self.settings
+        log.info(
+            "%s: connected to %s:%d (MQTT %s, session %s)",
+            self.client_id, s.host, s.port, self.protocol, conn.session_present,
+        )  # fmt: skip
+        await conn.lost.wait()
+        self._lost += 1
+        self._last_error = conn.lost_reason
+        log.info("%s: %s", self.client_id, self._last_error)
+
     async def _establish(
         self, conn: _Connection, version: MQTTProtocolVersion
     ) -> _ConnectFailed | None:
@@ -588,13 +594,13 @@ class MqttTransport:
             wait = min(wait, _V5_PROBE_TIMEOUT)
         with trio.move_on_after(wait) as timeout:
             await conn.connack.wait()
+            if conn.refused is not None:  # (paho also closes the socket then)
+                code, name = conn.refused
+                return _ConnectFailed(f"connection refused: {name}", reason_code=code)
             if conn.lost.is_set():
                 return _ConnectFailed(
                     f"connection closed before CONNACK: {conn.lost_reason}", before_connack=True
                 )
-            if conn.refused is not None:
-                code, name = conn.refused
-                return _ConnectFailed(f"connection refused: {name}", reason_code=code)
             if not conn.session_present:
                 self._session.clear()
             # Reconcile until nothing changes: a subscribe() racing with us only
@@ -756,6 +762,11 @@ class MqttTransport:
     def _paho_publish(
         self, conn: _Connection, topic: str, payload: bytes, qos: int, retain: bool
     ) -> int:
+        if conn.max_packet is not None:
+            # fixed header (5) + topic (2 + n) + packet id (2) + properties length (1)
+            overhead = 10 + len(topic.encode())
+            if overhead + len(payload) > conn.max_packet:
+                raise PayloadTooLargeError(len(payload), max(conn.max_packet - overhead, 0))
         info = conn.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             raise NotConnectedError(f"{self.client_id}: not connected to the broker")
