@@ -91,6 +91,7 @@ _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason (MQTT 5); paho maps a 3.1.1 broke
 # While learning the version (auto), how long an MQTT 5 CONNECT may go unanswered
 # before 3.1.1 is tried: a broker answers CONNECT within one round trip.
 _V5_PROBE_TIMEOUT = 2.0
+_READ_BATCH = 64  # packets read in a row before the reader yields to the loop
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +245,7 @@ class _Connection:
         self.acks: dict[int, _PendingAck] = {}
         self.wake_writer = trio.Event()
         self.socket_closed = False
+        self.packets = 0  # packets that reached a callback: the reader's progress signal
         self.drained = trio.lowlevel.ParkingLot()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -302,6 +304,7 @@ class _Connection:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self.packets += 1
         pending = self.publishes.pop(mid, None)
         if pending is None:
             return  # QoS 0 (written), or a publisher that gave up
@@ -318,12 +321,14 @@ class _Connection:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
+        self.packets += 1
         pending = self.acks.pop(mid, None)
         if pending is not None:
             pending.codes = list(reason_codes)
             pending.done.set()
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        self.packets += 1
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -658,7 +663,14 @@ class MqttTransport:
                     await self._send.send(self._backlog[0])
                     self._backlog.popleft()
                 await trio.lowlevel.wait_readable(sock)
-                conn.check(client.loop_read(), "reading")
+                # paho reads one packet a call when nothing of ours is in
+                # flight; read on while packets keep coming (each one we care
+                # about fires a callback), up to a bound, before waiting again.
+                for _ in range(_READ_BATCH):
+                    seen = conn.packets
+                    conn.check(client.loop_read(), "reading")
+                    if conn.packets == seen or conn.lost.is_set() or self._backlog:
+                        break
                 # Bytes TLS already decrypted do not make the socket readable again.
                 while tls and not conn.lost.is_set() and not self._backlog and tls.pending():
                     conn.check(client.loop_read(), "reading")

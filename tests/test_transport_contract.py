@@ -227,8 +227,10 @@ async def test_incoming_overflow_policy(transport_harness: Harness, overflow: Ov
         await sub.subscribe("vsm/#")
         for i in range(50):
             await pub.publish("vsm/m/d/pub", i.to_bytes(1, "big"), qos=1)
-        await trio.sleep(0.3)  # let everything reach the subscriber while nobody reads
         if overflow is Overflow.DROP_NEWEST:
+            with trio.fail_after(WAIT):  # everything reaches the subscriber; nobody reads
+                while sub.statistics().messages_in < 50:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             got = await receive(sub, 4)
             await nothing_more(sub)
             assert [m.payload[0] for m in got] == [0, 1, 2, 3]

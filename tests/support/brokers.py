@@ -86,6 +86,7 @@ class Mosquitto:
         name: str = "mosquitto",
         port: int | None = None,
         persistence: bool = False,
+        nodelay: bool = True,
         extra_config: str = "",
     ) -> None:
         self.binary = find_mosquitto()
@@ -94,6 +95,7 @@ class Mosquitto:
         self.name = name
         self.port = port or free_port()
         self.persistence = persistence
+        self.nodelay = nodelay
         self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mosquitto.log"
@@ -116,6 +118,9 @@ class Mosquitto:
             "log_type notice",
             "log_type information",
             "connection_messages true",
+            # Without it Mosquitto's small writes (PUBACK, then PUBLISH) meet
+            # Nagle's algorithm and the peer's delayed ACK: ~40 ms stalls.
+            *(["set_tcp_nodelay true"] if self.nodelay else []),
             f"persistence {'true' if self.persistence else 'false'}",
         ]
         if self.persistence:
