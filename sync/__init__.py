@@ -7,12 +7,39 @@ Pure, sans-I/O cores with thin adapters; imports nothing else of vsm_edge.
 
 from typing import TYPE_CHECKING, Any
 
-from ._astore import AsyncStore
-from ._causal import AWSet, CausalCRDT, CausalLWWRegister, CCounter, MVRegister, ORMap
-from ._cbor import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, DEFAULT_MAX_SIZE
-from ._context import CausalContext, Dot, VersionVector
-from ._counters import GCounter, LWWRegister, PNCounter
-from ._crdt import DeltaCRDT, Digest
+from ._astore import (
+    AsyncStore,
+)
+from ._backoff import (
+    Backoff,
+)
+from ._causal import (
+    AWSet,
+    CausalCRDT,
+    CausalLWWRegister,
+    CCounter,
+    MVRegister,
+    ORMap,
+)
+from ._cbor import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_SIZE,
+)
+from ._context import (
+    CausalContext,
+    Dot,
+    VersionVector,
+)
+from ._counters import (
+    GCounter,
+    LWWRegister,
+    PNCounter,
+)
+from ._crdt import (
+    DeltaCRDT,
+    Digest,
+)
 from ._discovery import (
     MQTT_SERVICE_TYPE,
     SERVICE_TYPE,
@@ -29,7 +56,10 @@ from ._discovery import (
     decode_txt,
     encode_txt,
 )
-from ._discovery_service import MemoryDiscovery, MemoryDiscoveryNetwork
+from ._discovery_service import (
+    MemoryDiscovery,
+    MemoryDiscoveryNetwork,
+)
 from ._envelope import (
     IV_SIZE,
     KINDS,
@@ -79,6 +109,15 @@ from ._keys import (
     save_node_key,
     save_public_key,
 )
+from ._memory import (
+    MemoryBroker,
+    MemoryBrokerStatistics,
+    MemoryTransport,
+)
+from ._mqtt import (
+    MqttSettings,
+    MqttTransport,
+)
 from ._store import (
     CompactionResult,
     DeltaRun,
@@ -93,7 +132,32 @@ from ._store import (
     StoreHighWaterMark,
     StoreStatistics,
 )
-from ._ydoc import REMOTE_ORIGIN, StateVector, YDoc, YUpdate
+from ._topics import (
+    topic_matches,
+    validate_filter,
+    validate_topic,
+)
+from ._transport import (
+    ConnectionLostError,
+    InvalidTopicError,
+    Message,
+    NotConnectedError,
+    Overflow,
+    PayloadTooLargeError,
+    PublishRefusedError,
+    SubscriptionRefusedError,
+    Transport,
+    TransportError,
+    TransportState,
+    TransportStatistics,
+    Will,
+)
+from ._ydoc import (
+    REMOTE_ORIGIN,
+    StateVector,
+    YDoc,
+    YUpdate,
+)
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -112,6 +176,7 @@ __all__ = [
     "AWSet",
     "Advertisement",
     "AsyncStore",
+    "Backoff",
     "BrokerCandidate",
     "CCounter",
     "CausalCRDT",
@@ -119,6 +184,7 @@ __all__ = [
     "CausalLWWRegister",
     "ClockDriftError",
     "CompactionResult",
+    "ConnectionLostError",
     "DecryptError",
     "DeltaCRDT",
     "DeltaRun",
@@ -133,6 +199,7 @@ __all__ = [
     "GCounter",
     "HighWaterMark",
     "HybridLogicalClock",
+    "InvalidTopicError",
     "KeyFileError",
     "LWWRegister",
     "LimitExceededError",
@@ -141,19 +208,29 @@ __all__ = [
     "LogStatistics",
     "MVRegister",
     "MalformedError",
+    "MemoryBroker",
+    "MemoryBrokerStatistics",
     "MemoryDiscovery",
     "MemoryDiscoveryNetwork",
     "MemoryHighWaterMark",
+    "MemoryTransport",
     "MeshKey",
+    "Message",
+    "MqttSettings",
+    "MqttTransport",
     "NodeKey",
+    "NotConnectedError",
     "ORMap",
     "OutboxMessage",
+    "Overflow",
     "OverflowPolicy",
     "PNCounter",
+    "PayloadTooLargeError",
     "Peer",
     "PeerEvent",
     "PeerEventKind",
     "PeerTable",
+    "PublishRefusedError",
     "SignatureError",
     "Snapshot",
     "StateVector",
@@ -165,11 +242,17 @@ __all__ = [
     "StoreHighWaterMark",
     "StoreStatistics",
     "StoreVersionError",
+    "SubscriptionRefusedError",
     "SyncError",
     "Timestamp",
+    "Transport",
+    "TransportError",
+    "TransportState",
+    "TransportStatistics",
     "TxtRecordError",
     "UnsupportedVersionError",
     "VersionVector",
+    "Will",
     "WireError",
     "YDoc",
     "YUpdate",
@@ -187,8 +270,12 @@ __all__ = [
     "save_node_key",
     "save_public_key",
     "sign_envelope",
+    "topic_matches",
+    "validate_filter",
+    "validate_topic",
     "wall_clock_ms",
 ]
+
 
 if TYPE_CHECKING:
     from ._mdns import ZeroconfDiscovery
