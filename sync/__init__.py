@@ -60,6 +60,7 @@ from ._discovery_service import (
     MemoryDiscovery,
     MemoryDiscoveryNetwork,
 )
+from ._documents import ChangeObserver, CrdtDocument, YjsDocument
 from ._envelope import (
     IV_SIZE,
     KINDS,
@@ -86,6 +87,7 @@ from ._errors import (
     UnsupportedVersionError,
     WireError,
 )
+from ._gossip import ApplyOutcome, Gossip, GossipConfig, GossipDocument, GossipStatistics, Joined
 from ._hlc import (
     MAX_LOGICAL,
     MAX_WALL_MS,
@@ -117,6 +119,14 @@ from ._memory import (
 from ._mqtt import (
     MqttSettings,
     MqttTransport,
+)
+from ._replicator import (
+    Inbound,
+    IngressCheck,
+    PeerInfo,
+    Replicator,
+    ReplicatorConfig,
+    presence_topic,
 )
 from ._store import (
     CompactionResult,
@@ -175,6 +185,7 @@ __all__ = [
     "SERVICE_TYPE",
     "AWSet",
     "Advertisement",
+    "ApplyOutcome",
     "AsyncStore",
     "Backoff",
     "BrokerCandidate",
@@ -182,9 +193,11 @@ __all__ = [
     "CausalCRDT",
     "CausalContext",
     "CausalLWWRegister",
+    "ChangeObserver",
     "ClockDriftError",
     "CompactionResult",
     "ConnectionLostError",
+    "CrdtDocument",
     "DecryptError",
     "DeltaCRDT",
     "DeltaRun",
@@ -197,9 +210,16 @@ __all__ = [
     "Envelope",
     "FileHighWaterMark",
     "GCounter",
+    "Gossip",
+    "GossipConfig",
+    "GossipDocument",
+    "GossipStatistics",
     "HighWaterMark",
     "HybridLogicalClock",
+    "Inbound",
+    "IngressCheck",
     "InvalidTopicError",
+    "Joined",
     "KeyFileError",
     "LWWRegister",
     "LimitExceededError",
@@ -229,8 +249,11 @@ __all__ = [
     "Peer",
     "PeerEvent",
     "PeerEventKind",
+    "PeerInfo",
     "PeerTable",
     "PublishRefusedError",
+    "Replicator",
+    "ReplicatorConfig",
     "SignatureError",
     "Snapshot",
     "StateVector",
@@ -256,6 +279,7 @@ __all__ = [
     "WireError",
     "YDoc",
     "YUpdate",
+    "YjsDocument",
     "ZeroconfDiscovery",
     "choose_broker",
     "decode_envelope",
@@ -266,6 +290,7 @@ __all__ = [
     "load_node_key",
     "load_public_key",
     "open_envelope",
+    "presence_topic",
     "save_mesh_key",
     "save_node_key",
     "save_public_key",

@@ -546,9 +546,7 @@ class Gossip:
             )
 
     def _compact(self, now: float) -> None:
-        live = [
-            p for p in self._peers.values() if now - p.last_seen <= self.config.peer_timeout
-        ]
+        live = [p for p in self._peers.values() if now - p.last_seen <= self.config.peer_timeout]
         for name, doc in self.docs.items():
             stable = [p.digests[name] for p in live if name in p.digests]
             if len(stable) == len(live):  # every live peer has told us its digest

@@ -300,6 +300,10 @@ class HybridLogicalClock:
         self._logical = logical
         return Timestamp(wall, logical, self.node)
 
+    def physical_ms(self) -> int:
+        """The physical clock's reading now (no effect on the HLC)."""
+        return self._physical()
+
     @property
     def last(self) -> Timestamp:
         """The most recent stamp issued or received (no side effects)."""

@@ -333,6 +333,7 @@ class MemoryTransport:
         self._link: _Link | None = None
         self._state = TransportState.IDLE
         self._connected = trio.Event()
+        self._disconnected = trio.Event()  # set when the current connection ends
         self._running = False
         self._messages_in = self._bytes_in = self._messages_out = self._bytes_out = 0
         self._dropped = self._connects = self._connect_failures = self._lost = 0
@@ -377,6 +378,7 @@ class MemoryTransport:
                 for topic_filter, qos in self._wanted.items():
                     self._broker._subscribe(link, topic_filter, qos)
                 self._state = TransportState.CONNECTED
+                self._disconnected = trio.Event()
                 self._connected.set()
                 try:
                     await self._pump(link)
@@ -384,6 +386,7 @@ class MemoryTransport:
                     self._link = None
                     if self._connected.is_set():
                         self._connected = trio.Event()
+                        self._disconnected.set()
                     if not link.lost.is_set():  # we are being cancelled: leave cleanly
                         self._broker._detach(link)
                     else:
@@ -416,6 +419,13 @@ class MemoryTransport:
     async def wait_connected(self) -> None:
         """Return once connected with every subscription in place."""
         await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the current connection has ended (at once when not connected)."""
+        if not self._connected.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        await self._disconnected.wait()
 
     def _require_link(self) -> _Link:
         link = self._link

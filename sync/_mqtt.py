@@ -410,6 +410,7 @@ class MqttTransport:
         self._conn: _Connection | None = None
         self._state = TransportState.IDLE
         self._connected = trio.Event()
+        self._disconnected = trio.Event()  # set when the current connection ends
         self._running = False
         self._messages_in = self._bytes_in = self._messages_out = self._bytes_out = 0
         self._dropped = self._connects = self._connect_failures = self._lost = 0
@@ -567,6 +568,7 @@ class MqttTransport:
                 self._conn = None
             if self._connected.is_set():
                 self._connected = trio.Event()
+                self._disconnected.set()
             conn.close_socket()
         if failure is not None:
             raise failure
@@ -579,6 +581,7 @@ class MqttTransport:
         self._conn = conn
         self._connects += 1
         self._state = TransportState.CONNECTED
+        self._disconnected = trio.Event()
         self._connected.set()
         s = self.settings
         log.info(
@@ -717,6 +720,13 @@ class MqttTransport:
     async def wait_connected(self) -> None:
         """Return once connected with every subscription in place."""
         await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the current connection has ended (at once when not connected)."""
+        if not self._connected.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        await self._disconnected.wait()
 
     def _require_connection(self) -> _Connection:
         conn = self._conn

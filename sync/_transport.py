@@ -211,6 +211,10 @@ class Transport(Protocol):
         """Return once connected with every subscription in place."""
         ...
 
+    async def wait_disconnected(self) -> None:
+        """Return once the current connection has ended (at once when not connected)."""
+        ...
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False
     ) -> None:

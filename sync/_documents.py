@@ -1,0 +1,179 @@
+"""Replicated documents: a CRDT or a Yjs document as the gossip core sees it.
+
+:class:`CrdtDocument` holds one causal CRDT value (usually an :class:`ORMap`)
+and :class:`YjsDocument` one pycrdt document; both implement
+:class:`~vsm_edge.sync._gossip.GossipDocument` (digest, lacks, delta_since,
+apply, compact) over encoded bytes, and call observers after every change.
+
+Garbage collection and peers that come back: ``compact`` drops removal
+records that every *live* peer has seen. A peer that was away may come back
+below that point; a partial delta would then miss a removal it needs. So the
+document remembers the union of every context it compacted at (the *floor*)
+and answers a digest that does not cover the floor with its full state: a
+full-state join needs no removal records (entries whose dots the sender's
+context holds but its store lacks are removed by the join itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from ._causal import CausalCRDT
+from ._cbor import dumps, loads
+from ._context import CausalContext
+from ._gossip import ApplyOutcome
+from ._ydoc import RootType, StateVector, YDoc, YUpdate
+
+__all__ = ["ChangeObserver", "CrdtDocument", "YjsDocument"]
+
+C = TypeVar("C", bound=CausalCRDT)
+
+#: ``observer(document_name, delta, local)`` after every change: ``delta`` is
+#: the decoded delta that was joined, ``local`` whether it was our own mutation.
+ChangeObserver = Callable[[str, Any, bool], None]
+
+
+class CrdtDocument(Generic[C]):
+    """A named causal-CRDT replica (e.g. an ORMap) exchanged as CBOR deltas."""
+
+    def __init__(self, name: str, kind: type[C], state: C | None = None) -> None:
+        self._name = name
+        self.kind = kind
+        self.state: C = state if state is not None else kind()
+        self._floor = CausalContext()
+        self._observers: list[ChangeObserver] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def observe(self, observer: ChangeObserver) -> None:
+        self._observers.append(observer)
+
+    # -- local mutations -------------------------------------------------------
+
+    def mutate(self, mutator: Callable[[C], C]) -> tuple[C, bytes]:
+        """Apply ``mutator(state) -> delta`` locally; return the delta and its bytes."""
+        delta = mutator(self.state)
+        if type(delta) is not self.kind:
+            raise TypeError(f"mutator returned {type(delta).__name__}, not {self.kind.__name__}")
+        self.state = self.state.merge(delta)
+        data = dumps(delta.to_cbor())
+        for observer in self._observers:
+            observer(self._name, delta, True)
+        return delta, data
+
+    def encode_state(self) -> bytes:
+        return dumps(self.state.to_cbor())
+
+    def decode(self, data: bytes) -> C:
+        """Decode a delta or state of this document's kind; raises MalformedError."""
+        return self.kind.from_cbor(loads(data))
+
+    def load(self, data: bytes) -> None:
+        """Replace the state with a stored snapshot (at start-up)."""
+        self.state = self.decode(data)
+
+    # -- GossipDocument ----------------------------------------------------------
+
+    def digest(self) -> Any:
+        return self.state.digest().to_cbor()
+
+    def lacks(self, remote_digest: Any) -> bool:
+        return not self.state.digest().covers(CausalContext.from_cbor(remote_digest))
+
+    def delta_since(self, remote_digest: Any) -> bytes | None:
+        remote = CausalContext.from_cbor(remote_digest)
+        if self._floor and not remote.covers(self._floor):
+            return self.encode_state()  # see the module docstring
+        delta = self.state.delta_since(remote)
+        if delta.is_bottom():
+            return None
+        return dumps(delta.to_cbor())
+
+    def apply(self, data: bytes) -> ApplyOutcome:
+        delta = self.decode(data)
+        if not delta.is_ready(self.state.digest()):
+            return ApplyOutcome.NOT_READY
+        self.state = self.state.merge(delta)
+        for observer in self._observers:
+            observer(self._name, delta, False)
+        return ApplyOutcome.APPLIED
+
+    def compact(self, stable: list[Any]) -> None:
+        if not stable:
+            return
+        meet = CausalContext.from_cbor(stable[0])
+        for digest in stable[1:]:
+            meet = meet & CausalContext.from_cbor(digest)
+        compacted = self.state.compact(meet)
+        if compacted is not self.state:
+            self._floor = self._floor | (meet & self.state.digest())
+            self.state = compacted
+
+    def own_seqs(self, delta: C, node: str) -> tuple[int, int] | None:
+        """The first and last sequence numbers (dots) of ``node`` in ``delta``."""
+        ranges = delta.context.ranges().get(node)
+        if not ranges:
+            return None
+        return ranges[0], ranges[-1]
+
+
+class YjsDocument:
+    """A named pycrdt (Yjs) document exchanged as Yjs updates.
+
+    Numbers are JavaScript doubles (``1`` reads back as ``1.0``); an update
+    whose dependencies are missing stays pending inside pycrdt, is reported
+    as not ready, and triggers a repair.
+    """
+
+    def __init__(self, name: str, roots: Mapping[str, RootType], *, client_id: int | None = None):
+        self._name = name
+        self.ydoc = YDoc(roots, client_id=client_id)
+        self._observers: list[ChangeObserver] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def observe(self, observer: ChangeObserver) -> None:
+        self._observers.append(observer)
+
+    def mutate(self, edit: Callable[[YDoc], None]) -> tuple[YUpdate, bytes]:
+        update = self.ydoc.mutate(edit)
+        for observer in self._observers:
+            observer(self._name, update, True)
+        return update, dumps(update.to_cbor())
+
+    def encode_state(self) -> bytes:
+        return dumps(self.ydoc.to_cbor())
+
+    def load(self, data: bytes) -> None:
+        self.ydoc.merge(YUpdate.from_cbor(loads(data)))
+
+    def digest(self) -> Any:
+        return self.ydoc.digest().to_cbor()
+
+    def lacks(self, remote_digest: Any) -> bool:
+        return not self.ydoc.digest().covers(StateVector.from_cbor(remote_digest))
+
+    def delta_since(self, remote_digest: Any) -> bytes | None:
+        update = self.ydoc.delta_since(StateVector.from_cbor(remote_digest))
+        if update.is_bottom():
+            return None
+        return dumps(update.to_cbor())
+
+    def apply(self, data: bytes) -> ApplyOutcome:
+        update = YUpdate.from_cbor(loads(data))
+        before = self.ydoc.digest()
+        self.ydoc.merge(update)
+        if self.ydoc.pending:
+            return ApplyOutcome.NOT_READY
+        if self.ydoc.digest() != before:
+            for observer in self._observers:
+                observer(self._name, update, False)
+        return ApplyOutcome.APPLIED
+
+    def compact(self, stable: list[Any]) -> None:
+        """Yjs keeps its own compact delete set; nothing to do."""

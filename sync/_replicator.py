@@ -1,0 +1,675 @@
+"""The replicator: gossip over MQTT, with signatures, presence and a durable store.
+
+Theory of operation
+-------------------
+The replicator is the thin Trio adapter around the sans-I/O
+:class:`~vsm_edge.sync._gossip.Gossip` core. It owns the topics, the
+envelopes (every message is a signed COSE_Sign1, optionally encrypted), the
+peer table, the hybrid logical clock and the store.
+
+Topics (docs/protocol.md §4), for mesh ``M`` and node ``N``::
+
+    vsm/M/d/N         deltas, QoS 1             (broadcast)
+    vsm/M/sv/N        digests, QoS 0            (broadcast)
+    vsm/M/to/N        repair requests and answers, first-contact digests,
+                      chunks, addressed to N, QoS 1
+    vsm/M/presence/N  retained presence; the last will says "offline"
+    vsm/M/alg/N       algedonic signals, QoS 1, latest retained (application)
+    vsm/M/policy      admin-signed policy, retained (application)
+
+Ingress, for every message: decode the envelope (strict, bounded) -> find the
+sender's public key (its presence; a presence message carries its own key,
+which must hash to its kid) -> verify -> the *ingress check* (the agent's
+gateway) -> the receive rule of the HLC (a stamp too far ahead is refused)
+-> decrypt -> decode the CBOR body -> dispatch. Anything refused is counted
+by reason and dropped; anti-entropy repairs what a drop loses.
+
+Durability: :meth:`Replicator.mutate` returns only after the delta is in the
+store's log (SQLite, committed), so an acknowledged update survives a kill -9;
+only then does the delta leave for the mesh. Remote updates are captured by
+periodic snapshots (after a crash, anti-entropy re-fetches the rest). Deltas
+that cannot be published (no broker) go to the store's outbox, bounded by
+count, bytes and age, and are sent again, re-signed, when the broker is back;
+what the bound drops, anti-entropy repairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from ._astore import AsyncStore
+from ._cbor import dumps, loads
+from ._documents import CrdtDocument, YjsDocument
+from ._envelope import Envelope, decode_envelope, sign_envelope
+from ._errors import SignatureError, SyncError, WireError
+from ._gossip import Broadcast, Direct, Gossip, GossipConfig, Joined
+from ._hlc import ClockDriftError, HybridLogicalClock
+from ._keys import MeshKey, NodeKey, derive_kid
+from ._transport import Message, Transport, TransportError, Will
+
+__all__ = [
+    "Inbound",
+    "IngressCheck",
+    "PeerInfo",
+    "Replicator",
+    "ReplicatorConfig",
+    "presence_topic",
+]
+
+log = logging.getLogger("vsm_edge.sync.replicator")
+
+Document = CrdtDocument[Any] | YjsDocument
+
+_QOS = {"delta": 1, "digest": 0, "repair": 1, "chunk": 1}
+
+
+def presence_topic(mesh: str, node: str) -> str:
+    return f"vsm/{mesh}/presence/{node}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatorConfig:
+    """Who we are and how we gossip; times in seconds."""
+
+    mesh: str
+    node: str
+    zone: str = "default"
+    broker_url: str = ""
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    snapshot_interval: float = 2.0
+    publishers: int = 4  # concurrent QoS 1 publishes in flight
+    outgoing_capacity: int = 1024  # queued outgoing messages before spilling to the outbox
+    max_envelope: int = 256 * 1024
+    outbox_retry: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("mesh", self.mesh), ("node", self.node)):
+            if not value or any(c in value for c in "/+#") or len(value) > 64:
+                raise ValueError(f"{name} {value!r} must be 1..64 chars without / + #")
+        if self.snapshot_interval <= 0 or self.outbox_retry <= 0:
+            raise ValueError("snapshot_interval and outbox_retry must be > 0")
+        if self.publishers < 1 or self.outgoing_capacity < 1:
+            raise ValueError("publishers and outgoing_capacity must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What the ingress check is told about one verified-or-not envelope."""
+
+    sender: str
+    channel: str  # "d", "sv", "to", "presence", "alg" or "policy"
+    envelope: Envelope
+    signature_ok: bool
+    retained: bool
+    size: int
+    received_ms: int
+
+
+class IngressCheck(Protocol):
+    """The gateway: return a refusal reason, or None to let the message in."""
+
+    def __call__(self, inbound: Inbound, /) -> str | None: ...
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What we know of a peer, from its presence and its traffic."""
+
+    node: str
+    kid: bytes
+    public_key: bytes
+    incarnation: int
+    zone: str
+    online: bool
+    last_seen: float  # trio time of the last accepted message
+    hlc: int  # packed HLC of its latest presence
+    broker: str = ""
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "kid": self.kid.hex(),
+            "zone": self.zone,
+            "online": self.online,
+            "incarnation": self.incarnation,
+            "last_seen_s": round(now - self.last_seen, 3),
+        }
+
+
+AppHandler = Callable[[str, str, Any, Envelope], None]
+"""``handler(channel, sender, body, envelope)`` for "alg" and "policy" messages."""
+
+
+class Replicator:
+    """Replicates ``docs`` with the mesh through ``transport`` (see module docstring).
+
+    ``transport_factory(will)`` builds the transport with our last will (the
+    signed "offline" presence). ``store`` (optional) makes local updates
+    durable and holds the outbox. ``ingress`` is the gateway; without one,
+    every correctly signed message is accepted. ``on_app`` receives algedonic
+    and policy messages. ``randbytes`` supplies nonces and IVs.
+    """
+
+    def __init__(
+        self,
+        config: ReplicatorConfig,
+        key: NodeKey,
+        clock: HybridLogicalClock,
+        transport_factory: Callable[[Will], Transport],
+        docs: Mapping[str, Document],
+        *,
+        store: AsyncStore | None = None,
+        ingress: IngressCheck | None = None,
+        on_app: AppHandler | None = None,
+        mesh_key: MeshKey | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.clock = clock
+        self.docs: dict[str, Document] = dict(docs)
+        self.store = store
+        self.ingress = ingress
+        self.on_app = on_app
+        self.mesh_key = mesh_key
+        self._randbytes = randbytes
+        self.node = config.node
+        self.mesh = config.mesh
+        self._prefix = f"vsm/{config.mesh}/"
+        self.incarnation = clock.now().packed  # grows across restarts (persisted HLC)
+        self.transport = transport_factory(self._will())
+        self.gossip = Gossip(self.node, self.docs, config.gossip, now=0.0)
+        self.peers: dict[str, PeerInfo] = {}
+        self._by_kid: dict[bytes, str] = {}
+        self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, str, Any, int]](
+            config.outgoing_capacity
+        )
+        # Broadcast deltas that could not be published, on their way to the outbox.
+        self._spill_send, self._spill_recv = trio.open_memory_channel[tuple[str, bytes]](
+            config.outgoing_capacity
+        )
+        self._wake = trio.Event()
+        self._outbox_wake = trio.Event()
+        self._dirty: set[str] = set()
+        self._seq_cover: dict[str, tuple[str, int]] = {}  # doc -> (origin, last own seq)
+        self._refused: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._observers: list[Callable[[Joined], None]] = []
+        self._started = trio.Event()
+        self._announced = trio.Event()  # our presence (and key) is at the broker
+        self._running = False
+
+    # -- public API ---------------------------------------------------------------
+
+    def observe_joins(self, observer: Callable[[Joined], None]) -> None:
+        """Call ``observer`` for every delta joined from a peer."""
+        self._observers.append(observer)
+
+    async def mutate(self, doc: str, mutator: Callable[[Any], Any]) -> Any:
+        """Apply a local mutation of ``doc``; return its delta once it is durable.
+
+        ``mutator`` gets the document's state (a CRDT value, or the YDoc) and
+        returns a delta (for a YDoc: edits it in place and returns None). The
+        delta is committed to the store's log before this returns and before
+        it leaves for the mesh. Raises SyncError for an unknown document,
+        StoreError when the store cannot commit (the update is then not
+        acknowledged, though it is visible locally until restart).
+        """
+        document = self.docs.get(doc)
+        if document is None:
+            raise SyncError(f"unknown document {doc!r}")
+        if isinstance(document, CrdtDocument):
+            delta, data = document.mutate(mutator)
+            seqs = document.own_seqs(delta, self.node)
+            origin = self.node
+        else:
+            before = document.ydoc.digest()[document.ydoc.client_id]
+            delta, data = document.mutate(mutator)
+            after = document.ydoc.digest()[document.ydoc.client_id]
+            seqs = (before + 1, after) if after > before else None
+            origin = f"{self.node}#{document.ydoc.client_id}"
+        if seqs is None:
+            return delta  # nothing changed
+        self._dirty.add(doc)
+        if self.store is not None:
+            await self.store.append_delta(doc, origin, seqs[0], seqs[1], data)
+            self._seq_cover[doc] = (origin, seqs[1])
+        self.gossip.local_update(doc, data, trio.current_time())
+        self._wake.set()
+        return delta
+
+    async def publish_app(self, channel: str, body: Any, *, retain: bool) -> None:
+        """Publish an application message ("alg" or "policy"), signed, QoS 1.
+
+        Raises TransportError when the broker is unreachable (the caller owns
+        the retry: algedonic signals are re-sent until acknowledged).
+        """
+        if channel == "alg":
+            topic = f"{self._prefix}alg/{self.node}"
+        elif channel == "policy":
+            topic = f"{self._prefix}policy"
+        else:
+            raise ValueError(f"unknown application channel {channel!r}")
+        await self.transport.publish(topic, self._seal(channel, body), qos=1, retain=retain)
+        self._count_out(channel)
+
+    def online_peers(self) -> list[str]:
+        return sorted(name for name, p in self.peers.items() if p.online)
+
+    def statistics(self) -> dict[str, Any]:
+        g = self.gossip.statistics()
+        t = self.transport.statistics()
+        return {
+            "node": self.node,
+            "incarnation": self.incarnation,
+            "transport": {
+                "state": t.state.value,
+                "protocol": t.protocol,
+                "messages_in": t.messages_in,
+                "messages_out": t.messages_out,
+                "bytes_in": t.bytes_in,
+                "bytes_out": t.bytes_out,
+                "reconnects": t.reconnects,
+            },
+            "gossip": {"peers": g.peers, "pending": g.pending, **g.counters},
+            "refused": dict(self._refused),
+            "counts": dict(self._counts),
+            "hlc": str(self.clock.last),
+        }
+
+    # -- the service ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: recover, connect, gossip; flush state on the way out."""
+        if self._running:
+            raise RuntimeError("Replicator.run() is already running")
+        self._running = True
+        await self._recover()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.run)
+                nursery.start_soon(self._receiver)
+                nursery.start_soon(self._connection_watch)
+                nursery.start_soon(self._ticker)
+                for _ in range(self.config.publishers):
+                    nursery.start_soon(self._publisher)
+                if self.store is not None:
+                    nursery.start_soon(self._snapshotter)
+                    nursery.start_soon(self._spiller)
+                    nursery.start_soon(self._outbox_drainer)
+                self._started.set()
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush_snapshots()
+
+    async def _recover(self) -> None:
+        if self.store is None:
+            return
+        for name, document in self.docs.items():
+            snapshot = await self.store.get_snapshot(name)
+            if snapshot is not None:
+                try:
+                    document.load(snapshot.state)
+                except WireError as exc:
+                    raise SyncError(f"stored snapshot of {name!r} is unreadable: {exc}") from exc
+            for entry in await self.store.uncovered_deltas(name):
+                document.apply(entry.delta)
+            if isinstance(document, CrdtDocument):
+                self._seq_cover[name] = (self.node, document.state.digest().max(self.node))
+
+    # -- outgoing ---------------------------------------------------------------
+
+    def _will(self) -> Will:
+        return Will(
+            topic=presence_topic(self.mesh, self.node),
+            payload=self._seal("presence", self._presence_body(online=False)),
+            qos=1,
+            retain=True,
+        )
+
+    def _presence_body(self, *, online: bool) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "pk": self.key.public_key,
+            "inc": self.incarnation,
+            "state": "online" if online else "offline",
+            "zone": self.config.zone,
+            "mesh": self.mesh,
+            "broker": self.config.broker_url,
+        }
+
+    def _seal(self, kind: str, body: Any) -> bytes:
+        # Presence is never encrypted: it carries the public key that everyone,
+        # outside tools included, verifies this node's envelopes with.
+        mesh_key = self.mesh_key if kind != "presence" else None
+        iv = self._randbytes(12) if mesh_key is not None else None
+        return sign_envelope(
+            dumps(body),
+            self.key,
+            hlc=self.clock.now(),
+            kind=kind,
+            nonce=self._randbytes(8),
+            mesh_key=mesh_key,
+            iv=iv,
+            max_size=self.config.max_envelope,
+        )
+
+    def _count_out(self, kind: str) -> None:
+        self._counts[f"out_{kind}"] += 1
+
+    def _flush_actions(self) -> None:
+        for action in self.gossip.drain():
+            if isinstance(action, Broadcast):
+                channel = "d" if action.kind == "delta" else "sv"
+                topic = f"{self._prefix}{channel}/{self.node}"
+            else:
+                assert isinstance(action, Direct)
+                topic = f"{self._prefix}to/{action.to}"
+            qos = _QOS.get(action.kind, 1)
+            item = (topic, action.kind, action.body, qos)
+            try:
+                self._out_send.send_nowait(item)
+            except trio.WouldBlock:
+                self._spill(item)
+
+    def _spill(self, item: tuple[str, str, Any, int]) -> None:
+        """Keep a broadcast delta we cannot send now; drop the rest (counted)."""
+        topic, kind, body, _ = item
+        if kind == "delta" and self.store is not None and "/d/" in topic:
+            try:
+                self._spill_send.send_nowait((topic, dumps(body)))
+            except trio.WouldBlock:
+                pass
+            else:
+                self._counts["spilled_to_outbox"] += 1
+                return
+        self._counts[f"dropped_{kind}"] += 1  # anti-entropy repairs what is dropped
+
+    async def _spiller(self) -> None:
+        assert self.store is not None
+        async for topic, payload in self._spill_recv:
+            try:
+                await self.store.enqueue(topic, payload, qos=1)
+            except SyncError as exc:
+                self._counts["outbox_errors"] += 1
+                log.warning("outbox enqueue failed: %s", exc)
+            self._outbox_wake.set()
+
+    async def _publisher(self) -> None:
+        async for topic, kind, body, qos in self._out_recv:
+            try:
+                payload = self._seal(kind, body)
+            except ValueError:  # larger than the envelope limit: a bug upstream
+                self._counts["oversized"] += 1
+                log.exception("cannot seal %s for %s", kind, topic)
+                continue
+            try:
+                await self.transport.publish(topic, payload, qos=qos)
+                self._count_out(kind)
+            except TransportError:
+                self._spill((topic, kind, body, qos))
+
+    async def _outbox_drainer(self) -> None:
+        assert self.store is not None
+        while True:
+            await self.transport.wait_connected()
+            batch = await self.store.peek(16)
+            if not batch:
+                self._outbox_wake = trio.Event()
+                with trio.move_on_after(self.config.outbox_retry):
+                    await self._outbox_wake.wait()
+                continue
+            for message in batch:
+                try:
+                    body = loads(message.payload, max_size=self.config.max_envelope)
+                    payload = self._seal("delta", body)
+                    await self.transport.publish(message.topic, payload, qos=message.qos)
+                except TransportError:
+                    await trio.sleep(self.config.outbox_retry)
+                    break
+                except (WireError, ValueError):
+                    self._counts["outbox_unreadable"] += 1
+                await self.store.ack(message.id)
+                self._counts["outbox_sent"] += 1
+
+    async def _ticker(self) -> None:
+        # Nothing leaves before our presence: peers verify us with its key.
+        await self._announced.wait()
+        while True:
+            now = trio.current_time()
+            self.gossip.tick(now)
+            for event in self.gossip.events():
+                self._joined(event)
+            self._flush_actions()
+            deadline = self.gossip.next_deadline()
+            self._wake = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+
+    async def _connection_watch(self) -> None:
+        """On every (re)connection: subscribe, announce presence, send digests."""
+        subscribed = False
+        while True:
+            await self.transport.wait_connected()
+            try:
+                if not subscribed:  # the transport keeps them across reconnects
+                    # Presence first: its retained messages carry the keys
+                    # that every later message is verified with.
+                    for channel in ("presence/+", "d/+", "sv/+", f"to/{self.node}", "alg/+"):
+                        await self.transport.subscribe(f"{self._prefix}{channel}", qos=1)
+                    await self.transport.subscribe(f"{self._prefix}policy", qos=1)
+                    subscribed = True
+                await self.transport.publish(
+                    presence_topic(self.mesh, self.node),
+                    self._seal("presence", self._presence_body(online=True)),
+                    qos=1,
+                    retain=True,
+                )
+                self._count_out("presence")
+                self._announced.set()
+            except TransportError:
+                await trio.sleep(0.1)
+                continue
+            self.gossip.request_digest_now(trio.current_time())
+            self._wake.set()
+            self._outbox_wake.set()
+            await self.transport.wait_disconnected()
+
+    async def _snapshotter(self) -> None:
+        while True:
+            await trio.sleep(self.config.snapshot_interval)
+            await self._flush_snapshots()
+
+    async def _flush_snapshots(self) -> None:
+        if self.store is None:
+            return
+        for name in sorted(self._dirty):
+            self._dirty.discard(name)
+            document = self.docs[name]
+            cover: dict[str, int] = {}
+            if name in self._seq_cover:
+                origin, seq = self._seq_cover[name]
+                cover[origin] = seq
+            try:
+                if isinstance(document, CrdtDocument):
+                    # The state is an immutable value: encode it off the loop.
+                    data = await trio.to_thread.run_sync(_encode_state, document.state)
+                else:
+                    data = document.encode_state()
+                await self.store.put_snapshot(
+                    name, data, digest=dumps(document.digest()), cover=cover
+                )
+                self._counts["snapshots"] += 1
+            except SyncError as exc:
+                self._dirty.add(name)
+                self._counts["snapshot_errors"] += 1
+                log.warning("snapshot of %s failed: %s", name, exc)
+
+    # -- incoming ---------------------------------------------------------------
+
+    async def _receiver(self) -> None:
+        async for message in self.transport.messages:
+            try:
+                self._receive(message)
+            except Exception:  # a bug must not kill replication; it is logged and counted
+                self._refused["internal-error"] += 1
+                log.exception("error while handling a message on %s", message.topic)
+            self._flush_actions()
+
+    def _refuse(self, reason: str) -> None:
+        self._refused[reason] += 1
+
+    def _receive(self, message: Message) -> None:
+        parts = message.topic[len(self._prefix) :].split("/")
+        if not message.topic.startswith(self._prefix) or not parts:
+            self._refuse("foreign-topic")
+            return
+        channel = parts[0]
+        topic_node = parts[1] if len(parts) == 2 else None
+        if topic_node == self.node and channel != "to":
+            return  # our own broadcast, echoed by the broker
+        if channel == "presence" and message.payload in (b"",):
+            return  # a cleared retained message
+        try:
+            envelope = decode_envelope(message.payload, max_size=self.config.max_envelope)
+        except WireError:
+            self._refuse("malformed-envelope")
+            return
+        now = trio.current_time()
+        # Who sent it, and with which key?
+        presence_body: dict[str, Any] | None = None
+        sender: str
+        if channel == "presence":
+            presence_body = self._presence_from(envelope)
+            if presence_body is None or presence_body["node"] != topic_node:
+                self._refuse("bad-presence")
+                return
+            public_key = presence_body["pk"]
+            sender = presence_body["node"]
+        else:
+            found = self._by_kid.get(envelope.kid)
+            if found is None:
+                self._refuse("unknown-key")  # presence not seen yet: repaired later
+                return
+            sender = found
+            if topic_node is not None and channel != "to" and topic_node != sender:
+                self._refuse("topic-key-mismatch")
+                return
+            public_key = self.peers[sender].public_key
+        try:
+            envelope.verify(public_key)
+            signature_ok = True
+        except SignatureError:
+            signature_ok = False
+        inbound = Inbound(
+            sender=sender,
+            channel=channel,
+            envelope=envelope,
+            signature_ok=signature_ok,
+            retained=message.retain,
+            size=len(message.payload),
+            received_ms=self.clock.physical_ms(),
+        )
+        if self.ingress is not None:
+            reason = self.ingress(inbound)
+            if reason is not None:
+                self._refuse(reason)
+                return
+        elif not signature_ok:
+            self._refuse("bad-signature")
+            return
+        if not message.retain:
+            try:
+                self.clock.update(envelope.timestamp(sender))
+            except ClockDriftError:
+                self._refuse("clock-drift")
+                return
+        if channel == "presence":
+            assert presence_body is not None
+            self._on_presence(presence_body, envelope, now)
+            return
+        try:
+            plaintext = envelope.plaintext(self.mesh_key)
+            body = loads(plaintext, max_size=self.config.max_envelope)
+        except WireError:
+            self._refuse("undecodable-payload")
+            return
+        peer = self.peers.get(sender)
+        if peer is not None:
+            peer.last_seen = now
+        self._counts[f"in_{envelope.kind}"] += 1
+        if channel in ("d", "sv", "to"):
+            self.gossip.receive(sender, envelope.kind, body, now, direct=channel == "to")
+            for event in self.gossip.events():
+                self._joined(event)
+        elif channel in ("alg", "policy"):
+            if self.on_app is not None:
+                self.on_app(channel, sender, body, envelope)
+        else:
+            self._refuse("unknown-channel")
+
+    def _presence_from(self, envelope: Envelope) -> dict[str, Any] | None:
+        if envelope.kind != "presence" or envelope.encrypted:
+            return None
+        try:
+            body = loads(envelope.payload, max_size=4096)
+        except WireError:
+            return None
+        if not (
+            isinstance(body, dict)
+            and isinstance(body.get("node"), str)
+            and isinstance(body.get("pk"), bytes)
+            and len(body["pk"]) == 32
+            and isinstance(body.get("inc"), int)
+            and body.get("state") in ("online", "offline")
+            and isinstance(body.get("zone", ""), str)
+            and body.get("mesh") == self.mesh
+        ):
+            return None
+        if derive_kid(body["pk"]) != envelope.kid:
+            return None
+        return body
+
+    def _on_presence(self, body: dict[str, Any], envelope: Envelope, now: float) -> None:
+        node = body["node"]
+        online = body["state"] == "online"
+        old = self.peers.get(node)
+        # Within one incarnation the broker delivers a node's presence in order
+        # (its own publishes, then its will), so only an older incarnation is stale.
+        if old is not None and body["inc"] < old.incarnation:
+            self._refuse("stale-presence")
+            return
+        if old is not None and old.kid != envelope.kid:
+            self._by_kid.pop(old.kid, None)
+        self.peers[node] = PeerInfo(
+            node=node,
+            kid=envelope.kid,
+            public_key=body["pk"],
+            incarnation=body["inc"],
+            zone=body.get("zone", ""),
+            online=online,
+            last_seen=now,
+            hlc=envelope.hlc,
+            broker=str(body.get("broker", "")),
+        )
+        self._by_kid[envelope.kid] = node
+        self._counts["in_presence"] += 1
+        if not online:
+            self.gossip.peer_gone(node)
+
+    def _joined(self, event: Joined) -> None:
+        self._dirty.add(event.doc)
+        for observer in self._observers:
+            observer(event)
+
+
+def _encode_state(state: Any) -> bytes:
+    return dumps(state.to_cbor())
