@@ -126,7 +126,7 @@ async def open_node(
         yield node
     finally:
         node.scope.cancel()
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
