@@ -137,7 +137,7 @@ async def test_unplug_and_replug_the_bridge_recovers(tmp_path: Path) -> None:
             first_pty = sim.path
             await bridge.command("fan", 1)
             sim.unplug()
-            while bridge.device is not None:  # noqa: ASYNC110 (polling what the bridge saw)
+            while bridge.device is not None:
                 await trio.sleep(0.01)
             assert not os.path.exists(link)  # noqa: ASYNC240  # the device node is gone while unplugged
             await bridge.wait_connected()
@@ -172,7 +172,7 @@ async def test_version_mismatch_is_reported_not_connected() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             bridge = await start(nursery, sim)
-            while bridge.statistics().last_error is None:  # noqa: ASYNC110
+            while bridge.statistics().last_error is None:
                 await trio.sleep(0.01)
             assert "[2, 3]" in str(bridge.statistics().last_error)
             assert bridge.device is None

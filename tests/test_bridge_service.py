@@ -111,7 +111,7 @@ async def test_slow_consumer_loses_the_oldest_readings(
         await nursery.start(bridge.run)
         await bridge.wait_connected()
         dev = port.sessions[0]
-        while dev.state is not SessionState.CONNECTED:  # noqa: ASYNC110 (HELLO_ACK on its way)
+        while dev.state is not SessionState.CONNECTED:
             await trio.sleep(0.001)
         for i in range(10):
             assert dev.send_reading(1, i)

@@ -325,7 +325,7 @@ async def test_memory_discovery_finds_loses_and_refinds_peers(
             assert set(d.peers()) == {f"n{i}" for i in range(3)} - {d.advertisement.node}
         net.cut("n2")
         t_cut = trio.current_time()
-        while "n2" in nodes[0].peers():  # noqa: ASYNC110 - polling virtual time
+        while "n2" in nodes[0].peers():
             await trio.sleep(0.1)
         waited = trio.current_time() - t_cut
         # n2 was last heard at most one jittered interval before the cut, and the
@@ -334,7 +334,7 @@ async def test_memory_discovery_finds_loses_and_refinds_peers(
         assert FAST.gone_after - jittered <= waited <= FAST.gone_after + jittered + 0.2
         assert not nodes[2].peers()  # the cut node lost everyone too
         net.heal("n2")
-        while len(nodes[2].peers()) < 2 or "n2" not in nodes[1].peers():  # noqa: ASYNC110
+        while len(nodes[2].peers()) < 2 or "n2" not in nodes[1].peers():
             await trio.sleep(0.1)
         assert trio.current_time() - t_cut - waited < 2 * FAST.refresh_interval * 1.2 + 0.5
         nursery.cancel_scope.cancel()

@@ -41,7 +41,7 @@ def node(name: str, mesh: str, **kw: object) -> ZeroconfDiscovery:
 async def wait_for(predicate: object, seconds: float) -> None:
     assert callable(predicate)
     with trio.fail_after(seconds):
-        while not predicate():  # noqa: ASYNC110 - polling state fed by other threads
+        while not predicate():
             await trio.sleep(0.05)
 
 

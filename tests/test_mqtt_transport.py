@@ -106,7 +106,7 @@ async def test_session_taken_over_is_reported(mosquitto: Mosquitto) -> None:
         await connected(nursery, first)
         await connected(nursery, second)
         with trio.fail_after(WAIT):
-            while first.statistics().connections_lost == 0:  # noqa: ASYNC110
+            while first.statistics().connections_lost == 0:
                 await trio.sleep(0.01)
         # Mosquitto 2.0.11 closes the old connection without a DISCONNECT packet.
         assert first.statistics().last_error in (
@@ -248,7 +248,7 @@ async def test_name_resolution_failure_is_reported() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(t.run)
         with trio.fail_after(WAIT):
-            while t.statistics().connect_failures == 0:  # noqa: ASYNC110
+            while t.statistics().connect_failures == 0:
                 await trio.sleep(0.01)
         assert "cannot resolve 'no-such-host.invalid'" in (t.statistics().last_error or "")
         nursery.cancel_scope.cancel()
@@ -328,7 +328,7 @@ async def test_tls_refuses_an_unknown_ca(tls_broker: tuple[Mosquitto, int, Path]
     async with trio.open_nursery() as nursery:
         await nursery.start(t.run)
         with trio.fail_after(WAIT):
-            while t.statistics().connect_failures == 0:  # noqa: ASYNC110
+            while t.statistics().connect_failures == 0:
                 await trio.sleep(0.01)
         error = t.statistics().last_error or ""
         assert "TLS handshake with 127.0.0.1 failed" in error
@@ -345,7 +345,7 @@ async def test_wrong_password_is_refused_and_retried(
     async with trio.open_nursery() as nursery:
         await nursery.start(t.run)
         with trio.fail_after(WAIT):
-            while t.statistics().connect_failures < 2:  # noqa: ASYNC110
+            while t.statistics().connect_failures < 2:
                 await trio.sleep(0.01)
         assert t.statistics().last_error in (
             "connection refused: Bad user name or password",

@@ -143,7 +143,7 @@ async def test_publish_when_not_connected_raises(transport_harness: Harness) -> 
         await connected(nursery, t)
         await transport_harness.stop_broker()
         with trio.fail_after(WAIT):
-            while t.state is TransportState.CONNECTED:  # noqa: ASYNC110 (polling a state)
+            while t.state is TransportState.CONNECTED:
                 await trio.sleep(0.01)
         with pytest.raises(NotConnectedError):
             await t.publish("vsm/m/d/x", b"x", qos=1)
@@ -229,7 +229,7 @@ async def test_incoming_overflow_policy(transport_harness: Harness, overflow: Ov
             await pub.publish("vsm/m/d/pub", i.to_bytes(1, "big"), qos=1)
         if overflow is Overflow.DROP_NEWEST:
             with trio.fail_after(WAIT):  # everything reaches the subscriber; nobody reads
-                while sub.statistics().messages_in < 50:  # noqa: ASYNC110
+                while sub.statistics().messages_in < 50:
                     await trio.sleep(0.01)
             got = await receive(sub, 4)
             await nothing_more(sub)
