@@ -5,4 +5,30 @@ int8 neural arbitrator. Features in, decisions out; imports nothing else of
 vsm_edge.
 """
 
-__all__: list[str] = []
+from ._bloom import (
+    DEFAULT_MAX_BITS,
+    BloomFilter,
+    derive_key,
+    false_positive_rate,
+    optimal_parameters,
+)
+from ._errors import FilterFormatError, IncompatibleFilterError, ModelError, ModelsError
+from ._replay import ReplayConfig, ReplayVerdict, ReplayWindow
+from ._zone import ZonePolicy, build_zone_filter
+
+__all__ = [
+    "DEFAULT_MAX_BITS",
+    "BloomFilter",
+    "FilterFormatError",
+    "IncompatibleFilterError",
+    "ModelError",
+    "ModelsError",
+    "ReplayConfig",
+    "ReplayVerdict",
+    "ReplayWindow",
+    "ZonePolicy",
+    "build_zone_filter",
+    "derive_key",
+    "false_positive_rate",
+    "optimal_parameters",
+]
