@@ -66,6 +66,7 @@ METADATA_FORMAT: Final = 1
 MAX_MODEL_BYTES: Final = 1 << 20
 MAX_METADATA_BYTES: Final = 1 << 16
 CLIP: Final = 4.0
+_MAX_FEATURE: Final = 1e6
 SHIPPED_MODEL: Final = "arbitrator.tflite"
 # (module, distribution) in order of preference.
 DEFAULT_RUNTIMES: Final[tuple[tuple[str, str], ...]] = (
@@ -238,14 +239,12 @@ class Arbitrator:
         # q = clip(round(clip((x - mean)/std, -4, 4) / s + z)): the inner clip is
         # implied by the outer one only when [-4, 4] maps inside [-128, 127], so
         # keep both bounds explicit (in quantized units).
-        self._mul = (1.0 / (std_arr * in_scale)).astype(np.float32)
-        self._add = (in_zero - mean_arr / (std_arr * in_scale)).astype(np.float32)
-        self._lo = np.float32(max(-128.0, round(-CLIP / in_scale + in_zero)))
-        self._hi = np.float32(min(127.0, round(CLIP / in_scale + in_zero)))
+        self._mul = 1.0 / (std_arr * in_scale)
+        self._add = in_zero - mean_arr / (std_arr * in_scale)
+        self._lo = float(max(-128.0, round(-CLIP / in_scale + in_zero)))
+        self._hi = float(min(127.0, round(CLIP / in_scale + in_zero)))
         self._out_scale = float(out_scale)
         self._out_zero = int(out_zero)
-        self._buf = np.empty(NUM_FEATURES, dtype=np.float32)
-        self._q = np.empty((1, NUM_FEATURES), dtype=np.int8)
         self.classify([0.0] * NUM_FEATURES)  # fail now, not on the first MAYBE
 
     def tensor_details(self) -> dict[str, dict[str, object]]:
@@ -264,22 +263,37 @@ class Arbitrator:
         return out
 
     def quantize(self, features: Sequence[float]) -> npt.NDArray[np.int8]:
-        """The int8 input tensor for one feature vector (shape ``[1, 16]``)."""
-        buf = self._buf
-        buf[:] = features
-        np.multiply(buf, self._mul, out=buf)
-        np.add(buf, self._add, out=buf)
-        np.rint(buf, out=buf)
-        np.clip(buf, self._lo, self._hi, out=buf)
-        np.copyto(self._q[0], buf, casting="unsafe")
-        return self._q
+        """The int8 input tensor for one feature vector (shape ``[1, 16]``).
+
+        Raises :class:`ModelError` unless every feature is a finite number
+        within +-1e6 (the detector's are bounded far inside; NaN or infinity
+        is refused rather than mapped to some value).
+        """
+        try:
+            # fsum catches NaN and infinities anywhere; the bound keeps the
+            # multiply below from overflowing. Two calls instead of 16 checks.
+            ok = math.isfinite(math.fsum(features)) and max(map(abs, features)) <= _MAX_FEATURE
+        except (OverflowError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelError("features must be finite numbers within +-1e6", reason="incompatible")
+        # Standardise and quantize in one multiply-add; np.clip is several
+        # times slower than maximum+minimum on a 16-element array.
+        x = np.array(features, dtype=np.float64)
+        np.multiply(x, self._mul, out=x)
+        np.add(x, self._add, out=x)
+        np.rint(x, out=x)
+        np.maximum(x, self._lo, out=x)
+        np.minimum(x, self._hi, out=x)
+        return x.astype(np.int8).reshape(1, NUM_FEATURES)
 
     def invoke_quantized(self, q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
         """Run the model on an already quantized input; the raw int8 output."""
+        interpreter = self._interpreter
         try:
-            self._interpreter.set_tensor(self._in_index, q)
-            self._interpreter.invoke()
-            raw: npt.NDArray[np.int8] = self._interpreter.get_tensor(self._out_index)
+            interpreter.set_tensor(self._in_index, q)
+            interpreter.invoke()
+            raw: npt.NDArray[np.int8] = interpreter.get_tensor(self._out_index)
         except Exception as exc:
             raise ModelError(
                 f"inference failed: {type(exc).__name__}: {exc}", reason="runtime-failed"
@@ -290,20 +304,19 @@ class Arbitrator:
         """Decide one feature vector (:data:`FEATURE_NAMES` order).
 
         Raises :class:`ModelError` when the vector has the wrong length or
-        the runtime fails.
+        values, or the runtime fails.
         """
         if len(features) != NUM_FEATURES:
             raise ModelError(
                 f"expected {NUM_FEATURES} features, got {len(features)}", reason="incompatible"
             )
-        raw = self.invoke_quantized(self.quantize(features))
-        scale, zero = self._out_scale, self._out_zero
-        probs = tuple((int(v) - zero) * scale for v in raw[0])
-        best = max(range(len(probs)), key=probs.__getitem__)
+        raw = self.invoke_quantized(self.quantize(features))[0].tolist()
+        zero, scale = self._out_zero, self._out_scale
+        probs = tuple((v - zero) * scale for v in raw)
         honest = probs[0]
         allow = honest >= self.allow_threshold
-        if not allow and best == 0:
-            best = max(range(1, len(probs)), key=probs.__getitem__)
+        # Denied: the most likely hostile class names the reason.
+        best = probs.index(max(probs)) if allow else probs.index(max(probs[1:]), 1)
         return Arbitration(CLASSES[best], allow, 1.0 - honest, probs)
 
     def predict(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -218,15 +218,16 @@ class BloomFilter:
         return [((h1 + i * h2) & _MASK64) % m for i in range(self._k)]
 
     def _digests(self, items: Sequence[bytes]) -> npt.NDArray[np.uint64]:
-        base = self._base
-        out = bytearray(DIGEST_SIZE * len(items))
-        pos = 0
-        for item in items:
-            h = base.copy()
+        copy = self._base.copy  # copying the keyed state skips re-absorbing the key
+
+        def digest(item: bytes) -> bytes:
+            h = copy()
             h.update(item)
-            out[pos : pos + DIGEST_SIZE] = h.digest()
-            pos += DIGEST_SIZE
-        return np.frombuffer(out, dtype="<u8").reshape(-1, 2).astype(np.uint64)
+            return h.digest()
+
+        joined = b"".join(map(digest, items))
+        pairs: npt.NDArray[np.uint64] = np.frombuffer(joined, dtype="<u8").reshape(-1, 2)
+        return pairs.astype(np.uint64, copy=False)
 
     def _batch_indices(self, pairs: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         h1 = pairs[:, 0:1]

@@ -76,6 +76,13 @@ def test_classify_explains_itself(shipped: Arbitrator) -> None:
     assert answer.malicious == pytest.approx(1.0 - answer.probabilities[0])
     with pytest.raises(ModelError):
         shipped.classify([0.0] * 3)
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e308, 2e6):
+        vector = [0.0] * len(FEATURE_NAMES)
+        vector[7] = bad
+        with pytest.raises(ModelError, match="finite"):
+            shipped.classify(vector)
+    with pytest.raises(ModelError):
+        shipped.classify(["x"] * len(FEATURE_NAMES))  # type: ignore[list-item]
 
 
 def test_quantization_matches_the_tensor_parameters(shipped: Arbitrator) -> None:
