@@ -68,7 +68,7 @@ class ReplayConfig:
     max_ahead_ms: int = 60_000
     capacity: int = 100_000  # entries per rotation period (A + F)
     fp_rate: float = 1e-4
-    exact_capacity: int = 8_192
+    exact_capacity: int = 4_096
 
     def __post_init__(self) -> None:
         if self.max_age_ms <= 0 or self.max_ahead_ms < 0:
