@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -88,7 +89,10 @@ def bench_bloom(capacity: int, probes: int) -> None:
     except ImportError:
         print("  rbloom   not installed (pip install rbloom): skipped")
         return
-    ver = getattr(rbloom, "__version__", "?")
+    try:
+        ver = importlib.metadata.version("rbloom")
+    except importlib.metadata.PackageNotFoundError:
+        ver = "?"
 
     def keyed(item: bytes) -> int:
         digest = hashlib.blake2b(item, digest_size=16, key=KEY).digest()

@@ -28,11 +28,10 @@ run time (computed before the message is observed).
 Zombie rules (explainable, thresholds in :class:`ZombieConfig`): each fresh
 message that arrives while a rule holds adds one unit of *evidence* (decayed
 over ~10 s); at ``evidence_threshold`` the peer is quarantined for
-``quarantine_ms``. The rules are a *flood* (the ~10 s rate at least ``flood_rate`` and at least
-``flood_ratio`` times the peer's own baseline) and a
-*repair storm* (repair requests at least ``repair_storm_rate`` per second
-over ~10 s).
-Forged signatures and out-of-zone kids quarantine only when
+``quarantine_ms``. The rules are a *flood* (the ~10 s rate at least
+``flood_rate`` and at least ``flood_ratio`` times the peer's own baseline)
+and a *repair storm* (repair requests at least ``repair_storm_rate`` per
+second over ~10 s). Forged signatures and out-of-zone kids quarantine only when
 ``quarantine_on_bad`` is set: do that only where the broker authenticates the
 source (per-client topic ACLs), or anybody could get an honest peer
 quarantined by forging messages in its name. Duplicates never quarantine, for
