@@ -79,7 +79,9 @@ def cmd_alarm_ack(args: argparse.Namespace) -> int:
 
 
 def _num(value: Any, fmt: str = "{:.2f}") -> str:
-    return "-" if value is None else fmt.format(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    return fmt.format(value)
 
 
 def format_status(doc: dict[str, Any]) -> str:
@@ -98,8 +100,6 @@ def format_status(doc: dict[str, Any]) -> str:
         budget = sub.get("budget") or (doc.get("s3", {}).get("budgets", {}).get(name)) or {}
         channel = sub.get("channel") or {}
         variety = sub.get("variety_bits")
-        if variety is None:
-            variety = doc.get("s4", {}).get("variety_bits", {}).get(name)
         lines.append(
             f"{name:<10} {_num(budget.get('tokens'), '{:.1f}'):>10} "
             f"{_num(budget.get('capacity'), '{:g}'):>9} "

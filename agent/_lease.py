@@ -16,9 +16,10 @@ with the greater stamp. So leases give eventual exclusivity, not linearizable
 mutual exclusion: the holder should re-check :meth:`LeaseMap.holder` after a
 round of gossip before a long or irreversible action.
 
-The digest is a version vector ``node -> greatest packed stamp granted by that
-node``; :meth:`LeaseMap.delta_since` returns the leases a peer with that
-digest has not seen.
+The digest maps each resource to the stamp of its lease (the map is small and
+bounded, and per-key last-writer-wins makes a per-node version vector
+unsound: a replica may hold a later stamp of a node without an earlier one);
+:meth:`LeaseMap.delta_since` returns the leases a peer with that digest lacks.
 """
 
 from __future__ import annotations
@@ -121,26 +122,29 @@ class LeaseMap:
         merged = dict(self._entries)
         for resource, lease in other._entries.items():
             mine = merged.get(resource)
-            if mine is None or lease.granted > mine.granted:
+            # leases are totally ordered (stamp first), so the max is a join
+            if mine is None or lease > mine:
                 merged[resource] = lease
         return LeaseMap(merged)
 
-    def digest(self) -> dict[str, int]:
-        vv: dict[str, int] = {}
-        for lease in self._entries.values():
-            node, packed = lease.granted.node, lease.granted.packed
-            if packed > vv.get(node, -1):
-                vv[node] = packed
-        return vv
+    def digest(self) -> dict[str, tuple[int, str]]:
+        """Per resource, the stamp of the lease held: ``{resource: (packed, node)}``.
 
-    def delta_since(self, digest: Mapping[str, int]) -> LeaseMap:
-        return LeaseMap(
-            {
-                r: lease
-                for r, lease in self._entries.items()
-                if lease.granted.packed > digest.get(lease.granted.node, -1)
-            }
-        )
+        Per key rather than a version vector per node: merge is last-writer-wins
+        per resource, so a replica can hold a later stamp of node N without an
+        earlier one (delivered out of order, or superseded); a per-node maximum
+        would then hide what it misses.
+        """
+        return {r: (lease.granted.packed, lease.granted.node) for r, lease in self._entries.items()}
+
+    def delta_since(self, digest: Mapping[str, tuple[int, str]]) -> LeaseMap:
+        """The leases a replica with ``digest`` lacks or holds an older version of."""
+        out = {}
+        for r, lease in self._entries.items():
+            theirs = digest.get(r)
+            if theirs is None or (lease.granted.packed, lease.granted.node) > tuple(theirs):
+                out[r] = lease
+        return LeaseMap(out)
 
     # -- CBOR ----------------------------------------------------------------------
 

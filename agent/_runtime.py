@@ -887,7 +887,7 @@ class Runtime:
         bus = self.bus.statistics()
         channels = {name: _stats(c) for name, c in bus.channels.items()}
         s4 = self.s4.snapshot(now)
-        variety = s4["variety_bits"]
+        variety = s4["variety"]
         assert isinstance(variety, dict)
         s3 = self.s3.snapshot(now)
         budgets = s3["budgets"]
@@ -939,6 +939,7 @@ class Runtime:
             "s3": {**s3, "variety_bits": variety.get("s3"), "channel": channels.get("s3")},
             "s4": {
                 **s4,
+                "variety_bits": variety.get("s4"),
                 "budget": budgets.get("s4"),
                 "channel": channels.get("s4"),
                 "patterns": self.patterns.snapshot(),

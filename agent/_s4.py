@@ -73,7 +73,7 @@ class DecayingEntropy:
             self._last_weight = math.exp(exponent)
         weight = count * self._last_weight
         counts = self._counts
-        if category not in counts and len(counts) >= self.max_categories:
+        if category not in counts and len(counts) >= self.max_categories - 1:
             category = _OTHER
         counts[category] = counts.get(category, 0.0) + weight
         self._total += weight
@@ -326,7 +326,7 @@ class Intelligence:
 
     def snapshot(self, now: float) -> dict[str, object]:
         return {
-            "variety_bits": {str(s): round(v.entropy(now), 4) for s, v in self.variety.items()},
+            "variety": {str(s): round(v.entropy(now), 4) for s, v in self.variety.items()},
             "environment_bits": round(self.environment.entropy(now), 4),
             "system_bits": round(self.system_variety(now), 4),
             "variety_ratio": round(self.ratio(now), 4),
