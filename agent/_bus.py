@@ -86,6 +86,11 @@ FULL = 2
 _Entry = tuple[tuple[int, int, str], int, float, Event]
 
 
+def _key(event: Event) -> tuple[int, int, str]:
+    hlc = event.hlc
+    return (hlc.wall, hlc.logical, hlc.node)
+
+
 class ReorderBuffer:
     """The pure core of a channel: de-duplication, reorder window, capacity.
 
@@ -93,6 +98,32 @@ class ReorderBuffer:
     O(1) per event) and in a heap when they arrive out of order; release takes
     the smaller head of the two once its window has passed.
     """
+
+    __slots__ = (
+        "_due",
+        "_fifo",
+        "_heap",
+        "_held",
+        "_last",
+        "_ready",
+        "_ring",
+        "_seen",
+        "_seq",
+        "_tail",
+        "bypass_intensity",
+        "bypassed",
+        "capacity",
+        "dedup_capacity",
+        "delivered",
+        "dropped",
+        "duplicates",
+        "high_water",
+        "late",
+        "received",
+        "released_early",
+        "window_capacity",
+        "window_s",
+    )
 
     def __init__(
         self,
@@ -112,13 +143,15 @@ class ReorderBuffer:
         self.window_capacity = min(window_capacity or capacity, capacity)
         self.dedup_capacity = dedup_capacity
         self.bypass_intensity = bypass_intensity
-        self._fifo: deque[_Entry] = deque()
+        self._fifo: deque[Event] = deque()
+        self._due: deque[float] = deque()  # the FIFO's deadlines
         self._heap: list[_Entry] = []
         self._held = 0
         self._ready: deque[Event] = deque()
-        # HLC stamp -> event; the ring remembers insertion order for eviction
+        # HLC stamp -> event; the ring remembers insertion order for eviction (a
+        # deque: evicting through next(iter(dict)) would scan deleted slots)
         self._seen: dict[tuple[int, int, str], Event] = {}
-        self._seen_ring: deque[tuple[int, int, str]] = deque()
+        self._ring: deque[tuple[int, int, str]] = deque()
         self._seq = 0
         self._tail: tuple[int, int, str] = (-1, -1, "")
         self._last: tuple[int, int, str] = (-1, -1, "")
@@ -164,12 +197,12 @@ class ReorderBuffer:
             return FULL
         self.received += 1
         seen[key] = event
-        ring = self._seen_ring
+        ring = self._ring
         ring.append(key)
         if len(ring) > self.dedup_capacity:
             old = ring.popleft()
-            if seen.get(old) is not None and old != key:
-                del seen[old]
+            if old != key:
+                seen.pop(old, None)
         if event.intensity >= self.bypass_intensity:
             self.bypassed += 1
             self._ready.append(event)
@@ -177,13 +210,14 @@ class ReorderBuffer:
             self.late += 1
             self._ready.append(event)
         else:
-            self._seq += 1
-            entry = (key, self._seq, now + self.window_s, event)
             if key >= self._tail:
+                # in order: two flat deques, no per-event container for the GC to track
                 self._tail = key
-                self._fifo.append(entry)
+                self._fifo.append(event)
+                self._due.append(now + self.window_s)
             else:
-                heapq.heappush(self._heap, entry)
+                self._seq += 1
+                heapq.heappush(self._heap, (key, self._seq, now + self.window_s, event))
             self._held += 1
             if self._held > self.window_capacity:
                 self._ready.append(self._pop_head())
@@ -193,21 +227,35 @@ class ReorderBuffer:
             self.high_water = size
         return ACCEPTED
 
-    def _head(self) -> _Entry | None:
+    def _head(self) -> tuple[bool, float] | None:
+        """Where the next held event is (True: the FIFO) and its deadline."""
         fifo, heap = self._fifo, self._heap
         if fifo:
-            if heap and heap[0] < fifo[0]:
-                return heap[0]
-            return fifo[0]
-        return heap[0] if heap else None
+            if heap and heap[0][0] < _key(fifo[0]):
+                return False, heap[0][2]
+            return True, self._due[0]
+        if heap:
+            return False, heap[0][2]
+        return None
 
     def _pop_head(self) -> Event:
-        fifo, heap = self._fifo, self._heap
-        use_fifo = bool(fifo) and not (heap and heap[0] < fifo[0])
-        entry = fifo.popleft() if use_fifo else heapq.heappop(heap)
+        if not self._heap:  # the common case: only the FIFO holds events
+            event = self._fifo.popleft()
+            self._due.popleft()
+            self._held -= 1
+            self._last = _key(event)
+            return event
+        head = self._head()
+        assert head is not None
+        if head[0]:
+            event = self._fifo.popleft()
+            self._due.popleft()
+            self._last = _key(event)
+        else:
+            key, _seq, _deadline, event = heapq.heappop(self._heap)
+            self._last = key
         self._held -= 1
-        self._last = entry[0]
-        return entry[3]
+        return event
 
     def evict_oldest(self) -> Event | None:
         """Drop the oldest undelivered event (the drop-oldest policy); counted."""
@@ -230,22 +278,22 @@ class ReorderBuffer:
         ready = self._ready
         while ready and len(out) < limit:
             out.append(ready.popleft())
-        fifo, heap = self._fifo, self._heap
+        fifo, due, heap = self._fifo, self._due, self._heap
         if not heap:
             # fast path: everything held is in arrival order
             n = 0
             room = limit - len(out)
-            while fifo and n < room and fifo[0][2] <= now:
-                entry = fifo.popleft()
-                out.append(entry[3])
+            while fifo and n < room and due[0] <= now:
+                out.append(fifo.popleft())
+                due.popleft()
                 n += 1
             if n:
                 self._held -= n
-                self._last = entry[0]
+                self._last = _key(out[-1])
         else:
             while len(out) < limit:
                 head = self._head()
-                if head is None or head[2] > now:
+                if head is None or head[1] > now:
                     break
                 out.append(self._pop_head())
         self.delivered += len(out)
@@ -256,7 +304,7 @@ class ReorderBuffer:
         if self._ready:
             return -math.inf
         head = self._head()
-        return math.inf if head is None else head[2]
+        return math.inf if head is None else head[1]
 
 
 class Channel:
@@ -285,6 +333,7 @@ class Channel:
         self._receivers = trio.lowlevel.ParkingLot()
         self._senders = trio.lowlevel.ParkingLot()
         self._wake_at = math.inf
+        self._receiving = False  # a receiver is parked (cheaper than len(ParkingLot))
 
     @property
     def window_s(self) -> float:
@@ -305,16 +354,25 @@ class Channel:
             now = trio.current_time()
         result = core.offer(event, now)
         if result == FULL:
-            if self.overflow is OverflowPolicy.BLOCK:
-                raise trio.WouldBlock
-            if self.overflow is OverflowPolicy.DROP_NEWEST:
-                core.refuse()
-                return False
-            core.evict_oldest()
-            result = core.offer(event, now)
+            return self._full(event, now)
         if result != ACCEPTED:
             return False
-        if self._receivers and core.next_deadline() < self._wake_at:
+        if self._receiving and core.next_deadline() < self._wake_at:
+            self._receivers.unpark_all()
+        return True
+
+    def _full(self, event: Event, now: float) -> bool:
+        """The overflow policy, for an event the core found no room for."""
+        core = self._core
+        if self.overflow is OverflowPolicy.BLOCK:
+            raise trio.WouldBlock
+        if self.overflow is OverflowPolicy.DROP_NEWEST:
+            core.refuse()
+            return False
+        core.evict_oldest()
+        if core.offer(event, now) != ACCEPTED:
+            return False
+        if self._receiving:
             self._receivers.unpark_all()
         return True
 
@@ -347,11 +405,13 @@ class Channel:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
             self._wake_at = core.next_deadline()
+            self._receiving = True
             try:
                 with trio.move_on_at(self._wake_at):
                     await self._receivers.park()
             finally:
                 self._wake_at = math.inf
+                self._receiving = False
 
     def statistics(self) -> ChannelStatistics:
         c = self._core
@@ -393,6 +453,7 @@ class EventBus:
         self.clock = clock
         self.channels = channels
         self._routes: dict[str, tuple[Channel, ...]] = {}
+        self._blocking: set[str] = set()  # kinds routed to a block-policy channel
         self._published = 0
         self._unrouted = 0
         self._observers: list[Callable[[Event], None]] = []
@@ -403,6 +464,8 @@ class EventBus:
             current = self._routes.get(kind, ())
             if channel not in current:
                 self._routes[kind] = (*current, channel)
+            if channel.overflow is OverflowPolicy.BLOCK:
+                self._blocking.add(kind)
         return channel
 
     def observe(self, callback: Callable[[Event], None]) -> None:
@@ -441,21 +504,31 @@ class EventBus:
         channel with the ``block`` policy is full. ``now`` (trio time) saves a
         clock read when the caller has one.
         """
-        routes = self._routes.get(event.kind, ())
+        kind = event.kind
+        routes = self._routes.get(kind, ())
         if not routes:
             self._unrouted += 1
-        for channel in routes:
-            if channel.overflow is OverflowPolicy.BLOCK and channel._core.full:
-                raise trio.WouldBlock
+        if kind in self._blocking:
+            for channel in routes:
+                if channel.overflow is OverflowPolicy.BLOCK and channel._core.full:
+                    raise trio.WouldBlock
         self._published += 1
         if now is None:
             now = trio.current_time()
         taken = 0
         for channel in routes:
-            if channel.send_nowait(event, now):
+            # Channel.send_nowait, inlined: this is the hot path of every event
+            core = channel._core
+            result = core.offer(event, now)
+            if result == ACCEPTED:
                 taken += 1
-        for observer in self._observers:
-            observer(event)
+                if channel._receiving and core.next_deadline() < channel._wake_at:
+                    channel._receivers.unpark_all()
+            elif result == FULL and channel._full(event, now):
+                taken += 1
+        if self._observers:
+            for observer in self._observers:
+                observer(event)
         return taken
 
     async def publish_wait(self, event: Event) -> int:

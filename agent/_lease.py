@@ -62,6 +62,11 @@ class Lease:
         return wall_ms < self.expires_ms
 
 
+def _order(lease: Lease) -> tuple[int, str, str, int]:
+    """The lease's place in merge order (the same order as comparing Leases)."""
+    return (lease.granted.packed, lease.granted.node, lease.holder, lease.expires_ms)
+
+
 class LeaseMap:
     """An immutable lease map; mutators return deltas, merge returns a new map."""
 
@@ -127,22 +132,22 @@ class LeaseMap:
                 merged[resource] = lease
         return LeaseMap(merged)
 
-    def digest(self) -> dict[str, tuple[int, str]]:
-        """Per resource, the stamp of the lease held: ``{resource: (packed, node)}``.
+    def digest(self) -> dict[str, tuple[int, str, str, int]]:
+        """Per resource, the lease held: ``{resource: (packed stamp, node, holder, expires_ms)}``.
 
         Per key rather than a version vector per node: merge is last-writer-wins
         per resource, so a replica can hold a later stamp of node N without an
         earlier one (delivered out of order, or superseded); a per-node maximum
         would then hide what it misses.
         """
-        return {r: (lease.granted.packed, lease.granted.node) for r, lease in self._entries.items()}
+        return {r: _order(lease) for r, lease in self._entries.items()}
 
-    def delta_since(self, digest: Mapping[str, tuple[int, str]]) -> LeaseMap:
+    def delta_since(self, digest: Mapping[str, tuple[int, str, str, int]]) -> LeaseMap:
         """The leases a replica with ``digest`` lacks or holds an older version of."""
         out = {}
         for r, lease in self._entries.items():
             theirs = digest.get(r)
-            if theirs is None or (lease.granted.packed, lease.granted.node) > tuple(theirs):
+            if theirs is None or _order(lease) > tuple(theirs):
                 out[r] = lease
         return LeaseMap(out)
 

@@ -48,40 +48,71 @@ _OTHER = "~other"
 
 
 class DecayingEntropy:
-    """Shannon entropy of categories with exponential forgetting (time scale ``tau`` s)."""
+    """Shannon entropy of categories with exponential forgetting (time scale ``tau`` s).
 
-    __slots__ = ("_counts", "_last_now", "_last_weight", "_t0", "_total", "max_categories", "tau")
+    Additions are counted in a pending table and folded into the decayed
+    counts at most every ``tau / 100`` seconds (and before every read), with
+    the weight of the fold time: a relative weight error of at most 1 %, for
+    one dictionary update per event instead of an ``exp``.
+    """
+
+    __slots__ = (
+        "_counts",
+        "_pending",
+        "_pending_at",
+        "_quantum",
+        "_t0",
+        "_total",
+        "max_categories",
+        "tau",
+    )
 
     def __init__(self, tau: float, max_categories: int = 1024, now: float = 0.0) -> None:
         if tau <= 0:
             raise ValueError("tau must be > 0")
+        if max_categories < 2:
+            raise ValueError("max_categories must be >= 2")
         self.tau = tau
         self.max_categories = max_categories
         self._counts: dict[str, float] = {}
+        self._pending: dict[str, float] = {}
+        self._pending_at = now
+        self._quantum = tau / 100
         self._total = 0.0
         self._t0 = now
-        self._last_now = now
-        self._last_weight = 1.0
 
     def add(self, category: str, now: float, count: float = 1.0) -> None:
-        if now != self._last_now:
-            exponent = (now - self._t0) / self.tau
-            if exponent > _REBASE:
-                self._rebase(now)
-                exponent = 0.0
-            self._last_now = now
-            self._last_weight = math.exp(exponent)
-        weight = count * self._last_weight
-        counts = self._counts
-        if category not in counts and len(counts) >= self.max_categories - 1:
-            category = _OTHER
-        counts[category] = counts.get(category, 0.0) + weight
-        self._total += weight
+        pending = self._pending
+        pending[category] = pending.get(category, 0.0) + count
+        if now - self._pending_at >= self._quantum or len(pending) >= self.max_categories:
+            self._fold(now)
 
     def add_counts(self, counts: Mapping[str, int], now: float) -> None:
-        """Add a batch of category counts observed at ``now`` (one exp for the batch)."""
+        """Add a batch of category counts observed at ``now``."""
+        pending = self._pending
         for category, n in counts.items():
-            self.add(category, now, n)
+            pending[category] = pending.get(category, 0.0) + n
+        if now - self._pending_at >= self._quantum or len(pending) >= self.max_categories:
+            self._fold(now)
+
+    def _fold(self, now: float) -> None:
+        exponent = (now - self._t0) / self.tau
+        if exponent > _REBASE:
+            self._rebase(now)
+            exponent = 0.0
+        weight = math.exp(exponent)
+        counts = self._counts
+        limit = self.max_categories - 1  # one slot is kept for ~other
+        added = 0.0
+        for category, n in self._pending.items():
+            if category not in counts and len(counts) >= limit:
+                category = _OTHER
+            w = n * weight
+            counts[category] = counts.get(category, 0.0) + w
+            added += w
+        self._total += added
+        self._pending.clear()
+        self._pending_at = now
 
     def _rebase(self, now: float) -> None:
         factor = math.exp(-(now - self._t0) / self.tau)
@@ -89,15 +120,15 @@ class DecayingEntropy:
         self._counts = kept
         self._total = sum(kept.values())
         self._t0 = now
-        self._last_now = now
-        self._last_weight = 1.0
 
     def weight(self, now: float) -> float:
         """The decayed number of events (events in the last ``tau``, roughly)."""
+        self._fold(now)
         return self._total * math.exp(-(now - self._t0) / self.tau)
 
     def entropy(self, now: float) -> float:
         """Bits. Zero with no events or a single category."""
+        self._fold(now)
         if (now - self._t0) / self.tau > _REBASE:
             self._rebase(now)
         total = self._total
@@ -111,6 +142,7 @@ class DecayingEntropy:
         return max(0.0, h)
 
     def categories(self) -> int:
+        self._fold(self._pending_at)
         return len(self._counts)
 
 
