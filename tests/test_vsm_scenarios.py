@@ -384,3 +384,150 @@ async def test_the_algedonic_mesh_port_carries_an_alarm_to_a_peer(
         pytest.approx(1.003)  # carried in 3 ms; critical, so no reorder window at B
     ]
     assert b_out["sent"] == 0  # remote signals are not re-broadcast
+
+
+class ProbedValve:
+    """A unit class with a health probe that fails after a while (S3* audits)."""
+
+    readings = (ReadingSpec("pos", period_s=1.0),)
+    commands = ()
+
+    def __init__(self, name: str = "", options: object = None) -> None:
+        self.healthy = True
+
+    async def run(self, ctx: UnitContext) -> None:
+        while True:
+            ctx.emit("pos", 1.0)
+            await trio.sleep(1.0)
+
+    async def probe(self) -> bool:
+        return self.healthy
+
+
+async def test_s3_star_audit_probes_units_and_raises_pain(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    valve = ProbedValve()
+    async with running(config(), {"valve": valve}) as rt:
+        await trio.sleep(10.5)
+        assert not [
+            a for a in rt.algedonic.alarms.values() if a.signal.source.startswith("s3.audit")
+        ]
+        valve.healthy = False
+        await trio.sleep(10)
+    [alarm] = [a for a in rt.algedonic.alarms.values() if a.signal.source == "s3.audit.valve"]
+    assert alarm.signal.reason == "health probe failed"
+    assert alarm.raised_at - rt.started_at == pytest.approx(20.0)  # the second audit, at 20 s
+
+
+async def test_breaker_failures_open_it_with_pain(autojump_clock: trio.testing.MockClock) -> None:
+    async with running(config({"s3": {"breaker_failures": 3}})) as rt:
+        assert rt.breaker("broker").allow(trio.current_time())
+        opened = [rt.breaker_failure("broker") for _ in range(3)]
+        assert not rt.breaker("broker").allow(trio.current_time())
+        status = rt.status()
+    assert opened == [False, False, True]
+    assert status["s3"]["breakers"]["broker"]["state"] == "open"
+    assert any(a.signal.source == "s3.breaker.broker" for a in rt.algedonic.alarms.values())
+
+
+async def test_leases_through_the_runtime_and_delta_callbacks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from vsm_edge.agent import LeaseHeldError, LeaseMap
+
+    deltas: list[LeaseMap] = []
+    async with running(config()) as rt:
+        rt.on_lease_delta.append(deltas.append)
+        rt.acquire_lease("pump", ttl_s=5)
+        assert rt.lease_holder("pump") == "n1"
+        # a peer's lease arrives by gossip and is newer: it wins
+        peer = LeaseMap().acquire(
+            "door", "n2", rt.hlc.now().__class__(wall_clock() + 1, 0, "n2"), 60_000
+        )
+        rt.merge_leases(peer)
+        with pytest.raises(LeaseHeldError):
+            rt.acquire_lease("door")
+        await trio.sleep(5.001)
+        assert rt.lease_holder("pump") is None
+        status = rt.status()
+    assert [list(d.entries) for d in deltas] == [["pump"]]
+    assert status["s2"]["leases"]["door"]["holder"] == "n2"
+
+
+async def test_flush_hooks_run_at_stop_with_the_status(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    flushed: list[dict[str, object]] = []
+
+    async def hook(status: dict[str, object]) -> None:
+        await trio.sleep(1.0)
+        flushed.append(status)
+
+    async def stuck(status: dict[str, object]) -> None:
+        await trio.sleep_forever()
+
+    rt = Runtime(config(), wall_clock=wall_clock, write_state=False)
+    rt.add_flush_hook(hook)
+    rt.add_flush_hook(stuck)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rt.run)
+        await trio.sleep(2)
+        t0 = trio.current_time()
+        rt.stop()
+    assert [s["node"]["id"] for s in flushed] == ["n1"]  # type: ignore[index]
+    # the stuck hook is cut off by the shutdown timeout: 5 s after stop, not later
+    assert trio.current_time() - t0 == pytest.approx(5.0)
+
+
+async def test_units_from_module_attribute_entry_point_and_description(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    from vsm_edge.agent import unit_from_description
+
+    class EP:
+        name = "probed-valve"
+
+        def load(self) -> object:
+            return ProbedValve
+
+    real = importlib.metadata.entry_points
+
+    def fake(**kw: object) -> object:
+        if kw.get("group") == "vsm_edge.units":
+            return [EP()]
+        return real(**kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+
+    async def bridge_loop(ctx: UnitContext) -> None:
+        ctx.emit("rpm", 1200.0)
+        async for command in ctx.commands():
+            ctx.emit("rpm", float(command.value))  # type: ignore[arg-type]
+
+    fan = unit_from_description(
+        {
+            "readings": [{"name": "rpm", "unit": "1/min"}],
+            "commands": [{"name": "speed", "minimum": 0, "maximum": 3000}],
+        },
+        bridge_loop,
+    )
+    cfg = config(
+        {
+            "units": [
+                {"name": "v1", "kind": "probed-valve"},
+                {"name": "v2", "kind": "test_vsm_scenarios:ProbedValve"},
+            ]
+        }
+    )
+    async with running(cfg, {"fan": fan}) as rt:
+        await trio.sleep(0.4)
+        result = rt.submit_command("fan", "speed", 2500)
+        too_fast = rt.submit_command("fan", "speed", 5000)
+        await trio.sleep(0.4)
+        emitted = {n: r.emitted for n, r in rt.units.items()}
+    assert result.accepted
+    assert too_fast.reason == "s1: fan.speed above maximum 3000"
+    assert emitted == {"v1": 1, "v2": 1, "fan": 2}
