@@ -28,6 +28,7 @@ signals injected from peers are delivered locally and never re-broadcast.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import re
 from collections import OrderedDict, deque
@@ -204,6 +205,11 @@ class AlgedonicCore:
         self.escalations = 0
         self.duplicates = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # (deadline, alarm id) of critical alarms that may need escalating
+        self._escalation_queue: list[tuple[float, str]] = []
+        self._critical_active: dict[str, float] = {}
+        self._critical_max = 0.0
+        self._critical_dirty = False
 
     def is_critical(self, signal: Signal) -> bool:
         return signal.pain and signal.intensity >= self.config.critical
@@ -261,6 +267,12 @@ class AlgedonicCore:
         self.delivered += 1
         alarm = Alarm(signal, now, remote, critical)
         self.alarms[signal.id] = alarm
+        if critical:
+            self._critical_active[signal.id] = signal.intensity
+            self._critical_dirty = True
+            if not signal.escalated:
+                deadline = now + self.config.escalate_after_s
+                heapq.heappush(self._escalation_queue, (deadline, signal.id))
         while len(self.alarms) > self.config.max_alarms:
             self._evict()
         return alarm
@@ -275,6 +287,8 @@ class AlgedonicCore:
                     or (rank == 1 and not alarm.critical)
                 ):
                     del self.alarms[key]
+                    if self._critical_active.pop(key, None) is not None:
+                        self._critical_dirty = True
                     return
 
     def ack(self, alarm_id: str, now: float) -> Alarm | None:
@@ -291,34 +305,45 @@ class AlgedonicCore:
             alarm = matches[0]
         if alarm.acked_at is None:
             alarm.acked_at = now
+            if self._critical_active.pop(alarm.signal.id, None) is not None:
+                self._critical_dirty = True
         return alarm
+
+    def _escalatable(self, alarm: Alarm | None) -> bool:
+        return (
+            alarm is not None
+            and alarm.critical
+            and alarm.acked_at is None
+            and alarm.escalated_at is None
+            and not alarm.signal.escalated
+        )
 
     def due_escalations(self, now: float) -> list[Alarm]:
         """Critical unacknowledged alarms older than ``escalate_after_s``; marks them escalated."""
         out = []
-        for alarm in self.alarms.values():
-            if (
-                alarm.critical
-                and alarm.acked_at is None
-                and alarm.escalated_at is None
-                and not alarm.signal.escalated
-                and now - alarm.raised_at >= self.config.escalate_after_s
-            ):
+        queue = self._escalation_queue
+        while queue and queue[0][0] <= now:
+            _, alarm_id = heapq.heappop(queue)
+            alarm = self.alarms.get(alarm_id)
+            if alarm is not None and self._escalatable(alarm):
                 alarm.escalated_at = now
                 self.escalations += 1
                 out.append(alarm)
         return out
 
     def next_escalation(self) -> float:
-        times = [
-            a.raised_at + self.config.escalate_after_s
-            for a in self.alarms.values()
-            if a.critical
-            and a.acked_at is None
-            and a.escalated_at is None
-            and not a.signal.escalated
-        ]
-        return min(times, default=math.inf)
+        """When the next escalation is due (``inf`` when none is pending)."""
+        queue = self._escalation_queue
+        while queue and not self._escalatable(self.alarms.get(queue[0][1])):
+            heapq.heappop(queue)  # acknowledged or evicted since: forget it
+        return queue[0][0] if queue else math.inf
+
+    def critical_pain(self) -> float:
+        """The highest intensity among unacknowledged critical alarms (0 when none)."""
+        if self._critical_dirty:
+            self._critical_max = max(self._critical_active.values(), default=0.0)
+            self._critical_dirty = False
+        return self._critical_max
 
     def active(self) -> Iterator[Alarm]:
         return (a for a in self.alarms.values() if a.acked_at is None)

@@ -358,8 +358,14 @@ class Channel:
         if result != ACCEPTED:
             return False
         if self._receiving and core.next_deadline() < self._wake_at:
-            self._receivers.unpark_all()
+            self._wake()
         return True
+
+    def _wake(self) -> None:
+        # once woken the receiver recomputes its deadline when it runs: until
+        # then, further events need not wake it again
+        self._receiving = False
+        self._receivers.unpark_all()
 
     def _full(self, event: Event, now: float) -> bool:
         """The overflow policy, for an event the core found no room for."""
@@ -373,7 +379,7 @@ class Channel:
         if core.offer(event, now) != ACCEPTED:
             return False
         if self._receiving:
-            self._receivers.unpark_all()
+            self._wake()
         return True
 
     async def send(self, event: Event) -> bool:
@@ -523,7 +529,7 @@ class EventBus:
             if result == ACCEPTED:
                 taken += 1
                 if channel._receiving and core.next_deadline() < channel._wake_at:
-                    channel._receivers.unpark_all()
+                    channel._wake()
             elif result == FULL and channel._full(event, now):
                 taken += 1
         if self._observers:

@@ -848,9 +848,7 @@ class Runtime:
             self._evaluate_safe_mode()
 
     def _update_critical_pain(self) -> None:
-        self.s5.set_critical_pain(
-            max((a.signal.intensity for a in self.algedonic.active() if a.critical), default=0.0)
-        )
+        self.s5.set_critical_pain(self.algedonic.critical_pain())
 
     async def _escalation_loop(self) -> None:
         while True:
