@@ -1,3 +1,93 @@
-"""vsm_edge.agent: the Trio runtime, the local Viable System Model, the CLI."""
+"""vsm_edge.agent: the Trio runtime, the local Viable System Model, the CLI.
 
-__all__: list[str] = []
+Compose a node with :class:`Runtime` from an :class:`AgentConfig`
+(:func:`load_config` reads TOML); units plug into S1 through :class:`Unit`
+(or :func:`unit`), registered from config or the ``vsm_edge.units`` entry
+points. See docs/architecture.md and docs/configuration.md.
+"""
+
+from ._algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
+from ._bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer
+from ._client import StatusClient
+from ._config import AgentConfig, load_config, parse_config
+from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
+from ._event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
+from ._lease import Lease, LeaseError, LeaseHeldError, LeaseMap
+from ._patterns import Pattern
+from ._runtime import Runtime
+from ._s2 import Coordination
+from ._s3 import CircuitBreaker, Control, TokenBucket
+from ._s4 import DecayingEntropy, Intelligence, MeshView, PeerReport
+from ._s5 import Identity, Policy, PolicyEngine, Recommendation, sign_policy, verify_policy
+from ._units import (
+    Command,
+    CommandResult,
+    CommandSpec,
+    ReadingSpec,
+    SimulatedActuator,
+    SimulatedSensor,
+    Unit,
+    UnitContext,
+    load_unit,
+    unit,
+    unit_from_description,
+)
+
+__all__ = [
+    "HIGH",
+    "LOW",
+    "NORMAL",
+    "AgentConfig",
+    "AgentError",
+    "Alarm",
+    "AlgedonicCore",
+    "AlgedonicPort",
+    "Channel",
+    "ChannelStatistics",
+    "CircuitBreaker",
+    "Command",
+    "CommandResult",
+    "CommandSpec",
+    "ConfigError",
+    "Control",
+    "Coordination",
+    "DecayingEntropy",
+    "Event",
+    "EventBus",
+    "Identity",
+    "Intelligence",
+    "Lease",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseMap",
+    "MeshView",
+    "OverflowPolicy",
+    "Pattern",
+    "PeerReport",
+    "Policy",
+    "PolicyEngine",
+    "PolicyError",
+    "ReadingSpec",
+    "Recommendation",
+    "ReorderBuffer",
+    "Runtime",
+    "Signal",
+    "SignalError",
+    "SimulatedActuator",
+    "SimulatedSensor",
+    "StatusClient",
+    "StatusClientError",
+    "Subsystem",
+    "TokenBucket",
+    "Unit",
+    "UnitContext",
+    "UnitError",
+    "content_id",
+    "load_config",
+    "load_unit",
+    "parse_config",
+    "sign_policy",
+    "unit",
+    "unit_from_description",
+    "verify_policy",
+]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from ._client import DEFAULT_ENDPOINT, StatusClient
+from ._errors import AgentError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,13 +19,160 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=int, default=5, help="number of agents (default 5)")
     demo.add_argument("--duration", type=float, default=20.0, help="bound in seconds")
     demo.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_status_commands(sub)
     return parser
+
+
+def add_status_commands(sub: Any) -> None:
+    """Add ``status`` and ``alarm raise|ack`` to a subparsers object."""
+    status = sub.add_parser("status", help="a running agent's VSM, alarms and peers")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    _endpoint(status)
+    status.set_defaults(handler=cmd_status)
+    alarm = sub.add_parser("alarm", help="raise or acknowledge an operator alarm")
+    alarm_sub = alarm.add_subparsers(dest="alarm_command", required=True, metavar="ACTION")
+    raise_ = alarm_sub.add_parser("raise", help="raise an operator pain signal")
+    raise_.add_argument("--intensity", type=float, required=True, help="0..1 (>= 0.95 is critical)")
+    raise_.add_argument("--source", required=True, help="a name, e.g. estop")
+    raise_.add_argument("--reason", default="", help="free text")
+    _endpoint(raise_)
+    raise_.set_defaults(handler=cmd_alarm_raise)
+    ack = alarm_sub.add_parser("ack", help="acknowledge an alarm")
+    ack.add_argument("id", help="alarm id (or a unique prefix of 6+ hex digits)")
+    _endpoint(ack)
+    ack.set_defaults(handler=cmd_alarm_ack)
+
+
+def _endpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=f"the agent's status endpoint (default {DEFAULT_ENDPOINT})",
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = StatusClient(args.endpoint).status()
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    else:
+        print(format_status(doc))
+    return 0
+
+
+def cmd_alarm_raise(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.intensity <= 1.0:
+        print("vsm-edge alarm raise: --intensity must be in [0, 1]", file=sys.stderr)
+        return 2
+    doc = StatusClient(args.endpoint).raise_alarm(args.intensity, args.source, args.reason)
+    if doc.get("delivered"):
+        print(doc["id"])
+    else:
+        print(f"not delivered: {doc.get('reason', '')}", file=sys.stderr)
+    return 0
+
+
+def cmd_alarm_ack(args: argparse.Namespace) -> int:
+    doc = StatusClient(args.endpoint).ack_alarm(args.id)
+    print(f"acknowledged {doc['id']}")
+    return 0
+
+
+def _num(value: Any, fmt: str = "{:.2f}") -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    return fmt.format(value)
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """The human view of a status document: subsystems, alarms, peers."""
+    node = doc.get("node", {})
+    lines = [
+        f"node {node.get('id')}  mesh {node.get('mesh')}  zone {node.get('zone')}  "
+        f"uptime {_num(node.get('uptime_s'), '{:.1f}')} s  safe mode "
+        f"{'ON' if node.get('safe_mode') else 'off'}  hlc {node.get('hlc')}",
+        "",
+        f"{'SUBSYSTEM':<10} {'TOKENS':>10} {'CAPACITY':>9} {'REFILL/S':>9} {'VARIETY':>8} "
+        f"{'RECEIVED':>9} {'DROPPED':>8}",
+    ]
+    for name in ("s1", "s2", "s3", "s4", "s5"):
+        sub = doc.get(name, {})
+        budget = sub.get("budget") or (doc.get("s3", {}).get("budgets", {}).get(name)) or {}
+        channel = sub.get("channel") or {}
+        variety = sub.get("variety_bits")
+        lines.append(
+            f"{name:<10} {_num(budget.get('tokens'), '{:.1f}'):>10} "
+            f"{_num(budget.get('capacity'), '{:g}'):>9} "
+            f"{_num(budget.get('refill_per_s'), '{:g}'):>9} "
+            f"{_num(variety):>8} {channel.get('received', '-'):>9} {channel.get('dropped', '-'):>8}"
+        )
+    s4 = doc.get("s4", {})
+    s3 = doc.get("s3", {})
+    att = s3.get("attenuation", {})
+    lines += [
+        "",
+        f"variety: env {_num(s4.get('environment_bits'))} bits, system "
+        f"{_num(s4.get('system_bits'))} bits, ratio {_num(s4.get('variety_ratio'))}",
+        f"attenuation: {'ACTIVE' if att.get('active') else 'off'}, aggregated "
+        f"{sum(att.get('aggregated', {}).values())}, "
+        f"dropped {sum(att.get('dropped', {}).values())}",
+    ]
+    units = doc.get("s1", {}).get("units", {})
+    if units:
+        lines += [
+            "",
+            f"{'UNIT':<16} {'STATE':<11} {'RESTARTS':>8} {'EMITTED':>9} {'ATTENUATED':>10}",
+        ]
+        for name, u in units.items():
+            lines.append(
+                f"{name:<16} {u.get('state', '-'):<11} {u.get('restarts', 0):>8} "
+                f"{u.get('emitted', 0):>9} {u.get('attenuated', 0):>10}"
+            )
+    alg = doc.get("algedonic", {})
+    alarms = [a for a in alg.get("alarms", []) if not a.get("acked")]
+    lines += ["", f"ALARMS ({len(alarms)} active)"]
+    if alarms:
+        lines.append(f"{'ID':<12} {'NODE':<10} {'SOURCE':<28} {'INTENSITY':>9} {'AGE S':>8}  FLAGS")
+        for a in alarms[:20]:
+            flags = ",".join(
+                f
+                for f, on in (
+                    ("critical", a.get("critical")),
+                    ("remote", a.get("remote")),
+                    ("escalated", a.get("escalated")),
+                )
+                if on
+            )
+            lines.append(
+                f"{str(a.get('id'))[:12]:<12} {str(a.get('node'))[:10]:<10} "
+                f"{str(a.get('source'))[:28]:<28} {_num(a.get('intensity')):>9} "
+                f"{_num(a.get('age_s'), '{:.1f}'):>8}  {flags}"
+            )
+    peers = doc.get("peers", [])
+    lines += ["", f"PEERS ({len(peers)})"]
+    for p in peers:
+        lines.append(
+            f"{p.get('node'):<16} health {_num(p.get('health'))}  "
+            f"seen {_num(p.get('last_seen_s'), '{:.1f}')} s ago"
+            f"{'  STALE' if p.get('stale') else ''}  alarms {len(p.get('alarms', []))}"
+        )
+    if "gateway" in doc:
+        lines += ["", f"gateway: {json.dumps(doc['gateway'], default=str)}"]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"vsm-edge {args.command}: not built yet", file=sys.stderr)
-    return 2
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        print(f"vsm-edge {args.command}: not built yet", file=sys.stderr)
+        return 2
+    try:
+        result: int = handler(args)
+    except AgentError as exc:
+        print(f"vsm-edge {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return result
 
 
 if __name__ == "__main__":

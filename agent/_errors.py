@@ -1,0 +1,44 @@
+"""The exception tree of vsm_edge.agent.
+
+Everything the agent raises on purpose derives from :class:`AgentError`; no
+third-party exception (tomllib, nacl, cbor2, h11) leaks past the module that
+caught it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "PolicyError",
+    "StatusClientError",
+    "UnitError",
+]
+
+
+class AgentError(Exception):
+    """Base of every exception raised on purpose by vsm_edge.agent."""
+
+
+class ConfigError(AgentError):
+    """The configuration is invalid. ``key`` is the dotted path of the bad key.
+
+    ``str(err)`` reads ``config error: s3.budgets.s1.capacity: must be > 0, got -1``.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config error: {key}: {problem}" if key else f"config error: {problem}")
+
+
+class PolicyError(AgentError):
+    """A policy document was rejected (bad signature, unknown key, stale version, bad shape)."""
+
+
+class UnitError(AgentError):
+    """A unit could not be loaded or declared something invalid."""
+
+
+class StatusClientError(AgentError):
+    """The status endpoint of a running agent could not be reached or answered an error."""

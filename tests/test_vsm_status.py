@@ -1,0 +1,203 @@
+"""The status endpoint and the status/alarm CLI against running agents (real sockets, processes)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from support.vsm import config, running
+
+from vsm_edge.agent._cli import format_status
+
+HERE = Path(__file__).resolve().parent
+KEYS = ("node", "s1", "s2", "s3", "s4", "s5", "algedonic", "peers")
+
+
+def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vsm_edge.agent._cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.integration
+def test_status_and_alarm_cli_against_an_agent_process(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "node.toml").write_text(
+        f"""
+[node]
+id = "edge-7"
+mesh = "plant"
+data_dir = "{data}"
+[status]
+port = 0
+[[units]]
+name = "t1"
+kind = "simulated-sensor"
+[units.options]
+period_s = 0.2
+"""
+    )
+    started = time.monotonic()
+    agent = subprocess.Popen(
+        [sys.executable, str(HERE / "support" / "vsm_agent.py"), str(tmp_path / "node.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port_file = data / "status.port"
+        while not port_file.exists():
+            assert agent.poll() is None, agent.communicate()
+            assert time.monotonic() - started < 20, "agent did not start"
+            time.sleep(0.05)
+        endpoint = f"http://127.0.0.1:{port_file.read_text().strip()}"
+
+        result = cli("status", "--json", "--endpoint", endpoint)
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert set(KEYS) <= set(doc)
+        assert doc["node"]["id"] == "edge-7"
+        assert doc["s1"]["units"]["t1"]["state"] == "running"
+
+        raised = cli(
+            "alarm", "raise", "--intensity", "0.99", "--source", "estop", "--endpoint", endpoint
+        )
+        assert raised.returncode == 0, raised.stderr
+        alarm_id = raised.stdout.strip()
+        assert len(alarm_id) == 32
+
+        human = cli("status", "--endpoint", endpoint)
+        assert human.returncode == 0, human.stderr
+        assert "ALARMS (1 active)" in human.stdout
+        assert "operator.estop" in human.stdout
+        assert "critical" in human.stdout
+        assert "t1" in human.stdout
+
+        acked = cli("alarm", "ack", alarm_id[:10], "--endpoint", endpoint)
+        assert acked.returncode == 0, acked.stderr
+        assert acked.stdout.strip() == f"acknowledged {alarm_id}"
+        after = json.loads(cli("status", "--json", "--endpoint", endpoint).stdout)
+        [alarm] = [a for a in after["algedonic"]["alarms"] if a["id"] == alarm_id]
+        assert alarm["acked"] is True
+
+        unknown = cli("alarm", "ack", "abcdef12", "--endpoint", endpoint)
+        assert unknown.returncode == 1
+        assert "HTTP 404" in unknown.stderr
+
+        stop = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=10)
+        assert agent.returncode == 0, err
+        assert time.monotonic() - stop < 5
+        state = json.loads((data / "vsm-state.json").read_text())
+        assert state["node"]["id"] == "edge-7"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        agent.communicate(timeout=10)
+
+
+def test_cli_reports_an_unreachable_agent() -> None:
+    result = cli("status", "--endpoint", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "cannot reach the agent at http://127.0.0.1:9" in result.stderr
+
+
+async def _request(port: int, raw: bytes) -> tuple[int, dict[str, object]]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_status_endpoint_routes_and_rejections(tmp_path: Path) -> None:
+    async with running(config(status=True, data_dir=tmp_path)) as rt:
+        port = rt.status_port
+        assert port is not None
+        status, doc = await _request(port, b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status == 200
+        assert set(KEYS) <= set(doc)
+        assert (await _request(port, b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n"))[0] == 404
+        assert (await _request(port, b"DELETE /status HTTP/1.1\r\nhost: x\r\n\r\n"))[0] == 405
+        assert (await _request(port, b"BREW /status COFFEE/1.0\r\n\r\n"))[0] == 400
+        assert (await _request(port, _post("/alarm", b"{not json")))[0] == 400
+        assert (await _request(port, _post("/alarm", b"x" * 9000)))[0] == 413
+        status, doc = await _request(port, _post("/alarm", b'{"intensity": 1.5, "source": "a"}'))
+        assert (status, doc["error"]) == (400, "intensity must be a number in [0, 1]")
+        status, doc = await _request(
+            port, _post("/alarm", b'{"intensity": 0.5, "source": "door", "x": 1}')
+        )
+        assert (status, doc["error"]) == (400, "unknown field 'x'")
+        status, doc = await _request(port, _post("/alarm", b'{"intensity": 0.5, "source": "door"}'))
+        assert status == 201
+        assert doc["delivered"] is True
+        status, doc = await _request(port, _post(f"/alarm/{doc['id']}/ack", b""))
+        assert (status, doc["acked"]) == (200, True)
+        status, _ = await _request(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status == 200
+        text = format_status(rt.status())
+    assert "SUBSYSTEM" in text
+
+
+def test_format_status_shows_subsystems_alarms_and_peers() -> None:
+    doc = {
+        "node": {
+            "id": "n1",
+            "mesh": "m",
+            "zone": "z",
+            "uptime_s": 3.0,
+            "safe_mode": True,
+            "hlc": "1.0@n1",
+        },
+        "s1": {
+            "budget": {"tokens": 10, "capacity": 2000, "refill_per_s": 100},
+            "variety_bits": 2.5,
+            "units": {},
+        },
+        "s4": {"variety_ratio": 1.7, "environment_bits": 5.0, "system_bits": 2.9},
+        "algedonic": {
+            "alarms": [
+                {
+                    "id": "ab" * 16,
+                    "node": "n2",
+                    "source": "operator.estop",
+                    "intensity": 1.0,
+                    "age_s": 2.0,
+                    "critical": True,
+                    "remote": True,
+                    "acked": False,
+                }
+            ]
+        },
+        "peers": [
+            {"node": "n2", "health": 0.0, "last_seen_s": 1.5, "alarms": ["x"], "stale": False}
+        ],
+        "gateway": {"accepted": 3},
+    }
+    text = format_status(doc)
+    assert "safe mode ON" in text
+    assert "ratio 1.70" in text
+    assert "critical,remote" in text
+    assert "PEERS (1)" in text
+    assert '"accepted": 3' in text
