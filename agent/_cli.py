@@ -15,12 +15,26 @@ from ._errors import AgentError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsm-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the local mesh demo")
-    demo.add_argument("--nodes", type=int, default=5, help="number of agents (default 5)")
-    demo.add_argument("--duration", type=float, default=20.0, help="bound in seconds")
-    demo.add_argument("--json", action="store_true", help="print a JSON summary")
+    from ._demo import add_demo_command
+    from ._run import add_run_commands
+
+    add_run_commands(sub)
+    add_demo_command(sub)
     add_status_commands(sub)
+    sim = sub.add_parser(
+        "simulate-device",
+        help="a firmware simulator on a pseudo-terminal (see firmware-bridge/PROTOCOL.md)",
+        add_help=False,
+    )
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    sim.set_defaults(handler=cmd_simulate_device)
     return parser
+
+
+def cmd_simulate_device(args: argparse.Namespace) -> int:
+    from vsm_edge.bridge.simulator import main as simulator_main
+
+    return simulator_main(args.args)
 
 
 def add_status_commands(sub: Any) -> None:

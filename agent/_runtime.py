@@ -188,6 +188,9 @@ class Runtime:
         self._skew = ClockSkewDetector(config.s4.clock_skew_s)
         self.leases = LeaseMap()
         self.on_lease_delta: list[Callable[[LeaseMap], None]] = []
+        # (unit, reading, value, stamp) for each admitted reading: the agent
+        # replicates the latest ones (rate-limited) into the mesh state.
+        self.on_reading: list[Callable[[str, str, float, Timestamp], None]] = []
         self._units_pending: dict[str, tuple[str, Unit, Mapping[str, Any]]] = {}
         for uc in config.units:
             self._units_pending[uc.name] = (uc.kind, _load(uc), uc.options)
@@ -397,6 +400,9 @@ class Runtime:
         record.emitted += 1
         if self.first_event_at is None:
             self.first_event_at = now
+        if self.on_reading:
+            for hook in self.on_reading:
+                hook(record.name, reading, value, event.hlc)
         return True
 
     def _attenuation_started(self, source: str, now: float) -> None:

@@ -162,6 +162,7 @@ from ._transport import (
     TransportStatistics,
     Will,
 )
+from ._values import freeze, thaw
 from ._ydoc import (
     REMOTE_ORIGIN,
     StateVector,
@@ -286,6 +287,7 @@ __all__ = [
     "decode_txt",
     "derive_kid",
     "encode_txt",
+    "freeze",
     "load_mesh_key",
     "load_node_key",
     "load_public_key",
@@ -295,6 +297,7 @@ __all__ = [
     "save_node_key",
     "save_public_key",
     "sign_envelope",
+    "thaw",
     "topic_matches",
     "validate_filter",
     "validate_topic",

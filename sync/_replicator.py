@@ -366,6 +366,8 @@ class Replicator:
         self._counts[f"out_{kind}"] += 1
 
     def _flush_actions(self) -> None:
+        if not self._announced.is_set():
+            return  # held in the gossip core until our presence (our key) is out
         for action in self.gossip.drain():
             if isinstance(action, Broadcast):
                 channel = "d" if action.kind == "delta" else "sv"

@@ -102,6 +102,12 @@ def value_to_cbor(value: Any) -> Any:
     return value
 
 
+def thaw(value: Any) -> Any:
+    """A plain copy of a frozen value (tuples -> lists, immutables.Map -> dict),
+    for code that expects what it stored."""
+    return value_to_cbor(value)
+
+
 def value_from_cbor(obj: object, _depth: int = 0) -> Any:
     """Strictly decode a value; raises MalformedError."""
     if _depth > MAX_DEPTH:

@@ -1,0 +1,474 @@
+"""One agent process: the local VSM joined to the mesh.
+
+:class:`Agent` composes the parts the house plan names: the SQLite store, the
+hybrid logical clock (its ceiling in the store), the node key, the VSM
+:class:`~vsm_edge.agent._runtime.Runtime`, the replicator (gossip over MQTT),
+the ingress gateway (zone, replay, behaviour, the int8 arbitrator) and mDNS
+discovery. The arrows between them:
+
+* readings admitted by S3 -> the latest value per reading, replicated into the
+  ``mesh`` document at most every ``REPLICATE_INTERVAL_S`` (variety attenuation
+  at the replication boundary) -> peers;
+* the node's VSM report (health, safe mode, variety ratio, alarms) -> the
+  ``mesh`` document -> every peer's S4 mesh view;
+* the algedonic port -> ``vsm/{mesh}/alg/{node}`` (QoS 1, retained, signed);
+  peers' signals -> the local algedonic channel (S5 directly);
+* ``vsm/{mesh}/policy`` -> S5 (accepted only when admin-signed) -> the
+  gateway's zone;
+* every inbound envelope -> the gateway, before anything is merged.
+
+The ``mesh`` document is an ORMap whose keys are ``{node}/report`` and
+``{node}/r/{unit}.{reading}``; each node writes only its own keys, as
+HLC-ordered registers. A reading's register holds ``[value, wall_ms]`` so a
+receiver can measure replication latency (on one machine, or with synced
+clocks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics as stats
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vsm_edge.models import (
+    Gateway,
+    GatewayConfig,
+    load_arbitrator_or_none,
+)
+from vsm_edge.models import Inbound as GatewayInbound
+from vsm_edge.sync import (
+    Advertisement,
+    AsyncStore,
+    CausalLWWRegister,
+    CrdtDocument,
+    Envelope,
+    HybridLogicalClock,
+    Inbound,
+    MqttSettings,
+    MqttTransport,
+    NodeKey,
+    ORMap,
+    Replicator,
+    ReplicatorConfig,
+    StoreHighWaterMark,
+    SyncError,
+    Timestamp,
+    Transport,
+    TransportError,
+    Will,
+    load_node_key,
+    save_node_key,
+    thaw,
+    wall_clock_ms,
+)
+
+from ._algedonic import Signal, SignalError
+from ._config import AgentConfig
+from ._errors import AgentError
+from ._runtime import Runtime
+from ._s4 import PeerReport, PeerReportError
+from ._units import Unit
+
+__all__ = ["OPEN_ZONE", "Agent"]
+
+log = logging.getLogger("vsm_edge.agent.node")
+
+MESH_DOC = "mesh"
+REPLICATE_INTERVAL_S = 0.25
+REPORT_INTERVAL_S = 2.0
+LATENCY_SAMPLES = 4096
+MAX_ALARMS_HEARD = 256
+
+
+class _OpenZone:
+    """A zone that admits every key: a mesh without an admin policy (trust on first use)."""
+
+    def __contains__(self, kid: object) -> bool:
+        return isinstance(kid, bytes)
+
+
+OPEN_ZONE = _OpenZone()
+
+
+class Agent:
+    """One node: ``await nursery.start(agent.run)``; stops on ``stop()`` or SIGTERM.
+
+    ``transport_factory(will)`` overrides the MQTT transport (tests use the
+    in-memory broker); ``broker_url`` overrides the config's broker (the demo
+    passes the embedded broker's URL). Raises AgentError on a bad key file or
+    an unusable broker setting.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport_factory: Callable[[Will], Transport] | None = None,
+        broker_url: str | None = None,
+        wall_clock: Callable[[], int] = wall_clock_ms,
+        units: Mapping[str, Unit] | None = None,
+        handle_signals: bool = False,
+        open_zone: bool = True,
+        protocol: str = "auto",
+    ) -> None:
+        self.config = config
+        self.node = config.node.id
+        self._transport_factory = transport_factory
+        self._broker_url = broker_url
+        self._wall_clock = wall_clock
+        self._units = units
+        self._handle_signals = handle_signals
+        self._open_zone = open_zone
+        self._protocol = protocol
+        self.runtime: Runtime | None = None
+        self.replicator: Replicator | None = None
+        self.gateway: Gateway | None = None
+        self.store: AsyncStore | None = None
+        self._latest: dict[str, tuple[float, int]] = {}  # key -> (value, wall ms)
+        self._dirty_readings: set[str] = set()
+        # (key, written wall ms, latency ms) of peers' readings joined here
+        self.samples: deque[tuple[str, int, float]] = deque(maxlen=LATENCY_SAMPLES)
+        # peer alarm id -> ms from its raise to its arrival here (bounded, oldest out)
+        self.alarm_heard_latency_ms: dict[str, int] = {}
+        self._stop = trio.Event()
+        self._started = trio.Event()
+        self._finished = trio.Event()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.runtime is not None:
+            self.runtime.stop()
+
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        data_dir = Path(cfg.node.data_dir)
+        key = await trio.to_thread.run_sync(self._load_key, data_dir)
+        store = await AsyncStore.open(data_dir / "node.db")
+        self.store = store
+        try:
+            clock = HybridLogicalClock(
+                self.node, self._wall_clock, high_water=StoreHighWaterMark(store.sync)
+            )
+            runtime = Runtime(
+                cfg,
+                wall_clock=self._wall_clock,
+                clock=clock,
+                units=self._units,
+                handle_signals=self._handle_signals,
+                public_key=key.public_key.hex(),
+            )
+            self.runtime = runtime
+            self.gateway = Gateway(
+                zone=OPEN_ZONE if self._open_zone else None,
+                # the replay filters are this node's own: a fresh random key per
+                # run means nobody can aim at their bits
+                replay_key=os.urandom(32),
+                arbitrator=load_arbitrator_or_none(),
+                config=GatewayConfig(),
+                now_ms=self._wall_clock(),
+            )
+            mesh_doc: CrdtDocument[ORMap] = CrdtDocument(MESH_DOC, ORMap)
+            mesh_doc.observe(self._on_mesh_change)
+            broker_url = self._broker_url or cfg.broker.url
+            replicator = Replicator(
+                ReplicatorConfig(
+                    mesh=cfg.node.mesh,
+                    node=self.node,
+                    zone=cfg.node.zone,
+                    broker_url=broker_url if "://" in broker_url else "",
+                ),
+                key,
+                clock,
+                self._make_transport_factory(broker_url),
+                {MESH_DOC: mesh_doc},
+                store=store,
+                ingress=self._ingress,
+                on_app=self._on_app,
+            )
+            self.replicator = replicator
+            runtime.on_reading.append(self._on_reading)
+            runtime.add_flush_hook(self._write_samples)
+            runtime.set_status_section("gateway", self._gateway_status)
+            runtime.set_status_section("replication", self._replication_status)
+            runtime_done = trio.Event()
+
+            async def run_runtime(task_status: trio.TaskStatus[Runtime]) -> None:
+                # The runtime returns after stop() or SIGTERM/SIGINT, having
+                # flushed; then the agent stops too.
+                try:
+                    await runtime.run(task_status=task_status)
+                finally:
+                    runtime_done.set()
+                    self._stop.set()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replicator.run)
+                await nursery.start(run_runtime)
+                nursery.start_soon(self._algedonic_out, runtime, replicator)
+                nursery.start_soon(self._replicate_local, runtime, replicator)
+                if cfg.discovery.enabled:
+                    nursery.start_soon(self._discovery, key, broker_url)
+                self._started.set()
+                task_status.started(self)
+                await self._stop.wait()
+                runtime.stop()
+                with trio.move_on_after(cfg.runtime.shutdown_timeout_s):
+                    await runtime_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+            self._finished.set()
+
+    async def _write_samples(self, status: dict[str, Any]) -> None:
+        """At shutdown: the replication latency samples, for `vsm-edge demo`."""
+        path = Path(self.config.node.data_dir) / "replication-samples.json"
+        data = json.dumps([list(s) for s in self.samples])
+        await trio.to_thread.run_sync(path.write_text, data)
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def stopped(self) -> None:
+        """Return once :meth:`run` has finished (after stop() or a signal)."""
+        await self._finished.wait()
+
+    def _load_key(self, data_dir: Path) -> NodeKey:
+        """The configured key, else data_dir/node.key (made on first start)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config.node.key_file
+        default = data_dir / "node.key"
+        try:
+            if path is None and not default.exists():
+                save_node_key(NodeKey.generate(), default)
+            return load_node_key(path if path is not None else default)
+        except SyncError as exc:
+            raise AgentError(f"node key: {exc}") from exc
+
+    def _make_transport_factory(self, broker_url: str) -> Callable[[Will], Transport]:
+        if self._transport_factory is not None:
+            return self._transport_factory
+        if "://" not in broker_url:
+            raise AgentError(
+                f"broker {broker_url!r}: give mqtt://host:port here; 'embedded' and 'mdns' "
+                "are resolved by `vsm-edge run` before the agent starts"
+            )
+        cfg = self.config.broker
+        options: dict[str, Any] = {
+            "keepalive": cfg.keepalive_s,
+            "protocol": self._protocol,
+        }
+        if cfg.username is not None:
+            options["username"] = cfg.username
+            if cfg.password_file is not None:
+                options["password"] = Path(cfg.password_file).read_text().strip()
+        if cfg.tls or broker_url.startswith("mqtts://"):
+            import ssl
+
+            context = ssl.create_default_context(
+                cafile=str(cfg.ca_file) if cfg.ca_file is not None else None
+            )
+            if cfg.cert_file is not None:
+                context.load_cert_chain(
+                    str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None
+                )
+            options["tls"] = context
+
+        def make(will: Will) -> Transport:
+            settings = MqttSettings.from_url(broker_url, client_id=self.node, will=will, **options)
+            return MqttTransport(settings)
+
+        return make
+
+    # -- ingress -----------------------------------------------------------------------
+
+    def _ingress(self, inbound: Inbound) -> str | None:
+        assert self.gateway is not None
+        envelope = inbound.envelope
+        if inbound.retained:
+            # Retained messages (presence, the latest alarm, the policy) are old by
+            # design: signature and zone, no freshness or replay check.
+            if not inbound.signature_ok:
+                return "bad-signature"
+            return None
+        decision = self.gateway.decide(
+            GatewayInbound(
+                kid=envelope.kid,
+                hlc=envelope.hlc,
+                nonce=envelope.nonce,
+                kind=envelope.kind,
+                signature_ok=inbound.signature_ok,
+                size=inbound.size,
+                received_ms=inbound.received_ms,
+                source=inbound.sender,
+            )
+        )
+        return None if decision.allowed else f"gateway:{decision.reason}"
+
+    def _gateway_status(self) -> dict[str, Any]:
+        assert self.gateway is not None
+        out: dict[str, Any] = dict(self.gateway.statistics())
+        out["arbitrator"] = self.gateway.arbitrator is not None
+        out["zone"] = "open" if self._open_zone else "policy"
+        return out
+
+    def _replication_status(self) -> dict[str, Any]:
+        assert self.replicator is not None
+        out = self.replicator.statistics()
+        out["latency_ms"] = _percentiles(sorted(s[2] for s in self.samples))
+        out["online_peers"] = self.replicator.online_peers()
+        mesh = self.replicator.docs[MESH_DOC]
+        assert isinstance(mesh, CrdtDocument)
+        out["keys"] = len(mesh.state)
+        out["digest"] = _digest_fingerprint(mesh.state)
+        out["vv"] = mesh.state.digest().vv
+        out["alarms_heard_ms"] = dict(self.alarm_heard_latency_ms)
+        return out
+
+    # -- the mesh document ---------------------------------------------------------------
+
+    def _on_reading(self, unit: str, reading: str, value: float, stamp: Timestamp) -> None:
+        key = f"{self.node}/r/{unit}.{reading}"
+        self._latest[key] = (float(value), self._wall_clock())
+        self._dirty_readings.add(key)
+
+    async def _replicate_local(self, runtime: Runtime, replicator: Replicator) -> None:
+        next_report = 0.0
+        while True:
+            await trio.sleep(REPLICATE_INTERVAL_S)
+            now = trio.current_time()
+            writes: list[tuple[str, Any]] = []
+            written_ms = self._wall_clock()  # when the update enters the mesh
+            for key in sorted(self._dirty_readings):
+                value, _reading_ms = self._latest[key]
+                writes.append((key, [value, written_ms]))
+            self._dirty_readings.clear()
+            if now >= next_report:
+                writes.append((f"{self.node}/report", runtime.local_report().to_cbor()))
+                next_report = now + REPORT_INTERVAL_S
+            for key, value in writes:
+                await self._put(replicator, key, value)
+
+    async def _put(self, replicator: Replicator, key: str, value: Any) -> None:
+        node, clock = self.node, replicator.clock
+
+        def mutate(state: ORMap) -> ORMap:
+            return state.update(
+                node, key, CausalLWWRegister, lambda r: r.set(node, clock.now(), value)
+            )
+
+        try:
+            await replicator.mutate(MESH_DOC, mutate)
+        except SyncError as exc:  # the store refused: counted by the store, logged here
+            log.warning("could not replicate %s: %s", key, exc)
+
+    def _on_mesh_change(self, doc: str, delta: Any, local: bool) -> None:
+        if local or self.runtime is None:
+            return
+        now_ms = self._wall_clock()
+        for key, frozen in delta.value().items():
+            if not isinstance(key, str) or "/" not in key:
+                continue
+            value = thaw(frozen)
+            origin, _, rest = key.partition("/")
+            if rest == "report":
+                try:
+                    self.runtime.update_peer(PeerReport.from_cbor(value))
+                except (PeerReportError, TypeError, ValueError):
+                    log.debug("bad report from %s", origin)
+            elif rest.startswith("r/") and isinstance(value, list) and len(value) == 2:
+                written = value[1]
+                if isinstance(written, int) and not isinstance(written, bool):
+                    self.samples.append((key, written, max(0.0, float(now_ms - written))))
+
+    # -- algedonic and policy -----------------------------------------------------------
+
+    async def _algedonic_out(self, runtime: Runtime, replicator: Replicator) -> None:
+        port = runtime.algedonic_port
+        while True:
+            signal = await port.receive()
+            delay = 0.05
+            while True:
+                try:
+                    await replicator.publish_app("alg", signal.to_cbor(), retain=True)
+                    break
+                except TransportError:
+                    await trio.sleep(delay)  # re-sent until the broker takes it
+                    delay = min(delay * 2, 2.0)
+
+    def _on_app(self, channel: str, sender: str, body: Any, envelope: Envelope) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if channel == "alg":
+            try:
+                signal = Signal.from_cbor(body)
+            except SignalError:
+                log.debug("malformed algedonic signal from %s", sender)
+                return
+            if signal.node != sender:
+                return  # a node speaks only for itself
+            runtime.inject_remote_signal(signal)
+            if signal.id not in self.alarm_heard_latency_ms:
+                # from the raise (the signal's HLC wall time) to hearing it here
+                self.alarm_heard_latency_ms[signal.id] = self._wall_clock() - signal.hlc.wall
+                while len(self.alarm_heard_latency_ms) > MAX_ALARMS_HEARD:
+                    del self.alarm_heard_latency_ms[next(iter(self.alarm_heard_latency_ms))]
+        elif channel == "policy" and isinstance(body, bytes):
+            runtime.accept_policy(body, raise_errors=False)
+
+    # -- discovery --------------------------------------------------------------------
+
+    async def _discovery(self, key: NodeKey, broker_url: str) -> None:
+        from vsm_edge.sync import ZeroconfDiscovery
+
+        cfg = self.config
+        try:
+            advert = Advertisement(
+                node=self.node,
+                key_id=key.kid,
+                mesh=cfg.node.mesh,
+                zone=cfg.node.zone,
+                broker=broker_url if "://" in broker_url else None,
+            )
+            status_port = (self.runtime.status_port if self.runtime else None) or 0
+            discovery = ZeroconfDiscovery(
+                advert, interfaces=list(cfg.discovery.interfaces), port=status_port
+            )
+            self.discovery = discovery
+            await discovery.run()
+        except SyncError as exc:
+            log.warning("mDNS discovery unavailable: %s", exc)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | int]:
+    if not samples:
+        return {"count": 0}
+
+    def pick(q: float) -> float:
+        return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
+
+    return {
+        "count": len(samples),
+        "p50": pick(0.50),
+        "p99": pick(0.99),
+        "max": round(samples[-1], 2),
+        "mean": round(stats.fmean(samples), 2),
+    }
+
+
+def _digest_fingerprint(state: ORMap) -> str:
+    import hashlib
+
+    from vsm_edge.sync._cbor import dumps
+
+    return hashlib.blake2b(dumps(state.digest().to_cbor()), digest_size=8).hexdigest()

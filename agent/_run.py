@@ -1,0 +1,114 @@
+"""``vsm-edge run`` and ``vsm-edge keygen``: one agent process, and its key."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vsm_edge.sync import (
+    Advertisement,
+    NodeKey,
+    SyncError,
+    load_node_key,
+    save_node_key,
+    save_public_key,
+)
+
+from ._broker import EmbeddedBroker
+from ._config import AgentConfig, load_config
+from ._errors import AgentError
+from ._node import Agent
+
+__all__ = ["add_run_commands", "cmd_keygen", "cmd_run", "run_agent"]
+
+MDNS_BROKER_TIMEOUT_S = 30.0
+
+
+def add_run_commands(sub: Any) -> None:
+    keygen = sub.add_parser("keygen", help="write a node key pair (files 0600)")
+    keygen.add_argument("--out", default="node.key", help="private key file (default node.key)")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
+    keygen.set_defaults(handler=cmd_keygen)
+
+    run = sub.add_parser("run", help="run one agent")
+    run.add_argument("--config", required=True, help="the node's TOML file")
+    run.add_argument("--broker", help="override broker.url (mqtt://HOST:PORT, embedded, mdns)")
+    run.add_argument(
+        "--protocol",
+        choices=("auto", "5", "3.1.1"),
+        default="auto",
+        help="MQTT version (default: 5, falling back to 3.1.1)",
+    )
+    run.add_argument("--log-level", default="WARNING", help="Python logging level")
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    key = NodeKey.generate()
+    try:
+        save_node_key(key, out, overwrite=args.force)
+        save_public_key(key.public_key, out.with_suffix(".pub"), overwrite=args.force)
+    except (SyncError, FileExistsError) as exc:
+        raise AgentError(f"{exc} (use --force to replace it)") from exc
+    check = load_node_key(out)
+    print(f"wrote {out} (private, 0600) and {out.with_suffix('.pub')}; kid {check.kid.hex()}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    config = load_config(Path(args.config))
+    trio.run(run_agent, config, args.broker, args.protocol)
+    return 0
+
+
+async def run_agent(config: AgentConfig, broker: str | None, protocol: str) -> None:
+    """Run one agent until SIGTERM/SIGINT, resolving ``embedded`` and ``mdns`` brokers."""
+    url = broker or config.broker.url
+    async with trio.open_nursery() as nursery:
+        if url == "embedded":
+            embedded = EmbeddedBroker(host="127.0.0.1")
+            url = await nursery.start(embedded.run)
+            protocol = "3.1.1" if protocol == "auto" else protocol  # amqtt speaks 3.1.1 only
+            print(f"vsm-edge: embedded broker at {url}", file=sys.stderr)
+        elif url == "mdns":
+            url = await _find_broker(config)
+            print(f"vsm-edge: broker {url} found by mDNS", file=sys.stderr)
+        agent = Agent(config, broker_url=url, handle_signals=True, protocol=protocol)
+        await nursery.start(agent.run)
+        print(f"vsm-edge: node {config.node.id} running (mesh {config.node.mesh})", file=sys.stderr)
+        await agent.stopped()
+        nursery.cancel_scope.cancel()
+
+
+async def _find_broker(config: AgentConfig) -> str:
+    from vsm_edge.sync import ZeroconfDiscovery
+
+    probe = ZeroconfDiscovery(
+        Advertisement(
+            node=f"{config.node.id}-probe"[:64],
+            key_id=b"\0",
+            mesh=config.node.mesh,
+            zone=config.node.zone,
+        ),
+        interfaces=list(config.discovery.interfaces),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(probe.run)
+        try:
+            with trio.fail_after(MDNS_BROKER_TIMEOUT_S):
+                url = await probe.find_broker()
+        except trio.TooSlowError:
+            raise AgentError(
+                f"no MQTT broker advertised by mDNS (_mqtt._tcp) within {MDNS_BROKER_TIMEOUT_S} s"
+            ) from None
+        nursery.cancel_scope.cancel()
+    return url

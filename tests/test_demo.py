@@ -1,0 +1,46 @@
+"""The README's main job, run as a user runs it: `vsm-edge demo --json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_forms_a_mesh_survives_the_script_and_converges() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vsm_edge.agent", "demo", "--nodes", "3", "--duration", "10",
+         "--json"],
+        capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    progress = proc.stderr
+    for step in ("mesh formed", "broker restart", "partition", "alarm", "converged"):
+        assert step in progress, progress
+    assert summary["nodes"] == 3
+    assert summary["converged"] is True
+    assert summary["messages"] > 0
+    assert summary["bytes"] > 0
+    conv = summary["convergence_ms"]
+    assert conv["updates"] > 0
+    assert 0 <= conv["p50"] <= conv["p99"]
+    alarm = summary["alarm_propagation_ms"]
+    assert alarm["heard_by"] == 2
+    assert alarm["p50"] <= alarm["p99"]
+    statuses = summary["statuses"]
+    assert len(statuses) == 3
+    for status in statuses:
+        for key in ("node", "s1", "s2", "s3", "s4", "s5", "algedonic", "peers", "gateway"):
+            assert key in status, key
+        assert status["gateway"]["allow"] > 0
+        assert len(status["replication"]["online_peers"]) == 2
+    # the flooding sensor on n2 was attenuated by S3 and its pain is visible
+    n2 = next(s for s in statuses if s["node"]["id"] == "n2")
+    attenuation = n2["s3"]["attenuation"]
+    assert sum(attenuation["dropped"].values()) + sum(attenuation["aggregated"].values()) > 0
