@@ -32,7 +32,7 @@ import heapq
 import math
 import re
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -220,9 +220,9 @@ class AlgedonicCore:
         now: float,
         *,
         remote: bool = False,
-        storm_signal: Signal | None = None,
+        storm_signal: Callable[[], Signal] | None = None,
     ) -> Delivery:
-        """Decide for one signal; ``storm_signal`` is raised if this one starts a storm."""
+        """Decide for one signal; ``storm_signal()`` makes the storm alarm if one starts."""
         cfg = self.config
         if signal.id in self._seen:
             self.duplicates += 1
@@ -248,7 +248,7 @@ class AlgedonicCore:
         if self.storm is None and len(recent) > cfg.storm_signals:
             self.storms += 1
             if storm_signal is not None:
-                started = self._store(storm_signal, now, remote=False, critical=False)
+                started = self._store(storm_signal(), now, remote=False, critical=False)
                 self.storm = started
         elif self.storm is not None and len(recent) <= cfg.storm_signals // 2:
             self.storm = None

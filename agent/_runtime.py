@@ -784,8 +784,8 @@ class Runtime:
             return None
         return self._offer(sig, now, remote=True)
 
-    def _offer(self, sig: Signal, now: float, *, remote: bool) -> Alarm | None:
-        storm = Signal(
+    def _storm_signal(self) -> Signal:
+        return Signal(
             self.node,
             "algedonic.storm",
             0.8,
@@ -794,7 +794,9 @@ class Runtime:
             f"more than {self.config.algedonic.storm_signals} signals in "
             f"{self.config.algedonic.storm_window_s:g} s",
         )
-        delivery = self.algedonic.offer(sig, now, remote=remote, storm_signal=storm)
+
+    def _offer(self, sig: Signal, now: float, *, remote: bool) -> Alarm | None:
+        delivery = self.algedonic.offer(sig, now, remote=remote, storm_signal=self._storm_signal)
         if delivery.storm_started is not None:
             self._deliver(delivery.storm_started, to_mesh=True)
             self._pattern(
