@@ -213,6 +213,14 @@ class Runtime:
         # S3 and S4 need "now": made in run(); placeholders keep the types simple
         self.s3: Control = Control(config.s3, 0.0)
         self.s4: Intelligence = Intelligence(config.s4, 0.0)
+        self._bind_hot_path()
+
+    def _bind_hot_path(self) -> None:
+        # bound methods looked up once: _emit runs for every reading
+        self._env_add = self.s4.environment.add
+        self._admit = self.s3.admit_reading
+        self._stamp = self.hlc.now
+        self._publish_now = self.bus.publish
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -226,6 +234,7 @@ class Runtime:
         self._now = trio.lowlevel.current_clock().current_time
         self.s3 = Control(self.config.s3, now)
         self.s4 = Intelligence(self.config.s4, now)
+        self._bind_hot_path()
         for name, (kind, made, _options) in self._units_pending.items():
             self.units[name] = _UnitRecord(name, kind, made)
         self.s4.set_repertoire(sum(len(r.commands) for r in self.units.values()))
@@ -370,10 +379,10 @@ class Runtime:
                 category = f"{record.name}.{reading}:{bin_}"
                 if len(bins) < MAX_BINS:
                     bins[bin_] = category
-        self.s4.environment.add(category, now)
-        s3 = self.s3
-        decision = s3.admit_reading(record.name, priority, now)
+        self._env_add(category, now)
+        decision = self._admit(record.name, priority, now)
         if decision is not Admission.PASS:
+            s3 = self.s3
             episodes = s3.attenuation_episodes
             if episodes != self._episodes_seen:
                 self._episodes_seen = episodes
@@ -387,10 +396,10 @@ class Runtime:
                 return False
         event = _new_event(
             Event,
-            ("reading", record.name, reading, value, self.hlc.now(), priority, category, 0.0, ()),
+            ("reading", record.name, reading, value, self._stamp(), priority, category, 0.0, ()),
         )
         try:
-            self.bus.publish(event, now)
+            self._publish_now(event, now)
         except trio.WouldBlock:
             record.blocked += 1
             return False
