@@ -30,19 +30,19 @@ import os
 import random
 import signal as signal_module
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from vsm_edge.sync import ClockDriftError, HybridLogicalClock, Timestamp, wall_clock_ms
+from vsm_edge.sync import ClockDriftError, HybridLogicalClock, wall_clock_ms
 
 from ._algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
 from ._bus import Channel, EventBus
 from ._config import AgentConfig, UnitConfig
-from ._errors import UnitError
-from ._event import HIGH, NORMAL, Event, Scalar, Subsystem
+from ._errors import PolicyError, UnitError
+from ._event import HIGH, Event, Scalar, Subsystem
 from ._lease import LeaseMap
 from ._patterns import (
     CascadeDetector,
@@ -285,14 +285,14 @@ class Runtime:
 
     async def _flush(self) -> None:
         status = self.status()
+        if self.write_state:  # first: local and quick, so a slow hook cannot starve it
+            data_dir = self.config.node.data_dir
+            await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
         for hook in self._flush_hooks:
             try:
                 await hook(status)
             except Exception as exc:  # one broken hook must not stop the others
                 status.setdefault("flush_errors", []).append(repr(exc))
-        if self.write_state:
-            data_dir = self.config.node.data_dir
-            await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
 
     def _write_port_file(self) -> None:
         if not self.write_state or self.status_port is None:
@@ -742,8 +742,6 @@ class Runtime:
 
     def accept_policy(self, document: bytes, *, raise_errors: bool = True) -> bool:
         """Install an admin-signed policy document; PolicyError (counted) when refused."""
-        from ._errors import PolicyError
-
         try:
             policy = self.s5.accept_policy(document)
         except PolicyError as exc:
@@ -1020,10 +1018,3 @@ def _write_json(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def build_units(items: Iterable[UnitConfig]) -> dict[str, Unit]:
-    return {uc.name: _load(uc) for uc in items}
-
-
-_ = (NORMAL, Timestamp)

@@ -255,3 +255,17 @@ async def test_status_endpoint_survives_any_bytes(tmp_path: Path) -> None:
         status, _ = await _request(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         assert status == 200
         assert rt.supervisor.tasks["s1.bus"].crashes == 0
+
+
+async def test_a_busy_status_port_is_a_clear_error(tmp_path: Path) -> None:
+    from vsm_edge.agent import AgentError
+
+    async with running(config(status=True, data_dir=tmp_path)) as rt:
+        taken = rt.status_port
+        cfg = config({"node": {"id": "n2"}, "status": {"enabled": True, "port": taken}})
+        with pytest.raises(ExceptionGroup) as info:  # out of the runtime's nurseries
+            async with running(cfg):
+                pass  # pragma: no cover
+        assert info.group_contains(
+            AgentError, match=f"cannot listen on 127.0.0.1:{taken}", depth=None
+        )
