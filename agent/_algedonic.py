@@ -55,6 +55,7 @@ __all__ = [
 PAIN = "pain"
 PLEASURE = "pleasure"
 MAX_SIGNAL_BYTES = 4096
+MAX_BASELINES = 4096  # (node, source) pairs remembered for hedonic adaptation
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 
 
@@ -235,6 +236,8 @@ class AlgedonicCore:
         if signal.pain and not critical and not signal.escalated:
             key = (signal.node, signal.source)
             baseline = self.baselines.get(key, 0.0)
+            if key not in self.baselines and len(self.baselines) >= MAX_BASELINES:
+                del self.baselines[next(iter(self.baselines))]  # forget the oldest source
             self.baselines[key] = baseline + cfg.baseline_alpha * (signal.intensity - baseline)
             if signal.intensity < baseline + cfg.salience:
                 self.adapted += 1

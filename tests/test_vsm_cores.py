@@ -491,3 +491,16 @@ def test_math_sanity_of_the_variety_ratio() -> None:
         s4.environment.add(f"x:{i}", 0.0)
     # 6 bits of environment against log2(7 responses) of system variety
     assert s4.ratio(0.0) == pytest.approx(6 / math.log2(7))
+
+
+def test_adaptation_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vsm_edge.agent._algedonic as alg
+
+    monkeypatch.setattr(alg, "MAX_BASELINES", 8)
+    core = AlgedonicCore(
+        parse_config({"node": {"id": "n"}, "algedonic": {"storm_signals": 1000}}).algedonic, "n1"
+    )
+    for i in range(50):
+        core.offer(sig(f"src{i}", 0.5, i), float(i))
+    assert len(core.baselines) == 8
+    assert ("n1", "src49") in core.baselines
