@@ -630,7 +630,7 @@ class Runtime:
                 counts[category] = get(category, 0) + 1
                 value = event.value
                 if type(value) is float or type(value) is int:
-                    anomaly = observe((event.source, event.name), value, now)
+                    anomaly = observe(event.source, event.name, value, now)
                     if anomaly is not None:
                         self._anomaly(anomaly)
             meter.add_counts(counts, now)

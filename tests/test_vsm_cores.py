@@ -248,8 +248,8 @@ def test_entropy_categories_are_bounded() -> None:
 def test_anomaly_ewma_zscore() -> None:
     det = AnomalyDetector(alpha=0.1, z=4.0, warmup=20)
     for i in range(50):
-        assert det.observe(("s", "x"), 20.0 + (0.5 if i % 2 else -0.5), float(i)) is None
-    anomaly = det.observe(("s", "x"), 30.0, 50.0)
+        assert det.observe("s", "x", 20.0 + (0.5 if i % 2 else -0.5), float(i)) is None
+    anomaly = det.observe("s", "x", 30.0, 50.0)
     assert anomaly is not None
     assert anomaly.z > 10
     assert anomaly.name == "s.x"
