@@ -242,6 +242,8 @@ class Runtime:
             self.accept_policy(self.config.s5.policy_file.read_bytes(), raise_errors=False)
         try:
             async with trio.open_nursery() as root:
+                if self.handle_signals:  # first, so no signal finds Python's default handler
+                    await root.start(self._watch_signals)
                 for name, body in (
                     ("algedonic", self._algedonic_subsystem),
                     ("s5", self._s5_subsystem),
@@ -257,8 +259,6 @@ class Runtime:
                     server = StatusServer(self, self.config.status.host, self.config.status.port)
                     self.status_port = await root.start(server.run)
                     self._write_port_file()
-                if self.handle_signals:
-                    root.start_soon(self._watch_signals)
                 self._started.set()
                 task_status.started(self)
                 await self._stop.wait()
@@ -301,8 +301,11 @@ class Runtime:
         data_dir.mkdir(parents=True, exist_ok=True)
         _write_text(data_dir / "status.port", f"{self.status_port}\n")
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.open_signal_receiver(signal_module.SIGTERM, signal_module.SIGINT) as signals:
+            task_status.started()
             async for _ in signals:
                 self.stop()
                 return

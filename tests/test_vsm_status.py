@@ -269,3 +269,33 @@ async def test_a_busy_status_port_is_a_clear_error(tmp_path: Path) -> None:
         assert info.group_contains(
             AgentError, match=f"cannot listen on 127.0.0.1:{taken}", depth=None
         )
+
+
+@pytest.mark.integration
+def test_sigint_stops_an_agent_process_gracefully(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "node.toml").write_text(
+        f'[node]\nid = "n"\ndata_dir = "{data}"\n[status]\nport = 0\n'
+    )
+    agent = subprocess.Popen(
+        [sys.executable, str(HERE / "support" / "vsm_agent.py"), str(tmp_path / "node.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        while not (data / "status.port").exists():
+            assert agent.poll() is None
+            assert time.monotonic() - started < 20, "agent did not start"
+            time.sleep(0.05)
+        stop = time.monotonic()
+        agent.send_signal(signal.SIGINT)
+        _, err = agent.communicate(timeout=10)
+        assert agent.returncode == 0, err
+        assert time.monotonic() - stop < 5
+        assert json.loads((data / "vsm-state.json").read_text())["node"]["id"] == "n"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        agent.communicate(timeout=10)
