@@ -52,7 +52,7 @@ from ._patterns import (
     VarietyOverflowDetector,
 )
 from ._s2 import Coordination, Oscillation
-from ._s3 import Admission, Control
+from ._s3 import Admission, CircuitBreaker, Control
 from ._s4 import Anomaly, Intelligence, MeshView, PeerReport
 from ._s5 import Identity, PolicyEngine, Recommendation
 from ._supervisor import Crash, Supervisor
@@ -596,7 +596,7 @@ class Runtime:
             return
         out[name] = False
 
-    def breaker(self, name: str) -> Any:
+    def breaker(self, name: str) -> CircuitBreaker:
         """The S3 circuit breaker of external dependency ``name`` (created on first use).
 
         Call :meth:`breaker_failure` / ``breaker(name).success()`` around calls.
@@ -605,7 +605,7 @@ class Runtime:
 
     def breaker_failure(self, name: str) -> bool:
         """Record a failure of dependency ``name``; True when it opened the breaker (with pain)."""
-        opened: bool = self.s3.breaker(name).failure(trio.current_time())
+        opened = self.s3.breaker(name).failure(trio.current_time())
         if opened:
             self._response("breaker", name)
             self.raise_signal(f"s3.breaker.{name}", 0.7, f"circuit breaker for {name} opened")
