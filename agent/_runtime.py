@@ -112,7 +112,7 @@ class _Context:
         return self._options
 
     @property
-    def random(self) -> Any:
+    def random(self) -> random.Random:
         return self._random
 
     async def commands(self) -> Any:  # an async generator of Command
