@@ -32,7 +32,7 @@ import heapq
 import math
 import re
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,6 +55,7 @@ __all__ = [
 PAIN = "pain"
 PLEASURE = "pleasure"
 MAX_SIGNAL_BYTES = 4096
+MAX_BASELINES = 4096  # (node, source) pairs remembered for hedonic adaptation
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 
 
@@ -220,9 +221,9 @@ class AlgedonicCore:
         now: float,
         *,
         remote: bool = False,
-        storm_signal: Signal | None = None,
+        storm_signal: Callable[[], Signal] | None = None,
     ) -> Delivery:
-        """Decide for one signal; ``storm_signal`` is raised if this one starts a storm."""
+        """Decide for one signal; ``storm_signal()`` makes the storm alarm if one starts."""
         cfg = self.config
         if signal.id in self._seen:
             self.duplicates += 1
@@ -235,6 +236,8 @@ class AlgedonicCore:
         if signal.pain and not critical and not signal.escalated:
             key = (signal.node, signal.source)
             baseline = self.baselines.get(key, 0.0)
+            if key not in self.baselines and len(self.baselines) >= MAX_BASELINES:
+                del self.baselines[next(iter(self.baselines))]  # forget the oldest source
             self.baselines[key] = baseline + cfg.baseline_alpha * (signal.intensity - baseline)
             if signal.intensity < baseline + cfg.salience:
                 self.adapted += 1
@@ -248,7 +251,7 @@ class AlgedonicCore:
         if self.storm is None and len(recent) > cfg.storm_signals:
             self.storms += 1
             if storm_signal is not None:
-                started = self._store(storm_signal, now, remote=False, critical=False)
+                started = self._store(storm_signal(), now, remote=False, critical=False)
                 self.storm = started
         elif self.storm is not None and len(recent) <= cfg.storm_signals // 2:
             self.storm = None

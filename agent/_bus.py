@@ -220,7 +220,15 @@ class ReorderBuffer:
                 heapq.heappush(self._heap, (key, self._seq, now + self.window_s, event))
             self._held += 1
             if self._held > self.window_capacity:
-                self._ready.append(self._pop_head())
+                if self._heap:
+                    self._ready.append(self._pop_head())
+                else:  # _pop_head inlined: under load this runs for every event
+                    head = self._fifo.popleft()
+                    self._due.popleft()
+                    self._held -= 1
+                    stamp = head.hlc
+                    self._last = (stamp.wall, stamp.logical, stamp.node)
+                    self._ready.append(head)
                 self.released_early += 1
         size += 1
         if size > self.high_water:
@@ -258,9 +266,17 @@ class ReorderBuffer:
         return event
 
     def evict_oldest(self) -> Event | None:
-        """Drop the oldest undelivered event (the drop-oldest policy); counted."""
-        if self._ready:
-            event = self._ready.popleft()
+        """Drop the oldest undelivered event (the drop-oldest policy); counted.
+
+        An intense signal (one that bypassed the window: a critical alarm) is
+        kept while a held event can go instead; only a channel full of them
+        loses its oldest.
+        """
+        ready = self._ready
+        if ready and ready[0].intensity >= self.bypass_intensity and self._held:
+            event = self._pop_head()
+        elif ready:
+            event = ready.popleft()
         elif self._held:
             event = self._pop_head()
         else:
@@ -444,6 +460,7 @@ class Channel:
 class BusStatistics:
     published: int
     unrouted: int
+    blocked: int  # publishes refused by a full block-policy channel
     channels: dict[str, ChannelStatistics]
 
 
@@ -462,6 +479,7 @@ class EventBus:
         self._blocking: set[str] = set()  # kinds routed to a block-policy channel
         self._published = 0
         self._unrouted = 0
+        self._blocked = 0
         self._observers: list[Callable[[Event], None]] = []
 
     def subscribe(self, subsystem: Subsystem, kinds: Iterable[str]) -> Channel:
@@ -517,6 +535,7 @@ class EventBus:
         if kind in self._blocking:
             for channel in routes:
                 if channel.overflow is OverflowPolicy.BLOCK and channel._core.full:
+                    self._blocked += 1
                     raise trio.WouldBlock
         self._published += 1
         if now is None:
@@ -554,5 +573,6 @@ class EventBus:
         return BusStatistics(
             published=self._published,
             unrouted=self._unrouted,
+            blocked=self._blocked,
             channels={str(s): c.statistics() for s, c in self.channels.items()},
         )

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._client import DEFAULT_ENDPOINT, StatusClient
-from ._errors import AgentError
+from ._config import load_config
+from ._errors import AgentError, StatusClientError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,15 +59,41 @@ def add_status_commands(sub: Any) -> None:
 
 
 def _endpoint(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--endpoint",
-        default=DEFAULT_ENDPOINT,
         help=f"the agent's status endpoint (default {DEFAULT_ENDPOINT})",
+    )
+    where.add_argument(
+        "--config",
+        metavar="NODE_TOML",
+        help="find the endpoint from the agent's config (and data_dir/status.port for port 0)",
     )
 
 
+def endpoint_of(args: argparse.Namespace) -> str:
+    """The endpoint named by ``--endpoint`` or ``--config`` (default: the default port)."""
+    if getattr(args, "endpoint", None):
+        return str(args.endpoint)
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        port = config.status.port
+        if port == 0:
+            port_file = config.node.data_dir / "status.port"
+            try:
+                port = int(port_file.read_text().strip())
+            except (OSError, ValueError):
+                raise StatusClientError(
+                    f"the agent uses an ephemeral port and {port_file} is missing or unreadable"
+                    " (is it running?)"
+                ) from None
+        host = f"[{config.status.host}]" if ":" in config.status.host else config.status.host
+        return f"http://{host}:{port}"
+    return DEFAULT_ENDPOINT
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    doc = StatusClient(args.endpoint).status()
+    doc = StatusClient(endpoint_of(args)).status()
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True, default=str))
     else:
@@ -78,7 +105,7 @@ def cmd_alarm_raise(args: argparse.Namespace) -> int:
     if not 0.0 <= args.intensity <= 1.0:
         print("vsm-edge alarm raise: --intensity must be in [0, 1]", file=sys.stderr)
         return 2
-    doc = StatusClient(args.endpoint).raise_alarm(args.intensity, args.source, args.reason)
+    doc = StatusClient(endpoint_of(args)).raise_alarm(args.intensity, args.source, args.reason)
     if doc.get("delivered"):
         print(doc["id"])
     else:
@@ -87,7 +114,7 @@ def cmd_alarm_raise(args: argparse.Namespace) -> int:
 
 
 def cmd_alarm_ack(args: argparse.Namespace) -> int:
-    doc = StatusClient(args.endpoint).ack_alarm(args.id)
+    doc = StatusClient(endpoint_of(args)).ack_alarm(args.id)
     print(f"acknowledged {doc['id']}")
     return 0
 

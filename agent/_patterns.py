@@ -25,6 +25,7 @@ __all__ = [
     "VarietyOverflowDetector",
 ]
 
+MAX_PEERS = 1024
 WARNING = "warning"
 ALARM = "alarm"
 
@@ -135,6 +136,8 @@ class ClockSkewDetector:
         skew = remote_wall_ms - local_wall_ms
         if abs(skew) > self.bound_ms:
             first = peer not in self.skewed
+            if first and len(self.skewed) >= MAX_PEERS:
+                del self.skewed[next(iter(self.skewed))]
             self.skewed[peer] = skew
             if first:
                 return Pattern(

@@ -30,19 +30,19 @@ import os
 import random
 import signal as signal_module
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from vsm_edge.sync import ClockDriftError, HybridLogicalClock, Timestamp, wall_clock_ms
+from vsm_edge.sync import ClockDriftError, HybridLogicalClock, wall_clock_ms
 
 from ._algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
 from ._bus import Channel, EventBus
 from ._config import AgentConfig, UnitConfig
-from ._errors import UnitError
-from ._event import HIGH, NORMAL, Event, Scalar, Subsystem
+from ._errors import PolicyError, UnitError
+from ._event import HIGH, Event, Scalar, Subsystem
 from ._lease import LeaseMap
 from ._patterns import (
     CascadeDetector,
@@ -52,7 +52,7 @@ from ._patterns import (
     VarietyOverflowDetector,
 )
 from ._s2 import Coordination, Oscillation
-from ._s3 import Admission, Control
+from ._s3 import Admission, CircuitBreaker, Control
 from ._s4 import Anomaly, Intelligence, MeshView, PeerReport
 from ._s5 import Identity, PolicyEngine, Recommendation
 from ._supervisor import Crash, Supervisor
@@ -112,7 +112,7 @@ class _Context:
         return self._options
 
     @property
-    def random(self) -> Any:
+    def random(self) -> random.Random:
         return self._random
 
     async def commands(self) -> Any:  # an async generator of Command
@@ -216,6 +216,14 @@ class Runtime:
         # S3 and S4 need "now": made in run(); placeholders keep the types simple
         self.s3: Control = Control(config.s3, 0.0)
         self.s4: Intelligence = Intelligence(config.s4, 0.0)
+        self._bind_hot_path()
+
+    def _bind_hot_path(self) -> None:
+        # bound methods looked up once: _emit runs for every reading
+        self._env_add = self.s4.environment.add
+        self._admit = self.s3.admit_reading
+        self._stamp = self.hlc.now
+        self._publish_now = self.bus.publish
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -229,6 +237,7 @@ class Runtime:
         self._now = trio.lowlevel.current_clock().current_time
         self.s3 = Control(self.config.s3, now)
         self.s4 = Intelligence(self.config.s4, now)
+        self._bind_hot_path()
         for name, (kind, made, _options) in self._units_pending.items():
             self.units[name] = _UnitRecord(name, kind, made)
         self.s4.set_repertoire(sum(len(r.commands) for r in self.units.values()))
@@ -236,6 +245,8 @@ class Runtime:
             self.accept_policy(self.config.s5.policy_file.read_bytes(), raise_errors=False)
         try:
             async with trio.open_nursery() as root:
+                if self.handle_signals:  # first, so no signal finds Python's default handler
+                    await root.start(self._watch_signals)
                 for name, body in (
                     ("algedonic", self._algedonic_subsystem),
                     ("s5", self._s5_subsystem),
@@ -251,8 +262,6 @@ class Runtime:
                     server = StatusServer(self, self.config.status.host, self.config.status.port)
                     self.status_port = await root.start(server.run)
                     self._write_port_file()
-                if self.handle_signals:
-                    root.start_soon(self._watch_signals)
                 self._started.set()
                 task_status.started(self)
                 await self._stop.wait()
@@ -279,14 +288,14 @@ class Runtime:
 
     async def _flush(self) -> None:
         status = self.status()
+        if self.write_state:  # first: local and quick, so a slow hook cannot starve it
+            data_dir = self.config.node.data_dir
+            await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
         for hook in self._flush_hooks:
             try:
                 await hook(status)
             except Exception as exc:  # one broken hook must not stop the others
                 status.setdefault("flush_errors", []).append(repr(exc))
-        if self.write_state:
-            data_dir = self.config.node.data_dir
-            await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
 
     def _write_port_file(self) -> None:
         if not self.write_state or self.status_port is None:
@@ -295,8 +304,11 @@ class Runtime:
         data_dir.mkdir(parents=True, exist_ok=True)
         _write_text(data_dir / "status.port", f"{self.status_port}\n")
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.open_signal_receiver(signal_module.SIGTERM, signal_module.SIGINT) as signals:
+            task_status.started()
             async for _ in signals:
                 self.stop()
                 return
@@ -373,10 +385,10 @@ class Runtime:
                 category = f"{record.name}.{reading}:{bin_}"
                 if len(bins) < MAX_BINS:
                     bins[bin_] = category
-        self.s4.environment.add(category, now)
-        s3 = self.s3
-        decision = s3.admit_reading(record.name, priority, now)
+        self._env_add(category, now)
+        decision = self._admit(record.name, priority, now)
         if decision is not Admission.PASS:
+            s3 = self.s3
             episodes = s3.attenuation_episodes
             if episodes != self._episodes_seen:
                 self._episodes_seen = episodes
@@ -390,10 +402,10 @@ class Runtime:
                 return False
         event = _new_event(
             Event,
-            ("reading", record.name, reading, value, self.hlc.now(), priority, category, 0.0, ()),
+            ("reading", record.name, reading, value, self._stamp(), priority, category, 0.0, ()),
         )
         try:
-            self.bus.publish(event, now)
+            self._publish_now(event, now)
         except trio.WouldBlock:
             record.blocked += 1
             return False
@@ -590,7 +602,7 @@ class Runtime:
             return
         out[name] = False
 
-    def breaker(self, name: str) -> Any:
+    def breaker(self, name: str) -> CircuitBreaker:
         """The S3 circuit breaker of external dependency ``name`` (created on first use).
 
         Call :meth:`breaker_failure` / ``breaker(name).success()`` around calls.
@@ -599,7 +611,7 @@ class Runtime:
 
     def breaker_failure(self, name: str) -> bool:
         """Record a failure of dependency ``name``; True when it opened the breaker (with pain)."""
-        opened: bool = self.s3.breaker(name).failure(trio.current_time())
+        opened = self.s3.breaker(name).failure(trio.current_time())
         if opened:
             self._response("breaker", name)
             self.raise_signal(f"s3.breaker.{name}", 0.7, f"circuit breaker for {name} opened")
@@ -627,7 +639,7 @@ class Runtime:
                 counts[category] = get(category, 0) + 1
                 value = event.value
                 if type(value) is float or type(value) is int:
-                    anomaly = observe((event.source, event.name), value, now)
+                    anomaly = observe(event.source, event.name, value, now)
                     if anomaly is not None:
                         self._anomaly(anomaly)
             meter.add_counts(counts, now)
@@ -739,8 +751,6 @@ class Runtime:
 
     def accept_policy(self, document: bytes, *, raise_errors: bool = True) -> bool:
         """Install an admin-signed policy document; PolicyError (counted) when refused."""
-        from ._errors import PolicyError
-
         try:
             policy = self.s5.accept_policy(document)
         except PolicyError as exc:
@@ -790,8 +800,8 @@ class Runtime:
             return None
         return self._offer(sig, now, remote=True)
 
-    def _offer(self, sig: Signal, now: float, *, remote: bool) -> Alarm | None:
-        storm = Signal(
+    def _storm_signal(self) -> Signal:
+        return Signal(
             self.node,
             "algedonic.storm",
             0.8,
@@ -800,7 +810,9 @@ class Runtime:
             f"more than {self.config.algedonic.storm_signals} signals in "
             f"{self.config.algedonic.storm_window_s:g} s",
         )
-        delivery = self.algedonic.offer(sig, now, remote=remote, storm_signal=storm)
+
+    def _offer(self, sig: Signal, now: float, *, remote: bool) -> Alarm | None:
+        delivery = self.algedonic.offer(sig, now, remote=remote, storm_signal=self._storm_signal)
         if delivery.storm_started is not None:
             self._deliver(delivery.storm_started, to_mesh=True)
             self._pattern(
@@ -1015,10 +1027,3 @@ def _write_json(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def build_units(items: Iterable[UnitConfig]) -> dict[str, Unit]:
-    return {uc.name: _load(uc) for uc in items}
-
-
-_ = (NORMAL, Timestamp)

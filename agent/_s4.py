@@ -181,14 +181,18 @@ class AnomalyDetector:
         self.z = z
         self.warmup = warmup
         self.max_keys = max_keys
-        self._stats: dict[tuple[str, str], _Stat] = {}
+        # source -> reading -> statistics (two lookups, no key tuple per reading)
+        self._stats: dict[str, dict[str, _Stat]] = {}
+        self._keys = 0
         self.count = 0
 
-    def observe(self, key: tuple[str, str], value: float, now: float) -> Anomaly | None:
-        stat = self._stats.get(key)
+    def observe(self, source: str, reading: str, value: float, now: float) -> Anomaly | None:
+        per = self._stats.get(source)
+        stat = None if per is None else per.get(reading)
         if stat is None:
-            if len(self._stats) < self.max_keys:
-                self._stats[key] = _Stat(value)
+            if self._keys < self.max_keys:
+                self._stats.setdefault(source, {})[reading] = _Stat(value)
+                self._keys += 1
             return None
         anomaly = None
         diff = value - stat.mean
@@ -196,7 +200,7 @@ class AnomalyDetector:
             sd = math.sqrt(stat.var)
             z = abs(diff) / sd if sd > 1e-12 else (0.0 if diff == 0 else math.inf)
             if z >= self.z:
-                anomaly = Anomaly(key, value, stat.mean, z, now)
+                anomaly = Anomaly((source, reading), value, stat.mean, z, now)
                 self.count += 1
         a = self.alpha
         incr = a * diff
@@ -205,8 +209,8 @@ class AnomalyDetector:
         stat.n += 1
         return anomaly
 
-    def baseline(self, key: tuple[str, str]) -> tuple[float, float] | None:
-        stat = self._stats.get(key)
+    def baseline(self, source: str, reading: str) -> tuple[float, float] | None:
+        stat = self._stats.get(source, {}).get(reading)
         return None if stat is None else (stat.mean, math.sqrt(stat.var))
 
 

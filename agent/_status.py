@@ -26,6 +26,7 @@ import h11
 import trio
 
 from ._algedonic import SignalError
+from ._errors import AgentError
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -57,8 +58,16 @@ class StatusServer:
         self.errors = 0
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen; reports the bound port to ``task_status`` (useful with port 0)."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        """Listen; reports the bound port to ``task_status`` (useful with port 0).
+
+        Raises :class:`AgentError` when the address cannot be bound (port in use).
+        """
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except OSError as exc:
+            raise AgentError(
+                f"status endpoint: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         port: int = listeners[0].socket.getsockname()[1]
         task_status.started(port)
         await trio.serve_listeners(self._connection, listeners)

@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, settings
 
 # Property tests are bounded in count; no per-example deadline, because a
 # loaded 2-core CI machine makes timings meaningless (performance lives in bench/).
-settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )

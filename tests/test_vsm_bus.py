@@ -115,6 +115,16 @@ def test_window_capacity_releases_early_keeping_order() -> None:
     assert [e.hlc.wall for e in buf.pop_ready(1, 10)] == [2, 3]
 
 
+def test_eviction_spares_critical_signals_while_it_can() -> None:
+    buf = ReorderBuffer(capacity=3, window_s=1.0)
+    buf.offer(ev(1, intensity=0.99), 0)  # bypassed: ready at once
+    buf.offer(ev(2), 0)
+    buf.offer(ev(3), 0)
+    assert buf.evict_oldest() == ev(2)
+    assert buf.evict_oldest() == ev(3)
+    assert buf.evict_oldest() == ev(1, intensity=0.99)  # nothing else left to drop
+
+
 def test_capacity_is_reported_full() -> None:
     buf = ReorderBuffer(capacity=2, window_s=1.0)
     buf.offer(ev(1), 0)

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vsm_edge.agent import ConfigError, OverflowPolicy, Subsystem, load_config, parse_config
 
@@ -158,3 +160,71 @@ def test_unknown_unit_kind_is_an_error_at_runtime_build() -> None:
     )
     with pytest.raises(UnitError, match="unknown option 'nois'"):
         Runtime(cfg)
+
+
+SECTIONS = [
+    "node",
+    "broker",
+    "discovery",
+    "status",
+    "bus",
+    "runtime",
+    "s2",
+    "s3",
+    "s4",
+    "s5",
+    "algedonic",
+    "units",
+]
+KEYS = [
+    "id",
+    "mesh",
+    "zone",
+    "url",
+    "port",
+    "host",
+    "capacity",
+    "window_ms",
+    "overflow",
+    "channels",
+    "budgets",
+    "s1",
+    "s4",
+    "algedonic",
+    "damping",
+    "refill_per_s",
+    "admin_keys",
+    "timescales_s",
+    "interfaces",
+    "tls",
+    "name",
+    "kind",
+    "options",
+    "safe_mode_pain",
+    "warning_ratio",
+    "x",
+]
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(SECTIONS), values, max_size=5))
+def test_any_mapping_is_a_config_or_a_config_error(data: dict[str, Any]) -> None:
+    data.setdefault("node", {"id": "n"})
+    try:
+        cfg = parse_config(data)
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        message = f"config error: (none: {cfg.node.id})"
+    assert message.startswith("config error: ")

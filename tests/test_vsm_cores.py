@@ -248,8 +248,8 @@ def test_entropy_categories_are_bounded() -> None:
 def test_anomaly_ewma_zscore() -> None:
     det = AnomalyDetector(alpha=0.1, z=4.0, warmup=20)
     for i in range(50):
-        assert det.observe(("s", "x"), 20.0 + (0.5 if i % 2 else -0.5), float(i)) is None
-    anomaly = det.observe(("s", "x"), 30.0, 50.0)
+        assert det.observe("s", "x", 20.0 + (0.5 if i % 2 else -0.5), float(i)) is None
+    anomaly = det.observe("s", "x", 30.0, 50.0)
     assert anomaly is not None
     assert anomaly.z > 10
     assert anomaly.name == "s.x"
@@ -491,3 +491,16 @@ def test_math_sanity_of_the_variety_ratio() -> None:
         s4.environment.add(f"x:{i}", 0.0)
     # 6 bits of environment against log2(7 responses) of system variety
     assert s4.ratio(0.0) == pytest.approx(6 / math.log2(7))
+
+
+def test_adaptation_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vsm_edge.agent._algedonic as alg
+
+    monkeypatch.setattr(alg, "MAX_BASELINES", 8)
+    core = AlgedonicCore(
+        parse_config({"node": {"id": "n"}, "algedonic": {"storm_signals": 1000}}).algedonic, "n1"
+    )
+    for i in range(50):
+        core.offer(sig(f"src{i}", 0.5, i), float(i))
+    assert len(core.baselines) == 8
+    assert ("n1", "src49") in core.baselines

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.vsm import config, running
 
 from vsm_edge.agent._cli import format_status
@@ -76,7 +78,7 @@ period_s = 0.2
         alarm_id = raised.stdout.strip()
         assert len(alarm_id) == 32
 
-        human = cli("status", "--endpoint", endpoint)
+        human = cli("status", "--config", str(tmp_path / "node.toml"))  # finds status.port
         assert human.returncode == 0, human.stderr
         assert "ALARMS (1 active)" in human.stdout
         assert "operator.estop" in human.stdout
@@ -107,10 +109,18 @@ period_s = 0.2
         agent.communicate(timeout=10)
 
 
-def test_cli_reports_an_unreachable_agent() -> None:
+def test_cli_reports_an_unreachable_agent(tmp_path: Path) -> None:
     result = cli("status", "--endpoint", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach the agent at http://127.0.0.1:9" in result.stderr
+    (tmp_path / "node.toml").write_text('[node]\nid = "x"\n[status]\nport = 0\n')
+    result = cli("alarm", "ack", "abcdef", "--config", str(tmp_path / "node.toml"))
+    assert result.returncode == 1
+    assert "status.port is missing" in result.stderr
+    (tmp_path / "bad.toml").write_text("[node]\n")
+    result = cli("status", "--config", str(tmp_path / "bad.toml"))
+    assert result.returncode == 1
+    assert "config error: node.id: required" in result.stderr
 
 
 async def _request(port: int, raw: bytes) -> tuple[int, dict[str, object]]:
@@ -201,3 +211,91 @@ def test_format_status_shows_subsystems_alarms_and_peers() -> None:
     assert "critical,remote" in text
     assert "PEERS (1)" in text
     assert '"accepted": 3' in text
+
+
+REQUESTS = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda method, path, body: (
+            f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        ),
+        st.sampled_from(["GET", "POST", "PUT", "get"]),
+        st.sampled_from(
+            ["/status", "/alarm", "/alarm/abcdef/ack", "/alarm/zz/ack", "/", "//status?x=1"]
+        ),
+        st.binary(max_size=200) | st.just(b'{"intensity": 0.5, "source": "fuzz"}'),
+    ),
+)
+
+
+async def test_status_endpoint_survives_any_bytes(tmp_path: Path) -> None:
+    async with running(config(status=True, data_dir=tmp_path)) as rt:
+        port = rt.status_port
+        assert port is not None
+        seen: list[bytes] = []
+
+        @settings(max_examples=60, deadline=None)
+        @given(REQUESTS)
+        def check(raw: bytes) -> None:
+            seen.append(raw)
+
+        check()  # hypothesis draws the inputs synchronously; the requests run below
+        for raw in seen:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(raw)
+                await stream.send_eof()
+                data = b""
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some(65536):
+                        data += chunk
+            # an answer with a status line, or a closed connection: never a hang or a crash
+            assert data == b"" or data.startswith(b"HTTP/1.1 ")
+        status, _ = await _request(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status == 200
+        assert rt.supervisor.tasks["s1.bus"].crashes == 0
+
+
+async def test_a_busy_status_port_is_a_clear_error(tmp_path: Path) -> None:
+    from vsm_edge.agent import AgentError
+
+    async with running(config(status=True, data_dir=tmp_path)) as rt:
+        taken = rt.status_port
+        cfg = config({"node": {"id": "n2"}, "status": {"enabled": True, "port": taken}})
+        with pytest.raises(ExceptionGroup) as info:  # out of the runtime's nurseries
+            async with running(cfg):
+                pass  # pragma: no cover
+        assert info.group_contains(
+            AgentError, match=f"cannot listen on 127.0.0.1:{taken}", depth=None
+        )
+
+
+@pytest.mark.integration
+def test_sigint_stops_an_agent_process_gracefully(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "node.toml").write_text(
+        f'[node]\nid = "n"\ndata_dir = "{data}"\n[status]\nport = 0\n'
+    )
+    agent = subprocess.Popen(
+        [sys.executable, str(HERE / "support" / "vsm_agent.py"), str(tmp_path / "node.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        while not (data / "status.port").exists():
+            assert agent.poll() is None
+            assert time.monotonic() - started < 20, "agent did not start"
+            time.sleep(0.05)
+        stop = time.monotonic()
+        agent.send_signal(signal.SIGINT)
+        _, err = agent.communicate(timeout=10)
+        assert agent.returncode == 0, err
+        assert time.monotonic() - stop < 5
+        assert json.loads((data / "vsm-state.json").read_text())["node"]["id"] == "n"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        agent.communicate(timeout=10)
