@@ -102,8 +102,9 @@ class Agent:
 
     ``transport_factory(will)`` overrides the MQTT transport (tests use the
     in-memory broker); ``broker_url`` overrides the config's broker (the demo
-    passes the embedded broker's URL). Raises AgentError on a bad key file or
-    an unusable broker setting.
+    passes the embedded broker's URL); ``advertise_broker_port`` also
+    advertises a broker on this host as ``_mqtt._tcp`` (the embedded one).
+    Raises AgentError on a bad key file or an unusable broker setting.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Agent:
         handle_signals: bool = False,
         open_zone: bool = True,
         protocol: str = "auto",
+        advertise_broker_port: int | None = None,
     ) -> None:
         self.config = config
         self.node = config.node.id
@@ -127,6 +129,7 @@ class Agent:
         self._handle_signals = handle_signals
         self._open_zone = open_zone
         self._protocol = protocol
+        self._advertise_broker_port = advertise_broker_port
         self.runtime: Runtime | None = None
         self.replicator: Replicator | None = None
         self.gateway: Gateway | None = None
@@ -442,7 +445,10 @@ class Agent:
             )
             status_port = (self.runtime.status_port if self.runtime else None) or 0
             discovery = ZeroconfDiscovery(
-                advert, interfaces=list(cfg.discovery.interfaces), port=status_port
+                advert,
+                interfaces=list(cfg.discovery.interfaces),
+                port=status_port,
+                broker_port=self._advertise_broker_port,  # the embedded broker, if any
             )
             self.discovery = discovery
             await discovery.run()

@@ -74,15 +74,26 @@ async def run_agent(config: AgentConfig, broker: str | None, protocol: str) -> N
     """Run one agent until SIGTERM/SIGINT, resolving ``embedded`` and ``mdns`` brokers."""
     url = broker or config.broker.url
     async with trio.open_nursery() as nursery:
+        advertise: int | None = None
         if url == "embedded":
-            embedded = EmbeddedBroker(host="127.0.0.1")
+            # The embedded broker listens where discovery runs, so that peers
+            # configured with broker = "mdns" can use it.
+            host = next(iter(config.discovery.interfaces), "127.0.0.1")
+            embedded = EmbeddedBroker(host=host if host != "all" else "0.0.0.0")  # noqa: S104
             url = await nursery.start(embedded.run)
+            advertise = embedded.port
             protocol = "3.1.1" if protocol == "auto" else protocol  # amqtt speaks 3.1.1 only
             print(f"vsm-edge: embedded broker at {url}", file=sys.stderr)
         elif url == "mdns":
             url = await _find_broker(config)
             print(f"vsm-edge: broker {url} found by mDNS", file=sys.stderr)
-        agent = Agent(config, broker_url=url, handle_signals=True, protocol=protocol)
+        agent = Agent(
+            config,
+            broker_url=url,
+            handle_signals=True,
+            protocol=protocol,
+            advertise_broker_port=advertise,
+        )
         await nursery.start(agent.run)
         print(f"vsm-edge: node {config.node.id} running (mesh {config.node.mesh})", file=sys.stderr)
         await agent.stopped()

@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from vsm_edge.sync import ClockDriftError, HybridLogicalClock, wall_clock_ms
+from vsm_edge.sync import ClockDriftError, HybridLogicalClock, Timestamp, wall_clock_ms
 
 from ._algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
 from ._bus import Channel, EventBus
