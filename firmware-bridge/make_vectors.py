@@ -57,6 +57,13 @@ VALID: list[tuple[str, Message]] = [
     ("reading: double float", Reading(5, 2, 0.1, 1002)),
     ("reading: negative zero", Reading(6, 2, -0.0)),
     ("reading: smallest half subnormal", Reading(7, 2, 5.960464477539063e-08)),
+    # Halves with exponent 15 (32768 <= |v| <= 65504): cbor2 5.9's C encoder wrote them
+    # as float32; deterministic CBOR (and the C codec) writes two bytes.
+    ("reading: largest half 65504.0", Reading(11, 2, 65504.0)),
+    (
+        "hello: channel range at the top of half precision (-32768.0 .. 60000.0)",
+        Hello(42, (1,), "baro-1", "1.0", 256, (Channel(3, "p", "Pa", -32768.0, 60000.0),), ()),
+    ),
     ("reading: largest int64", Reading(8, 3, 2**63 - 1)),
     ("reading: smallest int64", Reading(9, 3, -(2**63))),
     ("reading: time_ms at 2^32-1", Reading(10, 3, 0, 2**32 - 1)),

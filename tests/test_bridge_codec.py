@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 
 import cbor2
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -272,6 +274,84 @@ def test_strict_cbor_decoder_bounds_items() -> None:
     data = bytes([0x99, 0x02, 0x00]) + b"\x00" * 512  # 512 items + the array
     with pytest.raises(MessageError, match="too many"):
         _cbor.loads(data)
+
+
+# -- deterministic encoding: the shortest float that holds the value exactly ---------
+
+
+def test_every_finite_half_is_encoded_in_two_bytes() -> None:
+    # cbor2 5.9's C encoder wrote the 2,048 halves of exponent 15 (|v| in 32768..65504)
+    # as float32; the C codec re-encoded them in two bytes and the codecs disagreed.
+    half = struct.Struct(">e")
+    for bits in range(0x10000):
+        if (bits >> 10) & 0x1F == 0x1F:
+            continue  # infinities and NaNs
+        raw = bits.to_bytes(2, "big")
+        assert _cbor.encode_float(half.unpack(raw)[0]) == b"\xf9" + raw, raw.hex()
+
+
+def _oracle_width(value: float) -> int:
+    """2, 4 or 8: the narrowest IEEE format holding ``value`` exactly, by numpy."""
+    with np.errstate(over="ignore"):
+        if float(np.float16(value)) == value:
+            return 2
+        if float(np.float32(value)) == value:
+            return 4
+    return 8
+
+
+@pytest.mark.parametrize(
+    "value",
+    [60000.0, 65504.0, -32768.0, 65520.0, 65519.99, 4095.0, 2.0**-24, 2.0**-25, 2.0**-149,
+     3.4028234663852886e38, 1e300, -0.0, 0.1, math.inf, -math.inf],
+)  # fmt: skip
+def test_float_boundaries_take_the_narrowest_exact_width(value: float) -> None:
+    encoded = _cbor.encode_float(value)
+    assert len(encoded) - 1 == _oracle_width(value)
+    assert math.copysign(1, _cbor.loads(encoded)) == math.copysign(1, value)
+    assert _cbor.loads(encoded) == value
+
+
+@given(
+    st.floats(allow_nan=False)
+    | st.floats(width=32, allow_nan=False)
+    | st.floats(width=16, allow_nan=False)
+)
+@settings(max_examples=500)
+def test_float_encoding_is_the_narrowest_exact_width(value: float) -> None:
+    encoded = _cbor.encode_float(value)
+    assert len(encoded) - 1 == _oracle_width(value)
+    back = _cbor.loads(encoded)
+    assert back == value
+    assert math.copysign(1, back) == math.copysign(1, value)
+    assert cbor2.loads(encoded) == value  # an independent decoder agrees
+
+
+@given(cbor_values)
+@settings(max_examples=300)
+def test_encoder_output_is_read_back_by_cbor2_and_is_deterministic(value: object) -> None:
+    data = _cbor.dumps(value)
+    assert cbor2.loads(data) == value
+    if _depth(value) <= _cbor.MAX_DEPTH:
+        assert _cbor.dumps(_cbor.loads(data)) == data
+
+
+def test_encoder_sorts_keys_by_their_encoded_bytes() -> None:
+    # RFC 8949 4.2.1: 10 (0a) < 100 (1864) < -1 (20); cbor2's canonical order is length-first
+    assert _cbor.dumps({-1: 0, 100: 0, 10: 0}).hex() == "a30a00186400" + "2000"
+    # non-negative keys only (the fast path): numeric order is the encoded order
+    keys = [2**64 - 1, 65536, 0, 256, 2**32, 23, 65535, 24, 255]
+    encoded = _cbor.dumps(dict.fromkeys(keys, 0))
+    assert list(cbor2.loads(encoded)) == sorted(keys)  # decoded in wire order
+    # the general path (a text key forces it) orders the same keys the same way
+    mixed = cbor2.loads(_cbor.dumps({**dict.fromkeys(keys, 0), "x": 0}))
+    assert list(mixed) == [*sorted(keys), "x"]
+
+
+@pytest.mark.parametrize("bad", [object(), 2**64, -(2**64) - 1, {1.5: 0}, {(): 0}, "\ud800"])
+def test_encoder_rejects_values_outside_the_data_model(bad: object) -> None:
+    with pytest.raises(MessageError):
+        _cbor.dumps(bad)
 
 
 # -- fuzz: any input is decoded or rejected with BridgeError, never anything else ----
