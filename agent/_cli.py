@@ -203,6 +203,11 @@ def format_status(doc: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate-device"]:
+        # argparse's REMAINDER does not pass options (--link ...) through a
+        # subparser, so the simulator gets its arguments whole and parses them.
+        return cmd_simulate_device(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -9,6 +9,8 @@ truncated frames between frames, bit flips in sent or received frames, dropped
 ACKs, and unplugging (the pty is destroyed and, after a pause, recreated; a
 ``--link`` symlink always points to the current one, like /dev/serial/by-id).
 ``--pace-baud`` holds every frame for its time on a real line at that speed.
+As a process, SIGUSR1 unplugs the device (it comes back after ``--unplug-for``);
+SIGINT or SIGTERM stop it, printing its statistics as JSON on stderr.
 """
 
 from __future__ import annotations
@@ -191,8 +193,12 @@ class DeviceSimulator:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Plug, serve, unplug, for ever; ``task_status.started(path)`` after the first plug."""
         started = False
+        linked = False
         while True:
-            master, slave = os.openpty()
+            try:
+                master, slave = os.openpty()
+            except OSError as exc:
+                raise TransportError(f"cannot open a pseudo-terminal: {exc}") from exc
             try:
                 # Raw at once: the line discipline must not touch our bytes even
                 # before the bridge opens (and configures) the slave side.
@@ -200,17 +206,24 @@ class DeviceSimulator:
                 self.path = os.ttyname(slave)
                 if self.link:
                     tmp = f"{self.link}.tmp{os.getpid()}"
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    os.symlink(self.path, tmp)
-                    os.replace(tmp, self.link)
+                    try:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
+                        os.symlink(self.path, tmp)
+                        os.replace(tmp, self.link)
+                    except OSError as exc:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp)
+                        raise TransportError(f"cannot create the link {self.link}: {exc}") from exc
+                    linked = True
                 self.stats.plugs += 1
                 if not started:
                     started = True
                     task_status.started(self.path)
                 await self._plugged(master)
             finally:
-                if self.link:
+                if linked and self.link:
+                    linked = False
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.link)
                 os.close(slave)
@@ -410,12 +423,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def amain() -> None:
         async with trio.open_nursery() as nursery:
 
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
+            async def stop_on_signal(
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                with trio.open_signal_receiver(
+                    signal.SIGINT, signal.SIGTERM, signal.SIGUSR1
+                ) as signals:
+                    task_status.started()  # before the path is printed: signals are ours
+                    async for signum in signals:
+                        if signum == signal.SIGUSR1:
+                            sim.unplug()  # pull the cable; it is plugged back after --unplug-for
+                        else:
+                            nursery.cancel_scope.cancel()
 
-            nursery.start_soon(stop_on_signal)
+            await nursery.start(stop_on_signal)
             path = await nursery.start(sim.run)
             print(args.link or path, flush=True)
             if args.link:
@@ -426,11 +447,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         trio.run(amain)
-    except TransportError as exc:
-        print(f"simulate-device: {exc}", file=sys.stderr)
+    except (TransportError, ExceptionGroup) as exc:  # Trio's nurseries wrap what they raise
+        leaves = _leaves(exc)
+        if not all(isinstance(e, TransportError) for e in leaves):
+            raise
+        print(f"simulate-device: {leaves[0]}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(sim.statistics()), default=str), file=sys.stderr)
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 if __name__ == "__main__":
