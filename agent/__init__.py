@@ -10,6 +10,7 @@ from ._algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
 from ._bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer
 from ._client import StatusClient
 from ._config import AgentConfig, load_config, parse_config
+from ._device_unit import FirmwareBridgeUnit
 from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
 from ._event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
 from ._lease import Lease, LeaseError, LeaseHeldError, LeaseMap
@@ -54,6 +55,7 @@ __all__ = [
     "DecayingEntropy",
     "Event",
     "EventBus",
+    "FirmwareBridgeUnit",
     "Identity",
     "Intelligence",
     "Lease",

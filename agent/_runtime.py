@@ -17,7 +17,9 @@ Seams for the agent process (the mesh, the store, the gateway):
   ``on_lease_delta`` callbacks — the S2 lease CRDT to gossip;
 * :meth:`Runtime.breaker` — S3 circuit breakers for external dependencies;
 * :meth:`Runtime.add_flush_hook` — called with the status at shutdown;
-* :meth:`Runtime.set_status_section` — extra status keys (``gateway``).
+* :meth:`Runtime.set_status_section` — extra status keys (``gateway``);
+* :meth:`Runtime.execute_command` — a command and, for units that confirm
+  commands (a device behind the firmware bridge), the unit's outcome.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import os
 import random
 import signal as signal_module
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +58,14 @@ from ._s3 import Admission, CircuitBreaker, Control
 from ._s4 import Anomaly, Intelligence, MeshView, PeerReport
 from ._s5 import Identity, PolicyEngine, Recommendation
 from ._supervisor import Crash, Supervisor
-from ._units import Command, CommandResult, ReadingSpec, Unit, load_unit
+from ._units import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
 
 __all__ = ["Runtime"]
 
 _new_event = tuple.__new__  # builds an Event without NamedTuple's Python-level __new__
 
 COMMAND_QUEUE = 64
+COMMAND_CONFIRM_TIMEOUT_S = 10.0
 MAX_BINS = 4096  # cached category names per reading
 EXEMPT_S = 10.0
 SAFE_MODE_TICK_S = 0.5
@@ -81,15 +84,33 @@ class _UnitRecord:
         self.name = name
         self.kind = kind
         self.unit = unit
-        self.specs: dict[str, ReadingSpec] = {r.name: r for r in unit.readings}
-        self.categories = {r.name: f"{name}.{r.name}" for r in unit.readings}
-        self.bins: dict[str, dict[int, str]] = {r.name: {} for r in unit.readings}
-        self.commands = {c.name: c for c in unit.commands}
+        self.specs: dict[str, ReadingSpec] = {}
+        self.categories: dict[str, str] = {}
+        self.bins: dict[str, dict[int, str]] = {}
+        self.commands: dict[str, CommandSpec] = {}
+        self.declare(unit.readings, unit.commands)
         self.inbox_send, self.inbox_receive = trio.open_memory_channel[Command](COMMAND_QUEUE)
         self.emitted = 0
         self.attenuated = 0
         self.blocked = 0
         self.commands_applied = 0
+        self.confirms = bool(getattr(unit, "confirms_commands", False))
+        self.commands_confirmed = 0
+        self.commands_failed = 0
+        self.last_outcome: dict[str, Any] | None = None
+        # command id -> [done, error] for callers awaiting the unit's outcome
+        self.waiters: dict[int, tuple[trio.Event, list[str | None]]] = {}
+
+    def declare(
+        self, readings: Iterable[ReadingSpec] | None, commands: Iterable[CommandSpec] | None
+    ) -> None:
+        if readings is not None:
+            specs = _unique(readings, self.name, "reading")
+            self.specs = specs
+            self.categories = {r: f"{self.name}.{r}" for r in specs}
+            self.bins = {r: self.bins.get(r, {}) for r in specs}
+        if commands is not None:
+            self.commands = _unique(commands, self.name, "command")
 
 
 class _Context:
@@ -120,11 +141,42 @@ class _Context:
             yield command
 
     async def command(self, target: str, name: str, value: Scalar) -> CommandResult:
-        await trio.lowlevel.checkpoint()
-        return self._runtime.submit_command(target, name, value, issuer=self._record.name)
+        return await self._runtime.execute_command(target, name, value, issuer=self._record.name)
 
     def pain(self, intensity: float, reason: str = "") -> None:
         self._runtime.raise_signal(f"s1.{self._record.name}", intensity, reason)
+
+    def clear_pain(self, reason: str = "") -> int:
+        return self._runtime.clear_pain(f"s1.{self._record.name}", reason)
+
+    def declare(
+        self,
+        readings: Iterable[ReadingSpec] | None = None,
+        commands: Iterable[CommandSpec] | None = None,
+    ) -> None:
+        self._record.declare(readings, commands)
+        if commands is not None:
+            runtime = self._runtime
+            runtime.s4.set_repertoire(sum(len(r.commands) for r in runtime.units.values()))
+
+    def complete(self, command: Command, error: str | None = None) -> None:
+        record = self._record
+        if error is None:
+            record.commands_confirmed += 1
+        else:
+            record.commands_failed += 1
+        record.last_outcome = {
+            "id": command.id,
+            "command": command.name,
+            "value": command.value,
+            "ok": error is None,
+            "error": error,
+            "at_s": round(trio.current_time() - self._runtime.started_at, 3),
+        }
+        waiter = record.waiters.get(command.id)
+        if waiter is not None:
+            waiter[1][0] = error
+            waiter[0].set()
 
 
 class Runtime:
@@ -475,6 +527,41 @@ class Runtime:
             self.bus.event("command", issuer, key, damping.value, category=f"command:{key}")
         )
         return CommandResult(True, "", damping.value, damping.damped, command)
+
+    async def execute_command(
+        self,
+        target: str,
+        name: str,
+        value: Scalar,
+        *,
+        issuer: str = "operator",
+        timeout_s: float = COMMAND_CONFIRM_TIMEOUT_S,
+    ) -> CommandResult:
+        """:meth:`submit_command`, then, when the target unit confirms commands
+        (``confirms_commands``), wait for its outcome: accepted only when the unit
+        carried the command out (a device acknowledged it), else refused with the
+        unit's reason, or after ``timeout_s`` without an answer. For other units
+        the result is the admission, as :meth:`submit_command` returns it."""
+        await trio.lowlevel.checkpoint()
+        result = self.submit_command(target, name, value, issuer=issuer)
+        record = self.units.get(target)
+        if not result.accepted or result.command is None or record is None or not record.confirms:
+            return result
+        command = result.command
+        done, slot = record.waiters[command.id] = (trio.Event(), [None])
+        try:
+            with trio.move_on_after(timeout_s):
+                await done.wait()
+        finally:
+            del record.waiters[command.id]
+        if not done.is_set():
+            reason = f"s1: {target} did not confirm {command.key} within {timeout_s:g} s"
+        elif slot[0] is not None:
+            reason = f"s1: {target}: {slot[0]}"
+        else:
+            return result
+        self._response("refuse", command.key)
+        return CommandResult(False, reason, result.value, result.damped, command)
 
     def _refused(self, key: str, reason: str) -> CommandResult:
         self._response("refuse", key)
@@ -885,6 +972,23 @@ class Runtime:
             self._update_critical_pain()
         return alarm
 
+    def clear_pain(self, source: str, reason: str = "") -> int:
+        """The condition behind ``source``'s pain is over: acknowledge this node's
+        active pain alarms from ``source`` and, if there were any, raise a
+        pleasure signal (intensity 0.3) saying why. Returns how many were acked."""
+        now = trio.current_time()
+        ids = [
+            a.signal.id
+            for a in self.algedonic.active()
+            if a.signal.pain and a.signal.source == source and a.signal.node == self.node
+        ]
+        for alarm_id in ids:
+            self.algedonic.ack(alarm_id, now)
+        if ids:
+            self._update_critical_pain()
+            self.raise_signal(source, 0.3, reason or "recovered", valence=PLEASURE)
+        return len(ids)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _publish(self, event: Event) -> None:
@@ -953,12 +1057,22 @@ class Runtime:
                             if name in self.supervisor.tasks
                             else {}
                         ),
-                        "readings": [s.name for s in r.unit.readings],
-                        "commands": [c.name for c in r.unit.commands],
+                        "readings": list(r.specs),
+                        "commands": list(r.commands),
                         "emitted": r.emitted,
                         "attenuated": r.attenuated,
                         "blocked": r.blocked,
                         "commands_applied": r.commands_applied,
+                        **(
+                            {
+                                "commands_confirmed": r.commands_confirmed,
+                                "commands_failed": r.commands_failed,
+                                "last_outcome": r.last_outcome,
+                            }
+                            if r.confirms
+                            else {}
+                        ),
+                        **_unit_detail(r.unit),
                     }
                     for name, r in sorted(self.units.items())
                 },
@@ -1003,6 +1117,25 @@ class Runtime:
             except Exception as exc:  # a broken provider must not break status
                 out[key] = {"error": repr(exc)}
         return out
+
+
+def _unique(specs: Iterable[Any], unit: str, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spec in specs:
+        if spec.name in out:
+            raise UnitError(f"unit {unit} declares {what} {spec.name!r} twice")
+        out[spec.name] = spec
+    return out
+
+
+def _unit_detail(unit: Unit) -> dict[str, Any]:
+    status = getattr(unit, "status", None)
+    if status is None:
+        return {}
+    try:
+        return {"detail": status()}
+    except Exception as exc:  # a unit's broken status must not break the node's
+        return {"detail": {"error": repr(exc)}}
 
 
 def _stats(c: Any) -> dict[str, Any]:

@@ -23,15 +23,23 @@ or as an async function with :func:`unit`::
     async def thermometer(ctx: UnitContext) -> None: ...
 
 Units are registered from config (``[[units]] kind = ...``): a built-in kind
-(``simulated-sensor``, ``simulated-actuator``), a name in the ``vsm_edge.units``
-entry-point group, or ``package.module:attribute``. The attribute is a unit
+(``simulated-sensor``, ``simulated-actuator``, ``firmware-bridge``), a name in
+the ``vsm_edge.units`` entry-point group, or ``package.module:attribute``. The attribute is a unit
 class, a :func:`unit`-decorated function, or a factory; it is called with
 ``(name, options)`` and must return a unit. Optionally a unit has
-``async def probe(self) -> bool`` for S3* audits.
+``async def probe(self) -> bool`` for S3* audits, ``def status(self)`` (a JSON-able
+mapping shown as ``detail`` in its status entry) and ``confirms_commands = True``
+when it reports each command's outcome with :meth:`UnitContext.complete` (then
+:meth:`Runtime.execute_command` returns that outcome, not just the admission).
+
+A unit whose readings and commands are known only once it runs (a device that
+describes itself in a handshake) declares them then with
+:meth:`UnitContext.declare`.
 
 A firmware-bridge unit plugs in here: the bridge describes each device's
 capabilities as plain readings and commands, which become a unit's
-:class:`ReadingSpec` and :class:`CommandSpec` (see :func:`unit_from_description`).
+:class:`ReadingSpec` and :class:`CommandSpec` (see :func:`unit_from_description`;
+the built-in ``firmware-bridge`` kind is in ``_device_unit.py``).
 """
 
 from __future__ import annotations
@@ -165,6 +173,26 @@ class UnitContext(Protocol):
 
     def pain(self, intensity: float, reason: str = "") -> None:
         """Raise an algedonic pain signal from this unit."""
+        ...
+
+    def clear_pain(self, reason: str = "") -> int:
+        """The condition behind this unit's pain is over: acknowledge its active pain
+        alarms and raise a pleasure signal (when there were any). Returns how many
+        alarms were acknowledged."""
+        ...
+
+    def declare(
+        self,
+        readings: Iterable[ReadingSpec] | None = None,
+        commands: Iterable[CommandSpec] | None = None,
+    ) -> None:
+        """Replace the declared readings and/or commands while running (None keeps
+        them). Raises :class:`UnitError` for a duplicate name."""
+        ...
+
+    def complete(self, command: Command, error: str | None = None) -> None:
+        """Report the outcome of ``command`` (None: carried out; else why not), for
+        units with ``confirms_commands = True``."""
         ...
 
 
@@ -374,9 +402,16 @@ class SimulatedActuator:
             ctx.emit(self.reading, self.value)
 
 
+def _firmware_bridge(name: str, options: Mapping[str, Any]) -> Unit:
+    from ._device_unit import FirmwareBridgeUnit  # the bridge loads only when used
+
+    return FirmwareBridgeUnit(name, options)
+
+
 BUILTIN: dict[str, Callable[[str, Mapping[str, Any]], Unit]] = {
     "simulated-sensor": SimulatedSensor,
     "simulated-actuator": SimulatedActuator,
+    "firmware-bridge": _firmware_bridge,
 }
 
 

@@ -72,7 +72,7 @@ from ._session import (
     SessionState,
     SessionStatistics,
 )
-from ._transport import SerialStream, configure_raw, open_serial
+from ._transport import Opener, SerialStream, configure_raw, open_serial
 from ._units import SensorReading, UnitDescription, UnitKind, describe_units
 
 __all__ = [
@@ -114,6 +114,7 @@ __all__ = [
     "NackReason",
     "NeedData",
     "NotConnectedError",
+    "Opener",
     "ProtocolError",
     "QueueFullError",
     "Reading",

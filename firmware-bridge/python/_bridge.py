@@ -49,6 +49,7 @@ class BridgeStatistics:
     readings_dropped: int
     last_error: str | None
     session: SessionStatistics = field(default_factory=SessionStatistics)
+    device_errors: int = 0  # ERROR messages the device sent (the last 64 in device_errors)
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class SerialBridge:
         self._readings_tx, self.readings = trio.open_memory_channel[SensorReading](readings_buffer)
         self._waiters: dict[int, _Waiter] = {}
         self._connected = trio.Event()
+        self._changed = trio.Event()
         self._wake = trio.Event()
         self._send_lock = trio.Lock()
         self._stream: SerialStream | None = None
@@ -95,6 +97,7 @@ class SerialBridge:
         self._dropped = 0
         self._last_error: str | None = None
         self.device_errors: deque[Error] = deque(maxlen=64)
+        self._device_errors = 0
 
     # -- public ------------------------------------------------------------------------
 
@@ -116,6 +119,18 @@ class SerialBridge:
                 await trio.lowlevel.checkpoint()
                 return info
             await self._connected.wait()
+
+    async def wait_device_changed(self, current: DeviceInfo | None) -> DeviceInfo | None:
+        """Wait until the connected device is no longer ``current``; return the new one.
+
+        Returns at once if it already differs. A change is a handshake, a new
+        handshake of a restarted device (a new :class:`DeviceInfo`, whose
+        channels may differ), or a lost link (None).
+        """
+        while self._session.device is current:
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
+        return self._session.device
 
     async def command(self, channel: int | str, value: Value) -> None:
         """Set actuator ``channel`` (id or name) to ``value``; return once the device acks.
@@ -144,6 +159,7 @@ class SerialBridge:
             self._dropped,
             self._last_error,
             self._session.statistics(),
+            self._device_errors,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -231,11 +247,16 @@ class SerialBridge:
                     waiter.event.set()
             elif isinstance(ev, DeviceConnected):
                 self._connected.set()
+                self._changed.set()
+                self._changed = trio.Event()
             elif isinstance(ev, DeviceLost):
                 self._connected = trio.Event()
                 self._last_error = ev.reason
+                self._changed.set()
+                self._changed = trio.Event()
             elif isinstance(ev, DeviceErrorReported):
                 self.device_errors.append(ev.error)
+                self._device_errors += 1
             elif isinstance(ev, HandshakeFailed):
                 self._last_error = str(ev.error)
 
