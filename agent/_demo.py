@@ -4,6 +4,10 @@ The script, for a run of ``--duration D`` seconds after the mesh has formed:
 
 * every node runs simulated sensors; node ``n2``'s temperature sensor starts
   flooding at 0.2 D (S3 attenuates it, pain reaches S5);
+* node ``n1`` also has a (simulated) microcontroller: ``vsm-edge simulate-device``
+  on a pseudo-terminal, read through the firmware bridge by a ``firmware-bridge``
+  unit, whose readings reach the other nodes through the mesh (skipped, with a
+  note, when no pty can be opened);
 * at 0.25 D the broker restarts (the embedded one for real; an external
   ``--broker`` is made unreachable for the same time instead);
 * from 0.45 D to 0.65 D the last node is partitioned from the broker;
@@ -37,6 +41,7 @@ import trio
 
 from ._broker import EmbeddedBroker
 from ._client import StatusClient
+from ._demo_device import DemoDevice, start_device
 from ._errors import AgentError, StatusClientError
 
 __all__ = ["add_demo_command", "cmd_demo"]
@@ -162,6 +167,8 @@ class Demo:
         self.t0 = time.monotonic()
         self.nodes: list[_Node] = []
         self.events: list[dict[str, Any]] = []
+        self.device: DemoDevice | None = None
+        self.device_note = ""
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
@@ -177,6 +184,9 @@ class Demo:
                 nursery.cancel_scope.cancel()
             return summary
         finally:
+            if self.device is not None:
+                with trio.CancelScope(shield=True):
+                    await self.device.stop()
             for node in self.nodes:
                 if node.log is not None:
                     node.log.close()
@@ -199,6 +209,13 @@ class Demo:
             parts = urlsplit(url)
             host, port, protocol = parts.hostname or "127.0.0.1", parts.port or 1883, "3.1.1"
             self.say(f"embedded broker (amqtt) at {url}")
+        device = await start_device("n1", workdir)
+        if isinstance(device, DemoDevice):
+            self.device = device
+            self.say(f"a simulated microcontroller for n1 on {device.path}")
+        else:
+            self.device_note = device
+            self.say(f"no simulated device: {device}; continuing without it")
         for i in range(1, self.count + 1):
             proxy = TcpProxy(host, port)
             await nursery.start(proxy.run)
@@ -301,7 +318,7 @@ kind = "simulated-actuator"
 command = "open"
 minimum = 0
 maximum = 100
-"""
+""" + (self.device.unit_toml() if self.device is not None and name == self.device.node else "")
 
     # -- polling ---------------------------------------------------------------------
 
@@ -493,6 +510,12 @@ maximum = 100
             "bytes": nbytes,
             "events": self.events,
             "statuses": [n.status for n in self.nodes],
+            "device": self.device.report(
+                {n.name: n.status for n in self.nodes},
+                {n.name: n.data_dir / "replication-samples.json" for n in self.nodes},
+            )
+            if self.device is not None
+            else {"node": None, "note": self.device_note},
         }
 
     def _print_report(self, summary: dict[str, Any]) -> None:
@@ -528,6 +551,15 @@ maximum = 100
         if alarm.get("heard_by"):
             print(f"operator alarm -> peers: p50 {alarm.get('p50')} ms, p99 {alarm.get('p99')} "
                   f"ms ({alarm['heard_by']}/{alarm['peers']} peers)", file=out)  # fmt: skip
+        device = summary["device"]
+        if device.get("node"):
+            rep = device["replication_ms"]
+            print(f"device on {device['node']} ({device['device_id']}, "
+                  f"{'/'.join(device['readings'])}): {device['readings_received']} readings "
+                  f"MCU -> bridge -> S1; held by {len(device['peers_holding_readings'])}/"
+                  f"{self.count - 1} peers (p50 {rep.get('p50', '-')} ms)", file=out)  # fmt: skip
+        else:
+            print(f"device: none ({device['note']})", file=out)
 
 
 def _pcts(values: list[float] | list[int]) -> dict[str, float]:

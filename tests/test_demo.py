@@ -40,6 +40,13 @@ def test_demo_forms_a_mesh_survives_the_script_and_converges() -> None:
             assert key in status, key
         assert status["gateway"]["allow"] > 0
         assert len(status["replication"]["online_peers"]) == 2
+    # n1's simulated microcontroller: its readings went MCU -> bridge -> S1 -> both peers
+    device = summary["device"]
+    assert device["node"] == "n1", device
+    assert device["connected"] is True
+    assert device["readings"] == ["temperature", "humidity"]
+    assert device["readings_received"] > 0
+    assert device["peers_holding_readings"] == ["n2", "n3"]
     # the flooding sensor on n2 was attenuated by S3 and its pain is visible
     n2 = next(s for s in statuses if s["node"]["id"] == "n2")
     attenuation = n2["s3"]["attenuation"]
