@@ -60,6 +60,7 @@ VALID: list[tuple[str, Message]] = [
     # Halves with exponent 15 (32768 <= |v| <= 65504): cbor2 5.9's C encoder wrote them
     # as float32; deterministic CBOR (and the C codec) writes two bytes.
     ("reading: largest half 65504.0", Reading(11, 2, 65504.0)),
+    ("reading: single next to a half (60000.01171875 is no half)", Reading(12, 2, 60000.01171875)),
     (
         "hello: channel range at the top of half precision (-32768.0 .. 60000.0)",
         Hello(42, (1,), "baro-1", "1.0", 256, (Channel(3, "p", "Pa", -32768.0, 60000.0),), ()),
