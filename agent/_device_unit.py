@@ -185,7 +185,7 @@ class FirmwareBridgeUnit:
         info: DeviceInfo | None = None
         while True:
             if info is None:
-                away_since = self._away_since or trio.current_time()
+                away_since = trio.current_time() if self._away_since is None else self._away_since
                 if not self._pained:
                     with trio.move_on_at(away_since + self.pain_after_s):
                         info = await bridge.wait_device_changed(None)
