@@ -36,6 +36,7 @@ __all__ = [
     "S3Config",
     "S4Config",
     "S5Config",
+    "SecurityConfig",
     "StatusConfig",
     "UnitConfig",
     "load_config",
@@ -201,6 +202,18 @@ class S5Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """The ingress guard (docs/security.md): zone mode, mesh secrets, quarantine quorum."""
+
+    zone: str = "open"  # "open": admit every key until a zone arrives; "policy": fail closed
+    mesh_secret_file: Path | None = None  # keys the zone filters
+    previous_mesh_secret_file: Path | None = None  # the old secret, during a rotation
+    mesh_key_file: Path | None = None  # payload encryption (COSE_Encrypt0)
+    arbitrator_model: Path | None = None  # None: the shipped model
+    quarantine_quorum: int = 2  # distinct peers' proposals that quarantine here; 0: never
+
+
+@dataclass(frozen=True, slots=True)
 class AlgedonicConfig:
     baseline_alpha: float = 0.05
     salience: float = 0.2
@@ -232,6 +245,7 @@ class AgentConfig:
     s4: S4Config = S4Config()
     s5: S5Config = S5Config()
     algedonic: AlgedonicConfig = AlgedonicConfig()
+    security: SecurityConfig = SecurityConfig()
     units: tuple[UnitConfig, ...] = ()
     source: Path | None = None
 
@@ -610,6 +624,17 @@ def _algedonic(t: _Table) -> AlgedonicConfig:
     )
 
 
+def _security(t: _Table, base: Path) -> SecurityConfig:
+    return SecurityConfig(
+        zone=t.choice("zone", "open", ("open", "policy")),
+        mesh_secret_file=t.path_("mesh_secret_file", None, base),
+        previous_mesh_secret_file=t.path_("previous_mesh_secret_file", None, base),
+        mesh_key_file=t.path_("mesh_key_file", None, base),
+        arbitrator_model=t.path_("arbitrator_model", None, base),
+        quarantine_quorum=t.integer("quarantine_quorum", 2, minimum=0, maximum=64),
+    )
+
+
 def _units(raw: object) -> tuple[UnitConfig, ...]:
     if raw is None:
         return ()
@@ -655,13 +680,30 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         ("s4", _s4),
         ("s5", lambda t: _s5(t, base)),
         ("algedonic", _algedonic),
+        ("security", lambda t: _security(t, base)),
     ):
         table = root.table(name)
         sections[name] = reader(table)
         table.done()
     units = _units(root.raw("units"))
     root.done()
+    _check_security(sections["security"], sections["s5"])
     return AgentConfig(units=units, **sections)
+
+
+def _check_security(security: SecurityConfig, s5: S5Config) -> None:
+    if security.zone == "policy":
+        # Fail closed must not mean closed for ever: say what can never arrive.
+        if not s5.admin_keys:
+            raise ConfigError(
+                "security.zone", '"policy" needs s5.admin_keys (who may sign the zone)'
+            )
+        if security.mesh_secret_file is None:
+            raise ConfigError(
+                "security.zone", '"policy" needs security.mesh_secret_file (it keys the zone)'
+            )
+    if security.previous_mesh_secret_file is not None and security.mesh_secret_file is None:
+        raise ConfigError("security.previous_mesh_secret_file", "needs mesh_secret_file too")
 
 
 def load_config(path: str | Path) -> AgentConfig:
