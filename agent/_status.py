@@ -14,6 +14,7 @@ Routes::
     POST /alarm              {"intensity": 0..1, "source": NAME, "reason"?: TEXT}
                              -> {"id", "delivered"}
     POST /alarm/{id}/ack     -> {"id", "acked": true} (404 for an unknown id)
+    GET  <runtime.http_routes>   routes added by the agent (/metrics, /dashboard, /view.json)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import trio
 
 from ._algedonic import SignalError
 from ._errors import AgentError
+from ._http import HttpResponse, response_headers
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -151,6 +153,10 @@ class StatusServer:
             if alarm is None:
                 raise _HTTPError(404, f"no alarm {match.group(1)}")
             return 200, {"id": alarm.signal.id, "acked": True}
+        extra = self.runtime.http_routes.get(target)
+        if extra is not None:
+            _allow(method, "GET")
+            return 200, extra()
         raise _HTTPError(404, f"no route {target}")
 
     def _raise(self, obj: Any) -> tuple[int, Any]:
@@ -183,12 +189,15 @@ class StatusServer:
     async def _respond(
         self, stream: trio.SocketStream, conn: h11.Connection, status: int, payload: Any
     ) -> None:
-        body = json.dumps(payload, default=str).encode()
-        headers = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            ("connection", "close"),
-        ]
+        if isinstance(payload, HttpResponse):  # a route's complete response
+            status, body, headers = payload.status, payload.body, response_headers(payload)
+        else:
+            body = json.dumps(payload, default=str).encode()
+            headers = [
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("connection", "close"),
+            ]
         try:
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
             await stream.send_all(conn.send(h11.Data(data=body)))
