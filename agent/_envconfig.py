@@ -77,7 +77,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "VSM_DISCOVERY_INTERFACES",
         "discovery.interfaces",
         "interfaces",
-        "comma-separated IPv4 addresses or interface names (eth0, wlan0)",
+        "comma-separated IPv4 addresses or interface names (eth0, wlan0), or auto",
     ),
     EnvVar("VSM_STATUS_ENABLED", "status.enabled", "bool", "local status endpoint on/off"),
     EnvVar("VSM_STATUS_PORT", "status.port", "int", "status endpoint port (loopback)"),
@@ -131,9 +131,15 @@ def _convert(var: EnvVar, text: str, interface_addresses: Callable[[str], list[s
     items = [item.strip() for item in value.split(",") if item.strip()]
     if var.kind == "list":
         return items
-    # interfaces: IP addresses stay as they are; names are looked up
+    # interfaces: IP addresses stay as they are; names are looked up;
+    # "auto" is every non-loopback IPv4 address of the host (looked up as "*")
     if not items:
         raise ConfigError(where, "expected at least one address or interface name")
+    if [i.lower() for i in items] == ["auto"]:
+        found = interface_addresses("*")
+        if not found:
+            raise ConfigError(where, "auto: this host has no non-loopback IPv4 address")
+        return sorted(set(found))
     addresses: list[str] = []
     for item in items:
         try:
@@ -251,13 +257,16 @@ def config_from_env(
 
 
 def interface_ipv4_addresses(name: str) -> list[str]:
-    """The IPv4 addresses of the interface ``name`` on this host (ifaddr)."""
+    """The IPv4 addresses of the interface ``name`` on this host (ifaddr).
+
+    ``"*"``: every non-loopback IPv4 address of every interface.
+    """
     import ifaddr
 
     return [
         str(ip.ip)
         for adapter in ifaddr.get_adapters()
-        if adapter.nice_name == name or adapter.name == name
+        if name in ("*", adapter.nice_name, adapter.name)
         for ip in adapter.ips
-        if isinstance(ip.ip, str)
+        if isinstance(ip.ip, str) and not (name == "*" and ip.ip.startswith("127."))
     ]

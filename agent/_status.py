@@ -20,6 +20,7 @@ Routes::
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = ["StatusServer"]
+
+log = logging.getLogger("vsm_edge.agent.status")
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 8 * 1024
@@ -156,7 +159,11 @@ class StatusServer:
         extra = self.runtime.http_routes.get(target)
         if extra is not None:
             _allow(method, "GET")
-            return 200, extra()
+            try:
+                return 200, extra()
+            except Exception:  # a broken route answers 500; the endpoint goes on
+                log.exception("route %s failed", target)
+                raise _HTTPError(500, "internal error") from None
         raise _HTTPError(404, f"no route {target}")
 
     def _raise(self, obj: Any) -> tuple[int, Any]:

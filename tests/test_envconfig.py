@@ -98,6 +98,30 @@ def test_variables_override_the_base_file_key_by_key(tmp_path: Path) -> None:
     assert [u.name for u in config.units] == ["temp"]
 
 
+def test_discovery_interfaces_auto_takes_every_non_loopback_address() -> None:
+    asked: list[str] = []
+
+    def addresses(name: str) -> list[str]:
+        asked.append(name)
+        return ["192.168.1.9", "10.0.0.2", "192.168.1.9"] if name == "*" else []
+
+    config = config_from_env(
+        {"VSM_NODE_ID": "n", "VSM_DISCOVERY_INTERFACES": "auto"}, interface_addresses=addresses
+    )
+    assert asked == ["*"]
+    assert config.discovery.interfaces == ("10.0.0.2", "192.168.1.9")
+    with pytest.raises(ConfigError, match="auto: this host has no non-loopback IPv4 address"):
+        config_from_env({"VSM_NODE_ID": "n", "VSM_DISCOVERY_INTERFACES": "auto"})
+
+
+def test_interface_lookup_on_this_host() -> None:
+    from vsm_edge.agent._envconfig import interface_ipv4_addresses
+
+    assert "127.0.0.1" in interface_ipv4_addresses("lo")
+    assert "127.0.0.1" not in interface_ipv4_addresses("*")
+    assert interface_ipv4_addresses("no-such-if0") == []
+
+
 def test_node_id_falls_back_to_the_balena_device_name() -> None:
     assert env_table({"BALENA_DEVICE_NAME_AT_INIT": "cool-river"})["node"]["id"] == "cool-river"
     config = config_from_env({"BALENA_DEVICE_NAME_AT_INIT": "cool-river", "VSM_NODE_ID": "x1"})

@@ -91,7 +91,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from([*sorted(STATUS), "x"]), json_values, max_size=8))
 def test_any_status_document_renders(doc: dict[str, Any]) -> None:
     # A malformed or partial document yields fewer metrics, never an exception.
@@ -224,3 +224,35 @@ def test_dashboard_page_is_self_contained(path: str) -> None:
     assert "https://" not in page  # no CDN: devices are often offline
     assert 'fetch("view.json"' in page
     assert ".innerHTML" not in page  # data is written with textContent only
+
+
+async def test_status_endpoint_serves_extra_routes_and_survives_a_broken_one(
+    tmp_path: Any,
+) -> None:
+    from vsm_edge.agent import Runtime, parse_config
+
+    def broken() -> HttpResponse:
+        raise RuntimeError("boom")
+
+    config = parse_config(
+        {"node": {"id": "r1", "data_dir": str(tmp_path)}, "status": {"port": 0}}
+    )
+    runtime = Runtime(config, write_state=False)
+    runtime.http_routes["/text"] = lambda: HttpResponse(200, "text/plain", b"hi")
+    runtime.http_routes["/broken"] = broken
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        port = runtime.status_port
+        assert port is not None
+        text = await _request(port, b"GET /text HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert text.startswith(b"HTTP/1.1 200")
+        assert b"content-type: text/plain" in text.lower()
+        assert text.endswith(b"\r\n\r\nhi")
+        assert (await _request(port, b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 500"
+        )
+        post = await _request(port, b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert post.startswith(b"HTTP/1.1 405")
+        health = await _request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert health.startswith(b"HTTP/1.1 200")  # still serving
+        runtime.stop()
