@@ -3,7 +3,8 @@
 The script, for a run of ``--duration D`` seconds after the mesh has formed:
 
 * every node runs simulated sensors; node ``n2``'s temperature sensor starts
-  flooding at 0.2 D (S3 attenuates it, pain reaches S5);
+  flooding (1000 readings/s) about 0.2 D after it starts (S3 attenuates it,
+  pain reaches S5);
 * at 0.25 D the broker restarts (the embedded one for real; an external
   ``--broker`` is made unreachable for the same time instead);
 * from 0.45 D to 0.65 D the last node is partitioned from the broker;
@@ -252,7 +253,7 @@ class Demo:
     def _config(self, name: str, data_dir: Path, port: int) -> str:
         flood = name == "n2"
         temp_extra = (
-            f"flood_rate = 400.0\nflood_after_s = {0.2 * self.duration:.1f}\n" if flood else ""
+            f"flood_rate = 1000.0\nflood_after_s = {0.2 * self.duration:.1f}\n" if flood else ""
         )
         return f"""\
 [node]
@@ -375,7 +376,7 @@ maximum = 100
     async def _script(self, start: float, broker: EmbeddedBroker | None) -> None:
         self._alarm_report: dict[str, Any] = {}
         await self._at(start, 0.2)
-        self.say("n2's temperature sensor starts flooding (400 readings/s)")
+        self.say("n2's temperature sensor floods (1000 readings/s; S3 should attenuate it)")
         await self._at(start, 0.25)
         outage = max(1.0, 0.05 * self.duration)
         if broker is not None:

@@ -18,8 +18,10 @@ discovery. The arrows between them:
 * every inbound envelope -> the gateway, before anything is merged.
 
 The ``mesh`` document is an ORMap whose keys are ``{node}/report`` and
-``{node}/r/{unit}.{reading}``; each node writes only its own keys, as
-HLC-ordered registers. A reading's register holds ``[value, wall_ms]`` so a
+``{node}/r/{unit}.{reading}`` (each node writes only its own), and
+``lease:{resource}`` for S2's mesh-wide claims (any node; the register is
+stamped with the lease's grant, so the greatest grant wins, as in the lease
+CRDT), all HLC-ordered registers. A reading's register holds ``[value, wall_ms]`` so a
 receiver can measure replication latency (on one machine, or with synced
 clocks).
 """
@@ -72,6 +74,7 @@ from vsm_edge.sync import (
 from ._algedonic import Signal, SignalError
 from ._config import AgentConfig
 from ._errors import AgentError
+from ._lease import Lease, LeaseMap
 from ._runtime import Runtime
 from ._s4 import PeerReport, PeerReportError
 from ._units import Unit
@@ -85,6 +88,7 @@ REPLICATE_INTERVAL_S = 0.25
 REPORT_INTERVAL_S = 2.0
 LATENCY_SAMPLES = 4096
 MAX_ALARMS_HEARD = 256
+LEASE_PREFIX = "lease:"
 
 
 class _OpenZone:
@@ -136,6 +140,7 @@ class Agent:
         self.store: AsyncStore | None = None
         self._latest: dict[str, tuple[float, int]] = {}  # key -> (value, wall ms)
         self._dirty_readings: set[str] = set()
+        self._lease_out: dict[str, Lease] = {}  # lease deltas waiting to be replicated
         # (key, written wall ms, latency ms) of peers' readings joined here
         self.samples: deque[tuple[str, int, float]] = deque(maxlen=LATENCY_SAMPLES)
         # peer alarm id -> ms from its raise to its arrival here (bounded, oldest out)
@@ -199,6 +204,7 @@ class Agent:
             )
             self.replicator = replicator
             runtime.on_reading.append(self._on_reading)
+            runtime.on_lease_delta.append(lambda delta: self._lease_out.update(delta.entries))
             runtime.add_flush_hook(self._write_samples)
             runtime.set_status_section("gateway", self._gateway_status)
             runtime.set_status_section("replication", self._replication_status)
@@ -374,14 +380,25 @@ class Agent:
                 next_report = now + REPORT_INTERVAL_S
             for key, value in writes:
                 await self._put(replicator, key, value)
+            leases, self._lease_out = self._lease_out, {}
+            for resource, lease in sorted(leases.items()):
+                # A lease register is ordered by its grant stamp: the same
+                # "greatest grant wins" join as the lease CRDT itself.
+                await self._put(
+                    replicator,
+                    f"{LEASE_PREFIX}{resource}",
+                    [lease.holder, lease.expires_ms],
+                    stamp=lease.granted,
+                )
 
-    async def _put(self, replicator: Replicator, key: str, value: Any) -> None:
+    async def _put(
+        self, replicator: Replicator, key: str, value: Any, *, stamp: Timestamp | None = None
+    ) -> None:
         node, clock = self.node, replicator.clock
 
         def mutate(state: ORMap) -> ORMap:
-            return state.update(
-                node, key, CausalLWWRegister, lambda r: r.set(node, clock.now(), value)
-            )
+            at = stamp if stamp is not None else clock.now()
+            return state.update(node, key, CausalLWWRegister, lambda r: r.set(node, at, value))
 
         try:
             await replicator.mutate(MESH_DOC, mutate)
@@ -393,9 +410,14 @@ class Agent:
             return
         now_ms = self._wall_clock()
         for key, frozen in delta.value().items():
-            if not isinstance(key, str) or "/" not in key:
+            if not isinstance(key, str):
                 continue
             value = thaw(frozen)
+            if key.startswith(LEASE_PREFIX):
+                self._on_remote_lease(delta, key, value)
+                continue
+            if "/" not in key:
+                continue
             origin, _, rest = key.partition("/")
             if rest == "report":
                 try:
@@ -406,6 +428,24 @@ class Agent:
                 written = value[1]
                 if isinstance(written, int) and not isinstance(written, bool):
                     self.samples.append((key, written, max(0.0, float(now_ms - written))))
+
+    def _on_remote_lease(self, delta: ORMap, key: str, value: Any) -> None:
+        assert self.runtime is not None
+        stamp = delta.get(key, CausalLWWRegister).timestamp
+        resource = key[len(LEASE_PREFIX) :]
+        if (
+            stamp is None
+            or not (isinstance(value, list) and len(value) == 2)
+            or not isinstance(value[0], str)
+            or type(value[1]) is not int
+        ):
+            log.debug("malformed lease %s", key)
+            return
+        try:
+            lease = Lease(stamp, value[0], value[1])
+            self.runtime.merge_leases(LeaseMap({resource: lease}))
+        except (ValueError, TypeError):
+            log.debug("malformed lease %s", key)
 
     # -- algedonic and policy -----------------------------------------------------------
 

@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "MAX_LOGICAL",
@@ -72,34 +72,47 @@ MAX_WALL_MS = (1 << WALL_BITS) - 1
 MAX_LOGICAL = (1 << LOGICAL_BITS) - 1
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Timestamp:
-    """One HLC stamp. Ordered by ``(wall, logical, node)``; frozen."""
-
+class _Stamp(NamedTuple):
     wall: int
     logical: int
-    node: str = ""
+    node: str
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.wall <= MAX_WALL_MS:
-            raise ValueError(f"HLC wall time {self.wall} outside 0..2**48-1 ms")
-        if not 0 <= self.logical <= MAX_LOGICAL:
-            raise ValueError(f"HLC logical counter {self.logical} outside 0..65535")
+
+class Timestamp(_Stamp):
+    """One HLC stamp ``(wall, logical, node)``: an immutable named tuple,
+    ordered by ``(wall, logical, node)``. Construction validates the ranges;
+    the clock builds its own stamps without re-validating (hot path).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, wall: int, logical: int, node: str = "") -> Timestamp:
+        if type(wall) is not int or not 0 <= wall <= MAX_WALL_MS:
+            raise ValueError(f"HLC wall time {wall!r} outside 0..2**48-1 ms")
+        if type(logical) is not int or not 0 <= logical <= MAX_LOGICAL:
+            raise ValueError(f"HLC logical counter {logical!r} outside 0..65535")
+        return _new_stamp(cls, (wall, logical, node))
 
     @property
     def packed(self) -> int:
         """The 64-bit wire form: 48 bits of wall ms, then 16 bits of logical."""
-        return (self.wall << LOGICAL_BITS) | self.logical
+        return (self[0] << LOGICAL_BITS) | self[1]
 
     @classmethod
     def unpack(cls, value: int, node: str = "") -> Timestamp:
         """Inverse of :attr:`packed`. Raises ValueError outside 0..2**64-1."""
-        if not 0 <= value < (1 << 64):
-            raise ValueError(f"packed HLC {value} is not an unsigned 64-bit integer")
-        return cls(value >> LOGICAL_BITS, value & MAX_LOGICAL, node)
+        if type(value) is not int or not 0 <= value < (1 << 64):
+            raise ValueError(f"packed HLC {value!r} is not an unsigned 64-bit integer")
+        return _new_stamp(cls, (value >> LOGICAL_BITS, value & MAX_LOGICAL, node))
 
     def __str__(self) -> str:
-        return f"{self.wall}.{self.logical:05d}@{self.node}"
+        return f"{self[0]}.{self[1]:05d}@{self[2]}"
+
+    def __repr__(self) -> str:
+        return f"Timestamp(wall={self[0]}, logical={self[1]}, node={self[2]!r})"
+
+
+_new_stamp = tuple.__new__
 
 
 ZERO = Timestamp(0, 0, "")
@@ -298,7 +311,7 @@ class HybridLogicalClock:
             self._ceiling_writes += 1
         self._wall = wall
         self._logical = logical
-        return Timestamp(wall, logical, self.node)
+        return _new_stamp(Timestamp, (wall, logical, self.node))  # valid by construction
 
     def physical_ms(self) -> int:
         """The physical clock's reading now (no effect on the HLC)."""
