@@ -61,7 +61,7 @@ from ._algedonic import Signal, SignalError
 from ._errors import AgentError
 from ._http import HttpResponse, ReadOnlyServer, json_response
 from ._metrics import view_families
-from ._view import LagTracker, build_view, mesh_nodes
+from ._view import History, LagTracker, build_view, mesh_nodes
 from ._web import dashboard_response, metrics_response
 
 __all__ = ["Aggregator", "AggregatorConfig", "add_aggregate_command", "cmd_aggregate"]
@@ -140,6 +140,7 @@ class Aggregator:
         self.meshes = {name: _Mesh(name) for name in config.meshes}
         self.server: ReadOnlyServer | None = None
         self.port: int | None = None
+        self.history = History()
 
     # -- the service -------------------------------------------------------------------
 
@@ -169,13 +170,20 @@ class Aggregator:
             cfg = self.config
             self.server = ReadOnlyServer(self.routes(), cfg.http_host, cfg.http_port)
             self.port = await nursery.start(self.server.run)
+            nursery.start_soon(self._record_history)
             task_status.started(self.port)
+
+    async def _record_history(self) -> None:
+        """One point a second, viewed or not: a page loaded later draws the past minutes."""
+        while True:
+            self.history.record(self.view())
+            await trio.sleep(self.history.interval_ms / 1000)
 
     def routes(self) -> dict[str, Callable[[], HttpResponse]]:
         return {
             "/": dashboard_response,
             "/dashboard": dashboard_response,
-            "/view.json": lambda: json_response(self.view()),
+            "/view.json": lambda: json_response(self.view(with_history=True)),
             "/metrics": lambda: metrics_response(view_families(self.view())),
             "/health": lambda: json_response(
                 {"ok": True, "node": self.node, "meshes": list(self.meshes)}
@@ -275,7 +283,7 @@ class Aggregator:
 
     # -- the merged view --------------------------------------------------------------------
 
-    def view(self, now_ms: int | None = None) -> dict[str, Any]:
+    def view(self, now_ms: int | None = None, *, with_history: bool = False) -> dict[str, Any]:
         """The merged view of every joined mesh (the document of ``GET /view.json``)."""
         now_ms = self._wall_clock() if now_ms is None else now_ms
         meshes: list[dict[str, Any]] = []
@@ -325,7 +333,10 @@ class Aggregator:
                         "gateway": dict(gateway.statistics()) if gateway is not None else {},
                     }
                 )
-        return build_view("aggregator", self.node, now_ms, meshes, nodes, alarms)
+        out = build_view("aggregator", self.node, now_ms, meshes, nodes, alarms)
+        if with_history:
+            out["history"] = self.history.export()
+        return out
 
 
 class _OpenZone:

@@ -25,9 +25,11 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["LagTracker", "build_view", "mesh_nodes", "percentiles"]
+__all__ = ["History", "LagTracker", "build_view", "mesh_nodes", "percentiles"]
 
 LAG_SAMPLES_PER_NODE = 512
+HISTORY_POINTS = 300  # 5 minutes at one point a second
+HISTORY_INTERVAL_MS = 1000
 MAX_TRACKED_NODES = 1024
 MAX_READINGS_PER_NODE = 256
 
@@ -83,6 +85,56 @@ class LagTracker:
 
     def all(self) -> dict[str, float | int]:
         return percentiles(s for samples in self._samples.values() for s in samples)
+
+
+class History:
+    """The recent variety ratio and lag p50 of each node, for the dashboard's plots.
+
+    :meth:`record` takes one point per node from a view, at most one every
+    ``interval_ms``; ``points`` per node and ``max_nodes`` nodes are kept
+    (oldest out). :meth:`export` gives ``{"mesh/node": {"t": [...],
+    "variety": [...], "lag": [...]}}`` (None where a value was missing), so a
+    page loaded now draws the last minutes at once.
+    """
+
+    def __init__(
+        self,
+        points: int = HISTORY_POINTS,
+        interval_ms: int = HISTORY_INTERVAL_MS,
+        max_nodes: int = MAX_TRACKED_NODES,
+    ) -> None:
+        self.points = points
+        self.interval_ms = interval_ms
+        self.max_nodes = max_nodes
+        self._series: dict[str, deque[tuple[int, float | None, float | None]]] = {}
+        self._last_ms: int | None = None
+
+    def record(self, view: Mapping[str, Any]) -> bool:
+        """Note a point per node of ``view`` unless one was noted too recently."""
+        now_ms = view["source"]["generated_ms"]
+        if self._last_ms is not None and 0 <= now_ms - self._last_ms < self.interval_ms:
+            return False
+        self._last_ms = now_ms
+        for node in view["nodes"]:
+            key = f"{node['mesh']}/{node['node']}"
+            series = self._series.get(key)
+            if series is None:
+                if len(self._series) >= self.max_nodes:
+                    del self._series[next(iter(self._series))]
+                series = self._series[key] = deque(maxlen=self.points)
+            lag = None if node.get("self") else _finite((node.get("lag_ms") or {}).get("p50"))
+            series.append((now_ms, _finite(node.get("variety_ratio")), lag))
+        return True
+
+    def export(self) -> dict[str, dict[str, list[Any]]]:
+        return {
+            key: {
+                "t": [p[0] for p in series],
+                "variety": [p[1] for p in series],
+                "lag": [p[2] for p in series],
+            }
+            for key, series in self._series.items()
+        }
 
 
 def _finite(value: Any) -> float | None:

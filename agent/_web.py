@@ -20,7 +20,7 @@ from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
 
 from ._http import HttpResponse, json_response
 from ._metrics import CONTENT_TYPE, agent_families, render
-from ._view import LagTracker, build_view, mesh_nodes
+from ._view import History, LagTracker, build_view, mesh_nodes
 
 if TYPE_CHECKING:
     from ._node import Agent
@@ -91,8 +91,20 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
 
 
 def install_agent_routes(agent: Agent, runtime: Runtime) -> None:
-    """Register /metrics, /view.json, /dashboard and / on the agent's status endpoint."""
+    """Register /metrics, /view.json, /dashboard and / on the agent's status endpoint.
+
+    The agent keeps its plots' history only while someone looks (a point per
+    second at most, when /view.json is asked for): it runs no task for it.
+    """
+    history = History()
+
+    def view() -> HttpResponse:
+        doc = agent_view(agent, runtime)
+        history.record(doc)
+        doc["history"] = history.export()
+        return json_response(doc)
+
     runtime.http_routes["/metrics"] = lambda: metrics_response(agent_families(runtime.status()))
-    runtime.http_routes["/view.json"] = lambda: json_response(agent_view(agent, runtime))
+    runtime.http_routes["/view.json"] = view
     runtime.http_routes["/dashboard"] = dashboard_response
     runtime.http_routes["/"] = dashboard_response

@@ -9,6 +9,8 @@ another process). Then:
   aggregator, which verified and merged the deltas like any peer;
 * ``/metrics`` is scraped from an agent and from the aggregator and parsed
   with prometheus-client's own parser;
+* an operator alarm raised on one agent shows in the aggregator's view (its
+  signal and the node's report) and metrics;
 * the dashboard is loaded in headless Chromium (Debian's package) from the
   aggregator and from one agent; every node must be in the page, and a
   screenshot of the aggregator's is saved (``VSM_EDGE_SCREENSHOT_DIR`` keeps
@@ -249,6 +251,34 @@ def test_metrics_are_served_by_an_agent_and_by_the_aggregator(mesh: Mesh) -> Non
     assert "vsm_gateway_decisions" in agg
 
 
+def test_an_operator_alarm_reaches_the_aggregator(mesh: Mesh) -> None:
+    request = urllib.request.Request(
+        mesh.agent_url("n3", "/alarm"),
+        data=json.dumps(
+            {"intensity": 0.97, "source": "estop", "reason": "test: emergency stop"}
+        ).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        alarm_id = json.loads(response.read())["id"]
+    view = _wait_view(
+        mesh,
+        lambda v: any(a["id"] == alarm_id for a in v["alarms"])
+        and alarm_id in next(n for n in v["nodes"] if n["node"] == "n3")["alarms"],
+        CONVERGE_TIMEOUT_S,
+    )
+    alarm = next(a for a in view["alarms"] if a["id"] == alarm_id)
+    assert (alarm["mesh"], alarm["node"], alarm["source"]) == (MESH, "n3", "operator.estop")
+    assert alarm["critical"] is True
+    assert alarm["reason"] == "test: emergency stop"
+    n3 = next(n for n in view["nodes"] if n["node"] == "n3")
+    assert n3["health"] < 0.1  # 1 - the strongest local pain
+    metrics = _families(get(mesh.aggregator_url("/metrics")).decode())
+    active = {s.labels["node"]: s.value for s in metrics["vsm_algedonic_active_alarms"].samples}
+    assert active["n3"] >= 1
+
+
 def _chromium() -> str:
     return require_tool("chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
 
@@ -268,7 +298,7 @@ def test_dashboard_shows_every_node_in_headless_chromium(
     mesh: Mesh, where: str, tmp_path: Path
 ) -> None:
     _chromium()
-    _wait_view(mesh, lambda v: len(v["nodes"]) == NODES, CONVERGE_TIMEOUT_S)
+    view = _wait_view(mesh, lambda v: len(v["nodes"]) == NODES, CONVERGE_TIMEOUT_S)
     url = (
         mesh.aggregator_url("/dashboard")
         if where == "aggregator"
@@ -282,6 +312,9 @@ def test_dashboard_shows_every_node_in_headless_chromium(
         assert f'data-node="{MESH}/{node}"' in html, node
     assert '<span id="error"></span>' in html  # no fetch error shown
     assert html.count("<polyline") >= NODES  # a variety line per node
+    if where == "aggregator":  # alarms active before the page loaded are listed
+        for alarm in view["alarms"]:
+            assert f'data-alarm="{alarm["id"]}"' in html
     if where != "aggregator":
         return  # one screenshot is enough (the README's picture is the aggregator's)
     shot = tmp_path / f"dashboard-{where}.png"

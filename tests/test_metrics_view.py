@@ -256,3 +256,27 @@ async def test_status_endpoint_serves_extra_routes_and_survives_a_broken_one(
         health = await _request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert health.startswith(b"HTTP/1.1 200")  # still serving
         runtime.stop()
+
+
+def test_history_keeps_one_point_a_second_bounded_per_node_and_in_nodes() -> None:
+    from vsm_edge.agent._view import History
+
+    history = History(points=3, interval_ms=1000, max_nodes=2)
+
+    def view(t: int, nodes: list[str]) -> dict[str, Any]:
+        return build_view(
+            "agent", "a", t, [],
+            [{"mesh": "m", "node": n, "self": n == "a", "variety_ratio": t / 1000,
+              "lag_ms": {"p50": 5.0}} for n in nodes],
+            [],
+        )  # fmt: skip
+
+    assert history.record(view(1000, ["a", "b"]))
+    assert not history.record(view(1500, ["a", "b"]))  # too soon
+    for t in (2000, 3000, 4000):
+        assert history.record(view(t, ["a", "b"]))
+    out = history.export()
+    assert out["m/b"] == {"t": [2000, 3000, 4000], "variety": [2.0, 3.0, 4.0], "lag": [5.0] * 3}
+    assert out["m/a"]["lag"] == [None, None, None]  # no lag to itself
+    history.record(view(5000, ["c"]))  # a third node evicts the oldest
+    assert sorted(history.export()) == ["m/b", "m/c"]
