@@ -29,6 +29,7 @@ import trio
 from ._backoff import Backoff
 from ._topics import topic_matches, validate_filter, validate_topic
 from ._transport import (
+    ConnectionEvents,
     ConnectionLostError,
     Message,
     NotConnectedError,
@@ -332,8 +333,7 @@ class MemoryTransport:
         self._wanted: dict[str, int] = {}
         self._link: _Link | None = None
         self._state = TransportState.IDLE
-        self._connected = trio.Event()
-        self._disconnected = trio.Event()  # set when the current connection ends
+        self._events = ConnectionEvents()
         self._running = False
         self._messages_in = self._bytes_in = self._messages_out = self._bytes_out = 0
         self._dropped = self._connects = self._connect_failures = self._lost = 0
@@ -378,15 +378,12 @@ class MemoryTransport:
                 for topic_filter, qos in self._wanted.items():
                     self._broker._subscribe(link, topic_filter, qos)
                 self._state = TransportState.CONNECTED
-                self._disconnected = trio.Event()
-                self._connected.set()
+                self._events.mark_connected()
                 try:
                     await self._pump(link)
                 finally:
                     self._link = None
-                    if self._connected.is_set():
-                        self._connected = trio.Event()
-                        self._disconnected.set()
+                    self._events.mark_disconnected()
                     if not link.lost.is_set():  # we are being cancelled: leave cleanly
                         self._broker._detach(link)
                     else:
@@ -418,14 +415,11 @@ class MemoryTransport:
 
     async def wait_connected(self) -> None:
         """Return once connected with every subscription in place."""
-        await self._connected.wait()
+        await self._events.wait_connected()
 
     async def wait_disconnected(self) -> None:
         """Return once the current connection has ended (at once when not connected)."""
-        if not self._connected.is_set():
-            await trio.lowlevel.checkpoint()
-            return
-        await self._disconnected.wait()
+        await self._events.wait_disconnected()
 
     def _require_link(self) -> _Link:
         link = self._link

@@ -66,6 +66,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ._backoff import Backoff
 from ._topics import validate_filter, validate_topic
 from ._transport import (
+    ConnectionEvents,
     ConnectionLostError,
     Message,
     NotConnectedError,
@@ -409,8 +410,7 @@ class MqttTransport:
         self._session: dict[str, int] = {}  # what the broker's session holds
         self._conn: _Connection | None = None
         self._state = TransportState.IDLE
-        self._connected = trio.Event()
-        self._disconnected = trio.Event()  # set when the current connection ends
+        self._events = ConnectionEvents()
         self._running = False
         self._messages_in = self._bytes_in = self._messages_out = self._bytes_out = 0
         self._dropped = self._connects = self._connect_failures = self._lost = 0
@@ -566,9 +566,7 @@ class MqttTransport:
         finally:
             if self._conn is conn:
                 self._conn = None
-            if self._connected.is_set():
-                self._connected = trio.Event()
-                self._disconnected.set()
+            self._events.mark_disconnected()
             conn.close_socket()
         if failure is not None:
             raise failure
@@ -581,8 +579,7 @@ class MqttTransport:
         self._conn = conn
         self._connects += 1
         self._state = TransportState.CONNECTED
-        self._disconnected = trio.Event()
-        self._connected.set()
+        self._events.mark_connected()
         s = self.settings
         log.info(
             "%s: connected to %s:%d (MQTT %s, session %s)",
@@ -719,14 +716,11 @@ class MqttTransport:
 
     async def wait_connected(self) -> None:
         """Return once connected with every subscription in place."""
-        await self._connected.wait()
+        await self._events.wait_connected()
 
     async def wait_disconnected(self) -> None:
         """Return once the current connection has ended (at once when not connected)."""
-        if not self._connected.is_set():
-            await trio.lowlevel.checkpoint()
-            return
-        await self._disconnected.wait()
+        await self._events.wait_disconnected()
 
     def _require_connection(self) -> _Connection:
         conn = self._conn

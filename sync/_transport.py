@@ -242,3 +242,39 @@ class Transport(Protocol):
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters."""
         ...
+
+
+class ConnectionEvents:
+    """The connected/disconnected events both transports keep (internal helper).
+
+    ``wait_connected`` and ``wait_disconnected`` of the :class:`Transport`
+    protocol, driven by :meth:`mark_connected` / :meth:`mark_disconnected`.
+    """
+
+    __slots__ = ("_connected", "_disconnected")
+
+    def __init__(self) -> None:
+        self._connected = trio.Event()
+        self._disconnected = trio.Event()  # set when the current connection ends
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def mark_connected(self) -> None:
+        self._disconnected = trio.Event()
+        self._connected.set()
+
+    def mark_disconnected(self) -> None:
+        if self._connected.is_set():
+            self._connected = trio.Event()
+            self._disconnected.set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        if not self._connected.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        await self._disconnected.wait()
