@@ -17,11 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsm-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from ._admin import add_admin_commands
+    from ._aggregate import add_aggregate_command
     from ._demo import add_demo_command
     from ._run import add_run_commands
 
     add_run_commands(sub)
     add_demo_command(sub)
+    add_aggregate_command(sub)
     add_status_commands(sub)
     add_admin_commands(sub)
     sim = sub.add_parser(

@@ -30,6 +30,7 @@ __all__ = [
     "BusConfig",
     "ChannelConfig",
     "DiscoveryConfig",
+    "HomeAssistantConfig",
     "NodeConfig",
     "RuntimeConfig",
     "S2Config",
@@ -86,6 +87,15 @@ class StatusConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 7787  # 0: an ephemeral port, written to data_dir/status.port
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery (opt-in; see docs/homeassistant.md)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    state_interval_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +256,7 @@ class AgentConfig:
     s5: S5Config = S5Config()
     algedonic: AlgedonicConfig = AlgedonicConfig()
     security: SecurityConfig = SecurityConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     units: tuple[UnitConfig, ...] = ()
     source: Path | None = None
 
@@ -635,6 +646,19 @@ def _security(t: _Table, base: Path) -> SecurityConfig:
     )
 
 
+def _homeassistant(t: _Table) -> HomeAssistantConfig:
+    prefix = t.string("discovery_prefix", "homeassistant")
+    if not re.match(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$", prefix):
+        raise ConfigError(
+            t.key("discovery_prefix"), f"must be a plain MQTT topic (no wildcards), got {prefix!r}"
+        )
+    return HomeAssistantConfig(
+        enabled=t.boolean("enabled", False),
+        discovery_prefix=prefix,
+        state_interval_s=t.number("state_interval_s", 5.0, minimum=0.5, maximum=3600),
+    )
+
+
 def _units(raw: object) -> tuple[UnitConfig, ...]:
     if raw is None:
         return ()
@@ -681,6 +705,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         ("s5", lambda t: _s5(t, base)),
         ("algedonic", _algedonic),
         ("security", lambda t: _security(t, base)),
+        ("homeassistant", _homeassistant),
     ):
         table = root.table(name)
         sections[name] = reader(table)

@@ -200,6 +200,9 @@ class Agent:
             runtime.add_flush_hook(self._write_samples)
             runtime.set_status_section("gateway", self._gateway_status)
             runtime.set_status_section("replication", self._replication_status)
+            from ._web import install_agent_routes
+
+            install_agent_routes(self, runtime)  # /metrics, /dashboard, /view.json
             runtime_done = trio.Event()
 
             async def run_runtime(task_status: trio.TaskStatus[Runtime]) -> None:
@@ -220,6 +223,13 @@ class Agent:
                 nursery.start_soon(self._replicate_local, runtime, replicator)
                 if cfg.discovery.enabled:
                     nursery.start_soon(self._discovery, key, broker_url)
+                if cfg.homeassistant.enabled:
+                    from ._homeassistant import publisher_for_agent
+
+                    ha = publisher_for_agent(
+                        runtime, self._make_transport_factory(broker_url, client_suffix="-ha")
+                    )
+                    nursery.start_soon(ha.run)
                 self._started.set()
                 task_status.started(self)
                 await self._stop.wait()
@@ -257,7 +267,9 @@ class Agent:
         except SyncError as exc:
             raise AgentError(f"node key: {exc}") from exc
 
-    def _make_transport_factory(self, broker_url: str) -> Callable[[Will], Transport]:
+    def _make_transport_factory(
+        self, broker_url: str, client_suffix: str = ""
+    ) -> Callable[[Will], Transport]:
         if self._transport_factory is not None:
             return self._transport_factory
         if "://" not in broker_url:
@@ -287,7 +299,9 @@ class Agent:
             options["tls"] = context
 
         def make(will: Will) -> Transport:
-            settings = MqttSettings.from_url(broker_url, client_id=self.node, will=will, **options)
+            settings = MqttSettings.from_url(
+                broker_url, client_id=self.node + client_suffix, will=will, **options
+            )
             return MqttTransport(settings)
 
         return make
@@ -468,7 +482,9 @@ class Agent:
             self.discovery = discovery
             await discovery.run()
         except SyncError as exc:
-            log.warning("mDNS discovery unavailable: %s", exc)
+            from ._mdns_host import explain_mdns_error
+
+            log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | int]:

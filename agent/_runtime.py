@@ -17,7 +17,9 @@ Seams for the agent process (the mesh, the store, the gateway):
   ``on_lease_delta`` callbacks — the S2 lease CRDT to gossip;
 * :meth:`Runtime.breaker` — S3 circuit breakers for external dependencies;
 * :meth:`Runtime.add_flush_hook` — called with the status at shutdown;
-* :meth:`Runtime.set_status_section` — extra status keys (``gateway``).
+* :meth:`Runtime.set_status_section` — extra status keys (``gateway``);
+* ``http_routes`` — extra GET routes of the status endpoint (``/metrics``,
+  ``/dashboard``), each returning an :class:`~vsm_edge.agent._http.HttpResponse`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ._bus import Channel, EventBus
 from ._config import AgentConfig, UnitConfig
 from ._errors import PolicyError, UnitError
 from ._event import HIGH, Event, Scalar, Subsystem
+from ._http import Route
 from ._lease import LeaseMap
 from ._patterns import (
     CascadeDetector,
@@ -201,6 +204,7 @@ class Runtime:
         self.units: dict[str, _UnitRecord] = {}
         self._flush_hooks: list[FlushHook] = []
         self._status_sections: dict[str, Callable[[], Any]] = {}
+        self.http_routes: dict[str, Route] = {}  # path -> handler, served by StatusServer
         self._stop = trio.Event()
         self._started = trio.Event()
         self._alarm_wakeup = trio.lowlevel.ParkingLot()
