@@ -16,12 +16,16 @@ from ._errors import AgentError, StatusClientError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsm-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from ._admin import add_admin_commands
+    from ._aggregate import add_aggregate_command
     from ._demo import add_demo_command
     from ._run import add_run_commands
 
     add_run_commands(sub)
     add_demo_command(sub)
+    add_aggregate_command(sub)
     add_status_commands(sub)
+    add_admin_commands(sub)
     sim = sub.add_parser(
         "simulate-device",
         help="a firmware simulator on a pseudo-terminal (see firmware-bridge/PROTOCOL.md)",
@@ -198,8 +202,56 @@ def format_status(doc: dict[str, Any]) -> str:
             f"{'  STALE' if p.get('stale') else ''}  alarms {len(p.get('alarms', []))}"
         )
     if "gateway" in doc:
-        lines += ["", f"gateway: {json.dumps(doc['gateway'], default=str)}"]
+        lines += ["", *_format_gateway(doc["gateway"])]
     return "\n".join(lines)
+
+
+def _format_gateway(gw: Any) -> list[str]:
+    if not isinstance(gw, dict):
+        return [f"gateway: {gw}"]
+    zone = gw.get("zone_policy")
+    where = (
+        f"epoch {zone.get('epoch')} from policy v{zone.get('version')}"
+        if isinstance(zone, dict)
+        else ("every key (open)" if gw.get("zone") == "open" else "none yet: closed")
+    )
+    lines = [
+        f"GATEWAY  allow {gw.get('allow', '-')}  deny {gw.get('deny', '-')}  "
+        f"maybe {gw.get('maybe', '-')}  zone {gw.get('zone', '-')}: {where}  "
+        f"arbitrator {'yes' if gw.get('arbitrator') else 'NO'}",
+        "reasons: " + json.dumps(gw.get("reasons", {}), sort_keys=True),
+    ]
+    lines += [f"problem: {p}" for p in (gw.get("zone_problem"), gw.get("arbitrator_error")) if p]
+    lines += [
+        f"quarantined: {q.get('peer')} ({q.get('reason')})"
+        for q in gw.get("quarantine") or []
+        if isinstance(q, dict)
+    ]
+    lines += [
+        f"proposed for quarantine: {peer} by {', '.join(map(str, proposers))}"
+        for peer, proposers in (gw.get("proposals") or {}).items()
+    ]
+    more = {k: v for k, v in gw.items() if k not in _GATEWAY_SHOWN}
+    if more:
+        lines.append("more: " + json.dumps(more, sort_keys=True, default=str))
+    return lines
+
+
+_GATEWAY_SHOWN = frozenset(
+    {
+        "allow",
+        "deny",
+        "maybe",
+        "zone",
+        "zone_policy",
+        "arbitrator",
+        "reasons",
+        "zone_problem",
+        "arbitrator_error",
+        "quarantine",
+        "proposals",
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,12 +30,14 @@ __all__ = [
     "BusConfig",
     "ChannelConfig",
     "DiscoveryConfig",
+    "HomeAssistantConfig",
     "NodeConfig",
     "RuntimeConfig",
     "S2Config",
     "S3Config",
     "S4Config",
     "S5Config",
+    "SecurityConfig",
     "StatusConfig",
     "UnitConfig",
     "load_config",
@@ -85,6 +87,15 @@ class StatusConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 7787  # 0: an ephemeral port, written to data_dir/status.port
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery (opt-in; see docs/homeassistant.md)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    state_interval_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +212,18 @@ class S5Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """The ingress guard (docs/security.md): zone mode, mesh secrets, quarantine quorum."""
+
+    zone: str = "open"  # "open": admit every key until a zone arrives; "policy": fail closed
+    mesh_secret_file: Path | None = None  # keys the zone filters
+    previous_mesh_secret_file: Path | None = None  # the old secret, during a rotation
+    mesh_key_file: Path | None = None  # payload encryption (COSE_Encrypt0)
+    arbitrator_model: Path | None = None  # None: the shipped model
+    quarantine_quorum: int = 2  # distinct peers' proposals that quarantine here; 0: never
+
+
+@dataclass(frozen=True, slots=True)
 class AlgedonicConfig:
     baseline_alpha: float = 0.05
     salience: float = 0.2
@@ -232,6 +255,8 @@ class AgentConfig:
     s4: S4Config = S4Config()
     s5: S5Config = S5Config()
     algedonic: AlgedonicConfig = AlgedonicConfig()
+    security: SecurityConfig = SecurityConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     units: tuple[UnitConfig, ...] = ()
     source: Path | None = None
 
@@ -610,6 +635,30 @@ def _algedonic(t: _Table) -> AlgedonicConfig:
     )
 
 
+def _security(t: _Table, base: Path) -> SecurityConfig:
+    return SecurityConfig(
+        zone=t.choice("zone", "open", ("open", "policy")),
+        mesh_secret_file=t.path_("mesh_secret_file", None, base),
+        previous_mesh_secret_file=t.path_("previous_mesh_secret_file", None, base),
+        mesh_key_file=t.path_("mesh_key_file", None, base),
+        arbitrator_model=t.path_("arbitrator_model", None, base),
+        quarantine_quorum=t.integer("quarantine_quorum", 2, minimum=0, maximum=64),
+    )
+
+
+def _homeassistant(t: _Table) -> HomeAssistantConfig:
+    prefix = t.string("discovery_prefix", "homeassistant")
+    if not re.match(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$", prefix):
+        raise ConfigError(
+            t.key("discovery_prefix"), f"must be a plain MQTT topic (no wildcards), got {prefix!r}"
+        )
+    return HomeAssistantConfig(
+        enabled=t.boolean("enabled", False),
+        discovery_prefix=prefix,
+        state_interval_s=t.number("state_interval_s", 5.0, minimum=0.5, maximum=3600),
+    )
+
+
 def _units(raw: object) -> tuple[UnitConfig, ...]:
     if raw is None:
         return ()
@@ -655,13 +704,31 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> AgentC
         ("s4", _s4),
         ("s5", lambda t: _s5(t, base)),
         ("algedonic", _algedonic),
+        ("security", lambda t: _security(t, base)),
+        ("homeassistant", _homeassistant),
     ):
         table = root.table(name)
         sections[name] = reader(table)
         table.done()
     units = _units(root.raw("units"))
     root.done()
+    _check_security(sections["security"], sections["s5"])
     return AgentConfig(units=units, **sections)
+
+
+def _check_security(security: SecurityConfig, s5: S5Config) -> None:
+    if security.zone == "policy":
+        # Fail closed must not mean closed for ever: say what can never arrive.
+        if not s5.admin_keys:
+            raise ConfigError(
+                "security.zone", '"policy" needs s5.admin_keys (who may sign the zone)'
+            )
+        if security.mesh_secret_file is None:
+            raise ConfigError(
+                "security.zone", '"policy" needs security.mesh_secret_file (it keys the zone)'
+            )
+    if security.previous_mesh_secret_file is not None and security.mesh_secret_file is None:
+        raise ConfigError("security.previous_mesh_secret_file", "needs mesh_secret_file too")
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -237,10 +237,9 @@ class FirmwareBridgeUnit:
         self._ignored = [n for n in sensors if n not in use_s] + [
             n for n in actuators if n not in use_a
         ]
-        ctx.declare(
-            readings=[self._reading_spec(s, sensors.get(s)) for s in use_s],
-            commands=[_command_spec(a, actuators.get(a)) for a in use_a],
-        )
+        self.readings = tuple(self._reading_spec(s, sensors.get(s)) for s in use_s)
+        self.commands = tuple(_command_spec(a, actuators.get(a)) for a in use_a)
+        ctx.declare(self.readings, self.commands)
         self._sensors = frozenset(use_s)
 
     def _report_missing(self, ctx: UnitContext, info: DeviceInfo) -> None:

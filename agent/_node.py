@@ -14,8 +14,10 @@ discovery. The arrows between them:
 * the algedonic port -> ``vsm/{mesh}/alg/{node}`` (QoS 1, retained, signed);
   peers' signals -> the local algedonic channel (S5 directly);
 * ``vsm/{mesh}/policy`` -> S5 (accepted only when admin-signed) -> the
-  gateway's zone;
-* every inbound envelope -> the gateway, before anything is merged.
+  gateway's zone (``_security.IngressGuard``);
+* every inbound envelope -> the ingress guard and its gateway, before
+  anything is merged; quarantines -> pain and the signed proposal
+  ``{node}/quarantine`` in the ``mesh`` document.
 
 The ``mesh`` document is an ORMap whose keys are ``{node}/report`` and
 ``{node}/r/{unit}.{reading}`` (each node writes only its own), and
@@ -28,9 +30,10 @@ clocks).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
-import os
 import statistics as stats
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -39,12 +42,7 @@ from typing import Any
 
 import trio
 
-from vsm_edge.models import (
-    Gateway,
-    GatewayConfig,
-    load_arbitrator_or_none,
-)
-from vsm_edge.models import Inbound as GatewayInbound
+from vsm_edge.models import Gateway
 from vsm_edge.sync import (
     Advertisement,
     AsyncStore,
@@ -52,7 +50,6 @@ from vsm_edge.sync import (
     CrdtDocument,
     Envelope,
     HybridLogicalClock,
-    Inbound,
     MqttSettings,
     MqttTransport,
     NodeKey,
@@ -77,6 +74,7 @@ from ._errors import AgentError
 from ._lease import Lease, LeaseMap
 from ._runtime import Runtime
 from ._s4 import PeerReport, PeerReportError
+from ._security import OPEN_ZONE, IngressGuard
 from ._units import Unit
 
 __all__ = ["OPEN_ZONE", "Agent"]
@@ -91,16 +89,6 @@ MAX_ALARMS_HEARD = 256
 LEASE_PREFIX = "lease:"
 
 
-class _OpenZone:
-    """A zone that admits every key: a mesh without an admin policy (trust on first use)."""
-
-    def __contains__(self, kid: object) -> bool:
-        return isinstance(kid, bytes)
-
-
-OPEN_ZONE = _OpenZone()
-
-
 class Agent:
     """One node: ``await nursery.start(agent.run)``; stops on ``stop()`` or SIGTERM.
 
@@ -108,6 +96,7 @@ class Agent:
     in-memory broker); ``broker_url`` overrides the config's broker (the demo
     passes the embedded broker's URL); ``advertise_broker_port`` also
     advertises a broker on this host as ``_mqtt._tcp`` (the embedded one).
+    ``open_zone`` overrides ``security.zone`` (True: "open", False: "policy").
     Raises AgentError on a bad key file or an unusable broker setting.
     """
 
@@ -120,10 +109,15 @@ class Agent:
         wall_clock: Callable[[], int] = wall_clock_ms,
         units: Mapping[str, Unit] | None = None,
         handle_signals: bool = False,
-        open_zone: bool = True,
+        open_zone: bool | None = None,
         protocol: str = "auto",
         advertise_broker_port: int | None = None,
     ) -> None:
+        if open_zone is not None:
+            zone = "open" if open_zone else "policy"
+            config = dataclasses.replace(
+                config, security=dataclasses.replace(config.security, zone=zone)
+            )
         self.config = config
         self.node = config.node.id
         self._transport_factory = transport_factory
@@ -131,12 +125,12 @@ class Agent:
         self._wall_clock = wall_clock
         self._units = units
         self._handle_signals = handle_signals
-        self._open_zone = open_zone
         self._protocol = protocol
         self._advertise_broker_port = advertise_broker_port
         self.runtime: Runtime | None = None
         self.replicator: Replicator | None = None
         self.gateway: Gateway | None = None
+        self.security: IngressGuard | None = None
         self.store: AsyncStore | None = None
         self._latest: dict[str, tuple[float, int]] = {}  # key -> (value, wall ms)
         self._dirty_readings: set[str] = set()
@@ -175,15 +169,10 @@ class Agent:
                 public_key=key.public_key.hex(),
             )
             self.runtime = runtime
-            self.gateway = Gateway(
-                zone=OPEN_ZONE if self._open_zone else None,
-                # the replay filters are this node's own: a fresh random key per
-                # run means nobody can aim at their bits
-                replay_key=os.urandom(32),
-                arbitrator=load_arbitrator_or_none(),
-                config=GatewayConfig(),
-                now_ms=self._wall_clock(),
+            guard = await trio.to_thread.run_sync(
+                functools.partial(IngressGuard.load, cfg, key, wall_clock=self._wall_clock)
             )
+            self.security, self.gateway = guard, guard.gateway
             mesh_doc: CrdtDocument[ORMap] = CrdtDocument(MESH_DOC, ORMap)
             mesh_doc.observe(self._on_mesh_change)
             broker_url = self._broker_url or cfg.broker.url
@@ -199,15 +188,21 @@ class Agent:
                 self._make_transport_factory(broker_url),
                 {MESH_DOC: mesh_doc},
                 store=store,
-                ingress=self._ingress,
+                ingress=guard.ingress,
                 on_app=self._on_app,
+                mesh_key=guard.mesh_key,
             )
             self.replicator = replicator
+            guard.attach(runtime, replicator.peers, replicator.clock.now)
+            guard.restore(runtime, await trio.to_thread.run_sync(guard.read_kept_policy))
             runtime.on_reading.append(self._on_reading)
             runtime.on_lease_delta.append(lambda delta: self._lease_out.update(delta.entries))
             runtime.add_flush_hook(self._write_samples)
             runtime.set_status_section("gateway", self._gateway_status)
             runtime.set_status_section("replication", self._replication_status)
+            from ._web import install_agent_routes
+
+            install_agent_routes(self, runtime)  # /metrics, /dashboard, /view.json
             runtime_done = trio.Event()
 
             async def run_runtime(task_status: trio.TaskStatus[Runtime]) -> None:
@@ -222,10 +217,19 @@ class Agent:
             async with trio.open_nursery() as nursery:
                 await nursery.start(replicator.run)
                 await nursery.start(run_runtime)
+                guard.policy_changed(runtime)  # s5.policy_file, loaded by the runtime
+                nursery.start_soon(guard.run, functools.partial(self._put, replicator))
                 nursery.start_soon(self._algedonic_out, runtime, replicator)
                 nursery.start_soon(self._replicate_local, runtime, replicator)
                 if cfg.discovery.enabled:
                     nursery.start_soon(self._discovery, key, broker_url)
+                if cfg.homeassistant.enabled:
+                    from ._homeassistant import publisher_for_agent
+
+                    ha = publisher_for_agent(
+                        runtime, self._make_transport_factory(broker_url, client_suffix="-ha")
+                    )
+                    nursery.start_soon(ha.run)
                 self._started.set()
                 task_status.started(self)
                 await self._stop.wait()
@@ -263,7 +267,9 @@ class Agent:
         except SyncError as exc:
             raise AgentError(f"node key: {exc}") from exc
 
-    def _make_transport_factory(self, broker_url: str) -> Callable[[Will], Transport]:
+    def _make_transport_factory(
+        self, broker_url: str, client_suffix: str = ""
+    ) -> Callable[[Will], Transport]:
         if self._transport_factory is not None:
             return self._transport_factory
         if "://" not in broker_url:
@@ -293,42 +299,18 @@ class Agent:
             options["tls"] = context
 
         def make(will: Will) -> Transport:
-            settings = MqttSettings.from_url(broker_url, client_id=self.node, will=will, **options)
+            settings = MqttSettings.from_url(
+                broker_url, client_id=self.node + client_suffix, will=will, **options
+            )
             return MqttTransport(settings)
 
         return make
 
-    # -- ingress -----------------------------------------------------------------------
-
-    def _ingress(self, inbound: Inbound) -> str | None:
-        assert self.gateway is not None
-        envelope = inbound.envelope
-        if inbound.retained:
-            # Retained messages (presence, the latest alarm, the policy) are old by
-            # design: signature and zone, no freshness or replay check.
-            if not inbound.signature_ok:
-                return "bad-signature"
-            return None
-        decision = self.gateway.decide(
-            GatewayInbound(
-                kid=envelope.kid,
-                hlc=envelope.hlc,
-                nonce=envelope.nonce,
-                kind=envelope.kind,
-                signature_ok=inbound.signature_ok,
-                size=inbound.size,
-                received_ms=inbound.received_ms,
-                source=inbound.sender,
-            )
-        )
-        return None if decision.allowed else f"gateway:{decision.reason}"
+    # -- status ------------------------------------------------------------------------
 
     def _gateway_status(self) -> dict[str, Any]:
-        assert self.gateway is not None
-        out: dict[str, Any] = dict(self.gateway.statistics())
-        out["arbitrator"] = self.gateway.arbitrator is not None
-        out["zone"] = "open" if self._open_zone else "policy"
-        return out
+        assert self.security is not None
+        return self.security.status()
 
     def _replication_status(self) -> dict[str, Any]:
         assert self.replicator is not None
@@ -410,6 +392,8 @@ class Agent:
                     self.runtime.update_peer(PeerReport.from_cbor(value))
                 except (PeerReportError, TypeError, ValueError):
                     log.debug("bad report from %s", origin)
+            elif rest == "quarantine" and self.security is not None:
+                self.security.on_proposal(origin, value)
             elif rest.startswith("r/") and isinstance(value, list) and len(value) == 2:
                 written = value[1]
                 if isinstance(written, int) and not isinstance(written, bool):
@@ -466,8 +450,13 @@ class Agent:
                 self.alarm_heard_latency_ms[signal.id] = self._wall_clock() - signal.hlc.wall
                 while len(self.alarm_heard_latency_ms) > MAX_ALARMS_HEARD:
                     del self.alarm_heard_latency_ms[next(iter(self.alarm_heard_latency_ms))]
-        elif channel == "policy" and isinstance(body, bytes):
-            runtime.accept_policy(body, raise_errors=False)
+        elif (
+            channel == "policy"
+            and isinstance(body, bytes)
+            and runtime.accept_policy(body, raise_errors=False)
+            and self.security is not None
+        ):
+            self.security.policy_changed(runtime, body)
 
     # -- discovery --------------------------------------------------------------------
 
@@ -493,7 +482,9 @@ class Agent:
             self.discovery = discovery
             await discovery.run()
         except SyncError as exc:
-            log.warning("mDNS discovery unavailable: %s", exc)
+            from ._mdns_host import explain_mdns_error
+
+            log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | int]:

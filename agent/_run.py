@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from vsm_edge.sync import (
 from ._broker import EmbeddedBroker
 from ._config import AgentConfig, load_config
 from ._errors import AgentError
+from ._logging import LOG_FORMATS, setup_logging
 from ._node import Agent
 
 __all__ = ["add_run_commands", "cmd_keygen", "cmd_run", "run_agent"]
@@ -36,7 +37,12 @@ def add_run_commands(sub: Any) -> None:
     keygen.set_defaults(handler=cmd_keygen)
 
     run = sub.add_parser("run", help="run one agent")
-    run.add_argument("--config", required=True, help="the node's TOML file")
+    run.add_argument("--config", help="the node's TOML file (required unless --env)")
+    run.add_argument(
+        "--env",
+        action="store_true",
+        help="lay the VSM_* environment variables over the config (containers; docs/deploy.md)",
+    )
     run.add_argument("--broker", help="override broker.url (mqtt://HOST:PORT, embedded, mdns)")
     run.add_argument(
         "--protocol",
@@ -44,7 +50,7 @@ def add_run_commands(sub: Any) -> None:
         default="auto",
         help="MQTT version (default: 5, falling back to 3.1.1)",
     )
-    run.add_argument("--log-level", default="WARNING", help="Python logging level")
+    add_log_options(run)
     run.set_defaults(handler=cmd_run)
 
 
@@ -61,11 +67,42 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format`` (defaults: VSM_LOG_LEVEL, VSM_LOG_FORMAT)."""
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VSM_LOG_LEVEL") or "WARNING",
+        help="Python logging level (default WARNING, or VSM_LOG_LEVEL)",
     )
-    config = load_config(Path(args.config))
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("VSM_LOG_FORMAT") or "text",
+        help="text, or json: one JSON object per line (default text, or VSM_LOG_FORMAT)",
+    )
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    try:
+        setup_logging(args.log_level, args.log_format)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configure_logging(args)
+    if args.env:
+        from ._envconfig import config_from_env, interface_ipv4_addresses
+
+        config = config_from_env(
+            os.environ,
+            base_file=Path(args.config) if args.config else None,
+            interface_addresses=interface_ipv4_addresses,
+        )
+    elif args.config:
+        config = load_config(Path(args.config))
+    else:
+        raise AgentError("give --config FILE, or --env to read VSM_* variables")
     trio.run(run_agent, config, args.broker, args.protocol)
     return 0
 

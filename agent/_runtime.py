@@ -19,7 +19,9 @@ Seams for the agent process (the mesh, the store, the gateway):
 * :meth:`Runtime.add_flush_hook` — called with the status at shutdown;
 * :meth:`Runtime.set_status_section` — extra status keys (``gateway``);
 * :meth:`Runtime.execute_command` — a command and, for units that confirm
-  commands (a device behind the firmware bridge), the unit's outcome.
+  commands (a device behind the firmware bridge), the unit's outcome;
+* ``http_routes`` — extra GET routes of the status endpoint (``/metrics``,
+  ``/dashboard``), each returning an :class:`~vsm_edge.agent._http.HttpResponse`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ._bus import Channel, EventBus
 from ._config import AgentConfig, UnitConfig
 from ._errors import PolicyError, UnitError
 from ._event import HIGH, Event, Scalar, Subsystem
+from ._http import Route
 from ._lease import LeaseMap
 from ._patterns import (
     CascadeDetector,
@@ -253,6 +256,7 @@ class Runtime:
         self.units: dict[str, _UnitRecord] = {}
         self._flush_hooks: list[FlushHook] = []
         self._status_sections: dict[str, Callable[[], Any]] = {}
+        self.http_routes: dict[str, Route] = {}  # path -> handler, served by StatusServer
         self._stop = trio.Event()
         self._started = trio.Event()
         self._alarm_wakeup = trio.lowlevel.ParkingLot()

@@ -5,7 +5,10 @@ A policy document travels as canonical CBOR ``{"policy": {...}, "kid": bytes,
 canonical CBOR of the ``policy`` map and ``kid`` the signer's public key. It is
 accepted only when ``kid`` is one of the configured admin keys, the signature
 verifies, the mesh matches, and its version is newer than the current one
-(replays of older documents are refused).
+(replays of older documents are refused). The ``policy`` map may carry a
+``zone``: the serialized zone filters (``vsm_edge.models.ZonePolicy``, opaque
+here; the agent's ingress guard decodes them with the mesh secret). Documents
+without it, written before zones existed, decode as before.
 
 Safe mode: S5 tracks the pain it hears. The *pain level* is the highest pain
 intensity heard within the last ``safe_mode_after_s / 4`` seconds, or the
@@ -43,8 +46,13 @@ __all__ = [
     "verify_policy",
 ]
 
-MAX_POLICY_BYTES = 64 * 1024
+# A zone of ~15,000 kids (two filters of ~7,500 during a secret rotation) at
+# the default false-positive rate and headroom fits; below the replicator's
+# 256 KiB envelope limit.
+MAX_POLICY_BYTES = 192 * 1024
+MAX_ZONE_BYTES = 160 * 1024
 MAX_PATTERNS = 256
+_KEYS = frozenset({"version", "mesh", "allow", "deny", "safe", "limits"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +73,10 @@ class Policy:
     denied_commands: tuple[str, ...] = ()
     safe_mode_commands: tuple[str, ...] = ()
     limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    zone: bytes | None = None  # serialized ZonePolicy (VSZP), or None: no zone in this policy
 
     def to_cbor(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
             "mesh": self.mesh,
             "allow": list(self.allowed_commands),
@@ -75,19 +84,18 @@ class Policy:
             "safe": list(self.safe_mode_commands),
             "limits": {k: [lo, hi] for k, (lo, hi) in sorted(self.limits.items())},
         }
+        if self.zone is not None:
+            out["zone"] = self.zone
+        return out
 
     @classmethod
     def from_cbor(cls, obj: object) -> Policy:
         """Strict; raises :class:`PolicyError`."""
-        if not isinstance(obj, dict) or set(obj) != {
-            "version",
-            "mesh",
-            "allow",
-            "deny",
-            "safe",
-            "limits",
-        }:
+        if not isinstance(obj, dict) or set(obj) not in (_KEYS, _KEYS | {"zone"}):
             raise PolicyError("policy: wrong shape")
+        zone = obj.get("zone")
+        if "zone" in obj and not (isinstance(zone, bytes) and 0 < len(zone) <= MAX_ZONE_BYTES):
+            raise PolicyError(f"policy: zone must be 1..{MAX_ZONE_BYTES} bytes")
         version, mesh = obj["version"], obj["mesh"]
         if type(version) is not int or not 0 <= version < 1 << 63:
             raise PolicyError("policy: version must be a non-negative integer")
@@ -120,7 +128,7 @@ class Policy:
             ):
                 raise PolicyError(f"policy: limits {key}: need finite min <= max")
             limits[key] = (float(lo), float(hi))
-        return cls(version, mesh, lists[0], lists[1], lists[2], limits)
+        return cls(version, mesh, lists[0], lists[1], lists[2], limits, zone)
 
 
 def _loads(data: bytes) -> Any:
@@ -328,6 +336,7 @@ class PolicyEngine:
                 "signer": self.policy_signer,
                 "allowed": list(self.policy.allowed_commands),
                 "denied": list(self.policy.denied_commands),
+                "zone": self.policy.zone is not None,
                 "rejected": self.rejected_policies,
                 "last_rejection": self.last_rejection,
             },

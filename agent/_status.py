@@ -14,11 +14,13 @@ Routes::
     POST /alarm              {"intensity": 0..1, "source": NAME, "reason"?: TEXT}
                              -> {"id", "delivered"}
     POST /alarm/{id}/ack     -> {"id", "acked": true} (404 for an unknown id)
+    GET  <runtime.http_routes>   routes added by the agent (/metrics, /dashboard, /view.json)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +29,14 @@ import trio
 
 from ._algedonic import SignalError
 from ._errors import AgentError
+from ._http import HttpResponse, response_headers
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
 __all__ = ["StatusServer"]
+
+log = logging.getLogger("vsm_edge.agent.status")
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 8 * 1024
@@ -151,6 +156,14 @@ class StatusServer:
             if alarm is None:
                 raise _HTTPError(404, f"no alarm {match.group(1)}")
             return 200, {"id": alarm.signal.id, "acked": True}
+        extra = self.runtime.http_routes.get(target)
+        if extra is not None:
+            _allow(method, "GET")
+            try:
+                return 200, extra()
+            except Exception:  # a broken route answers 500; the endpoint goes on
+                log.exception("route %s failed", target)
+                raise _HTTPError(500, "internal error") from None
         raise _HTTPError(404, f"no route {target}")
 
     def _raise(self, obj: Any) -> tuple[int, Any]:
@@ -183,12 +196,15 @@ class StatusServer:
     async def _respond(
         self, stream: trio.SocketStream, conn: h11.Connection, status: int, payload: Any
     ) -> None:
-        body = json.dumps(payload, default=str).encode()
-        headers = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            ("connection", "close"),
-        ]
+        if isinstance(payload, HttpResponse):  # a route's complete response
+            status, body, headers = payload.status, payload.body, response_headers(payload)
+        else:
+            body = json.dumps(payload, default=str).encode()
+            headers = [
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("connection", "close"),
+            ]
         try:
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
             await stream.send_all(conn.send(h11.Data(data=body)))

@@ -12,6 +12,7 @@ check       rule                                               outcome
 input       fields inside their bounds                         else DENY malformed
 signature   ``signature_ok``                                   else DENY bad-signature
 zone        kid in the admin-signed zone filter                else DENY not-in-zone
+            (skipped for ``decide(..., zone_exempt=True)``)
 quarantine  neither source nor kid is quarantined              else DENY quarantined
 freshness   HLC not older than max age, not beyond max offset  else DENY too-old / too-far-ahead
 replay      (kid, HLC, nonce) in the exact recent set          DENY replay
@@ -251,17 +252,35 @@ class Gateway:
     def arbitrator(self) -> Arbiter | None:
         return self._arbitrator
 
+    def admits(self, kid: bytes) -> bool:
+        """Whether the installed zone admits ``kid`` (False with no zone); cached."""
+        zone = self._zone
+        if zone is None:
+            return False
+        admitted = self._zone_cache.get(kid)
+        if admitted is None:
+            admitted = kid in zone
+            if len(self._zone_cache) >= ZONE_CACHE:
+                self._zone_cache.clear()
+            self._zone_cache[kid] = admitted
+        return admitted
+
     # -- the pipeline ----------------------------------------------------------
 
-    def decide(self, msg: Inbound) -> Decision:
+    def decide(self, msg: Inbound, *, zone_exempt: bool = False) -> Decision:
         """Run the checks on one inbound envelope and count the decision. Never raises.
+
+        ``zone_exempt`` skips the zone check (and only it) for messages whose
+        admission does not rest on the zone: a presence only announces a key
+        and grants nothing, and an admin's policy carries its own admin
+        signature. The other checks, replay included, still apply.
 
         A bug in a check must not take the agent's receive loop down with it:
         any unexpected exception is logged and the envelope DENYed with
         reason ``internal-error`` (the fuzz tests assert it never happens).
         """
         try:
-            decision = self._decide(msg)
+            decision = self._decide(msg, zone_exempt)
         except Exception:
             log.exception("gateway check failed; envelope denied")
             decision = Decision(Verdict.DENY, "internal-error", "gateway")
@@ -271,7 +290,7 @@ class Gateway:
             self._maybe += 1
         return decision
 
-    def _decide(self, msg: Inbound) -> Decision:
+    def _decide(self, msg: Inbound, zone_exempt: bool) -> Decision:
         cfg = self.config
         if _malformed(msg, cfg) is not None:
             return Decision(Verdict.DENY, "malformed", "input")
@@ -283,18 +302,13 @@ class Gateway:
             if msg.source:  # only an attributed source can be blamed
                 self._observe(source, Observation.FORGED, msg, now)
             return Decision(Verdict.DENY, "bad-signature", "signature")
-        if self._zone is None:
-            return Decision(Verdict.DENY, "no-zone", "zone")
-        admitted = self._zone_cache.get(msg.kid)
-        if admitted is None:
-            admitted = msg.kid in self._zone
-            if len(self._zone_cache) >= ZONE_CACHE:
-                self._zone_cache.clear()
-            self._zone_cache[msg.kid] = admitted
-        if not admitted:
-            if msg.source:
-                self._observe(source, Observation.OUT_OF_ZONE, msg, now)
-            return Decision(Verdict.DENY, "not-in-zone", "zone")
+        if not zone_exempt:
+            if self._zone is None:
+                return Decision(Verdict.DENY, "no-zone", "zone")
+            if not self.admits(msg.kid):
+                if msg.source:
+                    self._observe(source, Observation.OUT_OF_ZONE, msg, now)
+                return Decision(Verdict.DENY, "not-in-zone", "zone")
         if detector.is_quarantined(source, now) or (
             source != kid_name and detector.is_quarantined(kid_name, now)
         ):

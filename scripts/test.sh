@@ -23,6 +23,13 @@ for tool in gcc:gcc g++:g++ ip:iproute2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || apt_install "${tool##*:}" || true
 done
 
+# Headless Chromium (Debian's package) loads the dashboard in
+# tests/test_aggregate_dashboard.py. Without it that test skips, except under
+# CI=true: there Chromium is installed here, and the test fails if it is missing.
+if [ "${CI:-}" = true ] && ! command -v chromium >/dev/null 2>&1; then
+    apt_install chromium || true
+fi
+
 ensure_venv dev
 
 echo "==> ruff" >&2

@@ -197,7 +197,10 @@ class Replicator:
         )
         self._wake = trio.Event()
         self._outbox_wake = trio.Event()
-        self._dirty: set[str] = set()
+        # Changes per document; a snapshot clears "dirty" only if no change
+        # happened while it was being written (and a cancelled one clears nothing).
+        self._changes: Counter[str] = Counter()
+        self._snapshotted: Counter[str] = Counter()
         self._seq_cover: dict[str, tuple[str, int]] = {}  # doc -> (origin, last own seq)
         self._refused: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
@@ -237,7 +240,7 @@ class Replicator:
             origin = f"{self.node}#{document.ydoc.client_id}"
         if seqs is None:
             return delta  # nothing changed
-        self._dirty.add(doc)
+        self._changes[doc] += 1
         if self.store is not None:
             await self.store.append_delta(doc, origin, seqs[0], seqs[1], data)
             self._seq_cover[doc] = (origin, seqs[1])
@@ -493,27 +496,28 @@ class Replicator:
     async def _flush_snapshots(self) -> None:
         if self.store is None:
             return
-        for name in sorted(self._dirty):
-            self._dirty.discard(name)
-            document = self.docs[name]
+        for name, document in self.docs.items():
+            changes = self._changes[name]
+            if changes == self._snapshotted[name]:
+                continue
             cover: dict[str, int] = {}
             if name in self._seq_cover:
                 origin, seq = self._seq_cover[name]
                 cover[origin] = seq
+            digest = dumps(document.digest())  # taken with the state it describes
             try:
                 if isinstance(document, CrdtDocument):
                     # The state is an immutable value: encode it off the loop.
                     data = await trio.to_thread.run_sync(_encode_state, document.state)
                 else:
                     data = document.encode_state()
-                await self.store.put_snapshot(
-                    name, data, digest=dumps(document.digest()), cover=cover
-                )
-                self._counts["snapshots"] += 1
+                await self.store.put_snapshot(name, data, digest=digest, cover=cover)
             except SyncError as exc:
-                self._dirty.add(name)
                 self._counts["snapshot_errors"] += 1
                 log.warning("snapshot of %s failed: %s", name, exc)
+                continue
+            self._snapshotted[name] = changes
+            self._counts["snapshots"] += 1
 
     # -- incoming ---------------------------------------------------------------
 
@@ -668,7 +672,7 @@ class Replicator:
             self.gossip.peer_gone(node)
 
     def _joined(self, event: Joined) -> None:
-        self._dirty.add(event.doc)
+        self._changes[event.doc] += 1
         for observer in self._observers:
             observer(event)
 

@@ -80,6 +80,21 @@ def test_no_zone_installed_fails_closed() -> None:
     assert gateway.decide(alice.message(T0 + 1)).allowed
 
 
+def test_zone_exempt_skips_the_zone_and_nothing_else() -> None:
+    alice, mallory = Peer("alice", random.Random(1)), Peer("mallory", random.Random(2))
+    gateway = Gateway(zone=None, replay_key=NONCE_KEY, now_ms=T0)
+    msg = mallory.message(T0)
+    assert gateway.decide(msg, zone_exempt=True).allowed
+    assert gateway.decide(msg, zone_exempt=True).reason == "replay"
+    forged = replace(mallory.message(T0 + 1), signature_ok=False)
+    assert gateway.decide(forged, zone_exempt=True).reason == "bad-signature"
+    assert gateway.decide(mallory.message(T0 + 2)).reason == "no-zone"
+    assert not gateway.admits(alice.kid)
+    gateway.set_zone(frozenset({alice.kid}))
+    assert gateway.admits(alice.kid)
+    assert not gateway.admits(mallory.kid)
+
+
 def test_stale_and_future_stamps_are_denied() -> None:
     alice = Peer("alice", random.Random(1))
     gateway = make_gateway([alice])

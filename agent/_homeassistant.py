@@ -1,0 +1,339 @@
+"""Home Assistant MQTT discovery: an agent's readings and alarms as HA entities (opt-in).
+
+With ``[homeassistant] enabled = true`` the agent opens a second MQTT
+connection to its broker (client id ``{node}-ha``) and publishes, retained:
+
+* one discovery config per entity on
+  ``{prefix}/{component}/vsm_{mesh}_{node}/{object_id}/config`` — a sensor per
+  S1 reading, a ``problem`` binary sensor for the node's alarms, sensors for
+  its pain and variety ratio, a binary sensor for safe mode — all grouped
+  under one HA device (``identifiers: ["vsm_{mesh}_{node}"]``);
+* the state of all of them as one JSON object on ``vsm-edge/{mesh}/{node}/state``
+  (each entity reads its key with ``value_template``), at most once per
+  ``state_interval_s``;
+* availability on ``vsm-edge/{mesh}/{node}/availability``: "online" when
+  connected, "offline" as the connection's last will — the node's presence,
+  in plain text, since HA cannot read the signed presence envelope.
+
+HA announces itself with a birth message, "online" on ``{prefix}/status``;
+the agent subscribes to it and republishes every config and the state, so
+entities come back after HA restarts even without retained configs. The
+payload builders are pure (this module's functions; tested against HA's
+topic and key rules); :class:`HomeAssistantPublisher` is the Trio edge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from vsm_edge.sync import Transport, TransportError, Will
+
+__all__ = [
+    "HomeAssistantPublisher",
+    "ReadingInfo",
+    "availability_topic",
+    "discovery_messages",
+    "is_birth",
+    "object_id",
+    "state_payload",
+    "state_topic",
+]
+
+log = logging.getLogger("vsm_edge.agent.homeassistant")
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_ENTITIES = 256
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingInfo:
+    """One S1 reading as HA sees it: ``{unit}.{reading}`` and its unit of measurement."""
+
+    unit: str
+    reading: str
+    unit_of_measurement: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.unit}.{self.reading}"
+
+
+def object_id(text: str) -> str:
+    """``text`` made into an HA object id: only ``[A-Za-z0-9_-]`` (others become ``_``)."""
+    return _SAFE.sub("_", text)[:128] or "_"
+
+
+def _device_id(mesh: str, node: str) -> str:
+    return object_id(f"vsm_{mesh}_{node}")
+
+
+def state_topic(mesh: str, node: str) -> str:
+    return f"vsm-edge/{mesh}/{node}/state"
+
+
+def availability_topic(mesh: str, node: str) -> str:
+    return f"vsm-edge/{mesh}/{node}/availability"
+
+
+def discovery_messages(
+    prefix: str, mesh: str, node: str, readings: Iterable[ReadingInfo]
+) -> list[tuple[str, bytes]]:
+    """(topic, JSON payload) of every discovery config of one node (pure).
+
+    At most :data:`MAX_ENTITIES` readings are announced (the rest are left
+    out and logged by the caller).
+    """
+    device_id = _device_id(mesh, node)
+    device = {
+        "identifiers": [device_id],
+        "name": f"vsm-edge {node}",
+        "manufacturer": "vsm-edge",
+        "model": f"agent (mesh {mesh})",
+        "sw_version": VERSION,
+    }
+    common = {
+        "state_topic": state_topic(mesh, node),
+        "availability_topic": availability_topic(mesh, node),
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device,
+        "origin": {"name": "vsm-edge", "sw_version": VERSION},
+    }
+
+    def config(component: str, obj: str, name: str, **keys: Any) -> tuple[str, bytes]:
+        unique = f"{device_id}_{obj}"
+        payload = {"name": name, "unique_id": unique, "object_id": unique, **common, **keys}
+        topic = f"{prefix}/{component}/{device_id}/{obj}/config"
+        return topic, json.dumps(payload, sort_keys=True).encode()
+
+    out = []
+    for info in list(readings)[:MAX_ENTITIES]:
+        keys: dict[str, Any] = {
+            "value_template": "{{ value_json.readings[" + json.dumps(info.key) + "] }}",
+            "state_class": "measurement",
+        }
+        if info.unit_of_measurement:
+            keys["unit_of_measurement"] = info.unit_of_measurement
+        out.append(config("sensor", object_id(f"r_{info.key}"), info.key, **keys))
+    out.append(
+        config(
+            "binary_sensor", "alarm", "alarm",
+            device_class="problem", payload_on="ON", payload_off="OFF",
+            value_template="{{ value_json.alarm }}",
+            json_attributes_topic=state_topic(mesh, node),
+            json_attributes_template="{{ {'alarms': value_json.alarms} | tojson }}",
+        )
+    )  # fmt: skip
+    out.append(
+        config(
+            "sensor", "pain", "pain",
+            value_template="{{ value_json.pain }}", state_class="measurement",
+        )
+    )  # fmt: skip
+    out.append(
+        config(
+            "sensor", "variety_ratio", "variety ratio",
+            value_template="{{ value_json.variety_ratio }}", state_class="measurement",
+        )
+    )  # fmt: skip
+    out.append(
+        config(
+            "binary_sensor", "safe_mode", "safe mode",
+            payload_on="ON", payload_off="OFF", value_template="{{ value_json.safe_mode }}",
+        )
+    )  # fmt: skip
+    return out
+
+
+def state_payload(
+    readings: Mapping[str, float],
+    alarms: Iterable[Mapping[str, Any]],
+    *,
+    safe_mode: bool,
+    variety_ratio: float,
+) -> bytes:
+    """The JSON state every entity of the node reads (pure).
+
+    ``alarms`` are the node's own active alarms (``id``, ``source``,
+    ``intensity``, ``reason``); ``alarm`` is "ON" while one is pain.
+    """
+    active = [
+        {
+            "id": str(a.get("id", "")),
+            "source": str(a.get("source", "")),
+            "intensity": a.get("intensity"),
+            "reason": str(a.get("reason", "")),
+        }
+        for a in alarms
+    ][:32]
+    pain = max(
+        (float(a["intensity"]) for a in active if isinstance(a["intensity"], int | float)),
+        default=0.0,
+    )
+    return json.dumps(
+        {
+            "readings": dict(readings),
+            "alarm": "ON" if active else "OFF",
+            "alarms": active,
+            "pain": round(pain, 4),
+            "safe_mode": "ON" if safe_mode else "OFF",
+            "variety_ratio": round(variety_ratio, 4),
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def is_birth(prefix: str, topic: str, payload: bytes) -> bool:
+    """Is this Home Assistant's birth message ("online" on ``{prefix}/status``)?"""
+    return topic == f"{prefix}/status" and payload.strip() == b"online"
+
+
+# -- the Trio edge -----------------------------------------------------------------------
+
+
+SnapshotValue = tuple[list[ReadingInfo], dict[str, float], list[dict[str, Any]], bool, float]
+Snapshot = Callable[[], SnapshotValue]
+"""``() -> (reading infos, latest values by key, active alarms, safe mode, variety ratio)``."""
+
+
+class HomeAssistantPublisher:
+    """Publishes discovery configs and state for one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        mesh: str,
+        node: str,
+        interval_s: float,
+        transport_factory: Callable[[Will], Transport],
+        snapshot: Snapshot,
+    ) -> None:
+        self.prefix = prefix
+        self.mesh = mesh
+        self.node = node
+        self.interval_s = interval_s
+        self.snapshot = snapshot
+        will = Will(topic=availability_topic(mesh, node), payload=b"offline", qos=1, retain=True)
+        self.transport = transport_factory(will)
+        self.configs_published = 0
+        self.births = 0
+        self.states_published = 0
+        self._announced: set[str] = set()
+        self._republish = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The transport outlives our own tasks by one publish: a clean
+        # disconnect sends no last will, so we say "offline" ourselves first.
+        transport_scope = trio.CancelScope(shield=True)
+
+        async def run_transport(*, task_status: trio.TaskStatus[None]) -> None:
+            with transport_scope:
+                await self.transport.run(task_status=task_status)
+
+        async with trio.open_nursery() as outer:
+            await outer.start(run_transport)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._listen)
+                    nursery.start_soon(self._publish_loop)
+                    task_status.started()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    try:
+                        topic = availability_topic(self.mesh, self.node)
+                        await self.transport.publish(topic, b"offline", qos=1, retain=True)
+                    except TransportError:
+                        pass
+                transport_scope.cancel()
+
+    async def _listen(self) -> None:
+        async for message in self.transport.messages:
+            if is_birth(self.prefix, message.topic, message.payload):
+                self.births += 1
+                self._announced.clear()  # HA restarted: announce everything again
+                self._republish.set()
+
+    async def _publish_loop(self) -> None:
+        subscribed = False
+        while True:
+            await self.transport.wait_connected()
+            try:
+                if not subscribed:
+                    await self.transport.subscribe(f"{self.prefix}/status", qos=1)
+                    subscribed = True
+                await self.transport.publish(
+                    availability_topic(self.mesh, self.node), b"online", qos=1, retain=True
+                )
+                while True:
+                    await self._publish_once()
+                    self._republish = trio.Event()
+                    with trio.move_on_after(self.interval_s):
+                        await self._republish.wait()
+            except TransportError as exc:
+                log.debug("home assistant publish failed: %s", exc)
+                self._announced.clear()  # the broker may have lost them: announce again
+                await trio.sleep(0.5)
+
+    async def _publish_once(self) -> None:
+        infos, values, alarms, safe_mode, ratio = self.snapshot()
+        for topic, payload in discovery_messages(self.prefix, self.mesh, self.node, infos):
+            if topic in self._announced:
+                continue
+            await self.transport.publish(topic, payload, qos=1, retain=True)
+            self._announced.add(topic)
+            self.configs_published += 1
+        state = state_payload(values, alarms, safe_mode=safe_mode, variety_ratio=ratio)
+        await self.transport.publish(state_topic(self.mesh, self.node), state, qos=1, retain=True)
+        self.states_published += 1
+
+
+def publisher_for_agent(
+    runtime: Any, transport_factory: Callable[[Will], Transport]
+) -> HomeAssistantPublisher:
+    """A publisher fed by a running :class:`~vsm_edge.agent.Runtime` (units, readings, alarms)."""
+    config = runtime.config
+    latest: dict[str, float] = {}
+
+    def on_reading(unit: str, reading: str, value: float, stamp: Any) -> None:
+        key = f"{unit}.{reading}"
+        if key in latest or len(latest) < MAX_ENTITIES:
+            latest[key] = float(value)
+
+    runtime.on_reading.append(on_reading)
+
+    def snapshot() -> SnapshotValue:
+        infos = [
+            ReadingInfo(name, spec.name, spec.unit)
+            for name, record in sorted(runtime.units.items())
+            for spec in record.specs.values()  # declared, also late (a device's handshake)
+        ]
+        alarms = [
+            {
+                "id": a.signal.id,
+                "source": a.signal.source,
+                "intensity": a.signal.intensity,
+                "reason": a.signal.reason,
+            }
+            for a in runtime.algedonic.active()
+            if not a.remote and a.signal.valence == "pain"
+        ]
+        ratio = runtime.s4.ratio(trio.current_time())
+        return infos, dict(latest), alarms, bool(runtime.s5.safe_mode), float(ratio)
+
+    return HomeAssistantPublisher(
+        prefix=config.homeassistant.discovery_prefix,
+        mesh=config.node.mesh,
+        node=config.node.id,
+        interval_s=config.homeassistant.state_interval_s,
+        transport_factory=transport_factory,
+        snapshot=snapshot,
+    )

@@ -1,0 +1,282 @@
+"""Metrics from status documents, the dashboard's view, and the read-only HTTP server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from vsm_edge.agent._http import HttpResponse, ReadOnlyServer, json_response
+from vsm_edge.agent._metrics import agent_families, render, view_families
+from vsm_edge.agent._view import LagTracker, build_view, mesh_nodes, percentiles
+
+STATUS: dict[str, Any] = {
+    "node": {"id": "n1", "mesh": "m", "zone": "z", "uptime_s": 12.5, "safe_mode": False},
+    "s3": {
+        "budgets": {
+            s: {"tokens": 10.0 * i, "capacity": 100, "refill_per_s": 5.0, "passed": 7 * i}
+            for i, s in enumerate(("s1", "s2", "s3", "s4", "s5"), 1)
+        },
+        "attenuation": {"active": True, "aggregated": {"temp": 3}, "dropped": {"temp": 2}},
+        "channel": {"dropped": 1},
+    },
+    "s4": {
+        "variety": {"s1": 2.5, "s2": 0.0, "s3": 0.1, "s4": 0.0, "s5": 0.0},
+        "environment_bits": 2.5, "system_bits": 3.0, "variety_ratio": 0.83,
+    },
+    "s1": {"channel": {"dropped": 4}},
+    "algedonic": {
+        "alarms": [
+            {"id": "a", "intensity": 0.7, "valence": "pain", "acked": False},
+            {"id": "b", "intensity": 0.9, "valence": "pain", "acked": True},
+            {"id": "c", "intensity": 0.99, "valence": "pleasure", "acked": False},
+        ],
+        "counters": {"received": 5, "delivered": 3, "adapted": 2},
+    },
+    "gateway": {"allow": 40, "deny": 2, "maybe": 1, "reasons": {"fresh": 40, "replay": 2},
+                "quarantined": 0},
+    "replication": {
+        "latency_ms": {"count": 9, "p50": 12.0, "p99": 80.0, "max": 95.0},
+        "transport": {"state": "connected", "messages_in": 10, "messages_out": 11,
+                      "bytes_in": 1000, "bytes_out": 1100, "reconnects": 1},
+        "refused": {"unknown-key": 3},
+        "online_peers": ["n2", "n3"],
+        "keys": 8,
+    },
+    "peers": [{"node": "n2", "stale": False}, {"node": "n4", "stale": True}],
+}  # fmt: skip
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_agent_metrics_from_a_status_document() -> None:
+    got = samples(render(agent_families(STATUS)).decode())
+    n = (("node", "n1"),)
+    assert got[("vsm_node_info", (("mesh", "m"), ("node", "n1"), ("zone", "z")))] == 1
+    assert got[("vsm_budget_tokens", (("node", "n1"), ("subsystem", "s2")))] == 20.0
+    assert got[("vsm_budget_passed_total", (("node", "n1"), ("subsystem", "s5")))] == 35
+    assert got[("vsm_variety_bits", (("node", "n1"), ("subsystem", "s1")))] == 2.5
+    assert got[("vsm_variety_ratio", n)] == 0.83
+    assert got[("vsm_attenuated_total", (("kind", "dropped"), ("node", "n1")))] == 2
+    assert got[("vsm_algedonic_active_alarms", n)] == 2  # "b" is acknowledged
+    assert got[("vsm_algedonic_pain", n)] == 0.7  # "c" is pleasure
+    assert got[("vsm_algedonic_signals_total", (("node", "n1"), ("outcome", "adapted")))] == 2
+    assert got[("vsm_gateway_decisions_total", (("node", "n1"), ("verdict", "deny")))] == 2
+    assert got[("vsm_gateway_reasons_total", (("node", "n1"), ("reason", "replay")))] == 2
+    assert got[("vsm_replication_lag_ms", (("node", "n1"), ("quantile", "0.99")))] == 80.0
+    assert got[("vsm_peers", (("node", "n1"), ("state", "online")))] == 2
+    assert got[("vsm_peers", (("node", "n1"), ("state", "stale")))] == 1
+    assert got[("vsm_mqtt_connected", n)] == 1
+    assert got[("vsm_replication_refused_total", (("node", "n1"), ("reason", "unknown-key")))] == 3
+    assert got[("vsm_bus_dropped_total", (("channel", "s1"), ("node", "n1")))] == 4
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from([*sorted(STATUS), "x"]), json_values, max_size=8))
+def test_any_status_document_renders(doc: dict[str, Any]) -> None:
+    # A malformed or partial document yields fewer metrics, never an exception.
+    text = render(agent_families(doc)).decode()
+    list(text_string_to_metric_families(text))
+    view = {"nodes": [doc], "meshes": [doc], "alarms": [doc], "source": doc}
+    list(text_string_to_metric_families(render(view_families(view)).decode()))
+
+
+def test_view_metrics_label_mesh_and_node() -> None:
+    view = build_view(
+        "aggregator", "agg", 1000,
+        [{"mesh": "m", "online_peers": ["n1"], "replication": STATUS["replication"],
+          "gateway": STATUS["gateway"]}],
+        [{"mesh": "m", "node": "n1", "online": True, "health": 0.5, "safe_mode": True,
+          "variety_ratio": 1.4, "alarms": ["a"], "report_age_s": 1.0, "readings": {"t": 1.0},
+          "lag_ms": {"count": 2, "p50": 5.0, "p99": 9.0, "max": 9.0}}],
+        [{"mesh": "m", "node": "n1", "id": "a", "source": "s1.t", "intensity": 0.8}],
+    )  # fmt: skip
+    got = samples(render(view_families(view)).decode())
+    mn = (("mesh", "m"), ("node", "n1"))
+    assert got[("vsm_health", mn)] == 0.5
+    assert got[("vsm_safe_mode", mn)] == 1
+    assert got[("vsm_replication_lag_ms", (*mn, ("quantile", "0.5")))] == 5.0
+    agg = (("mesh", "m"), ("node", "agg"), ("verdict", "allow"))
+    assert got[("vsm_gateway_decisions_total", agg)] == 40
+    assert got[("vsm_algedonic_signal_intensity", (*mn, ("source", "s1.t")))] == 0.8
+
+
+def test_lag_tracker_is_bounded_per_node_and_in_nodes() -> None:
+    lag = LagTracker(per_node=3, max_nodes=2)
+    for i in range(10):
+        lag.observe("a/r/t.c", [1.0, 1000], 1000 + i)
+    assert lag.of("a") == {"count": 3, "p50": 8.0, "p99": 9.0, "max": 9.0}
+    lag.observe("b/r/t.c", (1.0, 1000), 1005)
+    lag.observe("c/r/t.c", [1.0, 1000], 1001)  # a third origin evicts the oldest
+    assert lag.of("a") == {"count": 0}
+    assert lag.evicted == 1
+    for bad in (("a/report", [1, 2]), ("x/r/t", [1]), ("x/r/t", [1, True]), ("nokey", [1, 2])):
+        lag.observe(bad[0], bad[1], 5)
+    assert lag.of("x") == {"count": 0}
+    assert percentiles([]) == {"count": 0}
+
+
+def test_mesh_nodes_reads_reports_and_readings_and_skips_junk() -> None:
+    values = {
+        "n1/report": {"node": "n1", "health": 0.9, "safe": False, "ratio": 1.2,
+                      "alarms": ["x", 3], "hlc": 9000, "zone": "z"},
+        "n1/r/temp.c": [21.5, 8000],
+        "n1/r/bad.v": ["hot", 8000],
+        "n2/r/hum.p": (40.0, 8000),
+        "n3/report": "garbage",
+        "/r/x": [1.0, 1],
+        7: "not a key",
+    }  # fmt: skip
+    lag = LagTracker()
+    nodes = mesh_nodes("m", values, now_ms=10_000, online={"n1": True, "n4": True}, lag=lag,
+                       self_node="n2")  # fmt: skip
+    by = {n["node"]: n for n in nodes}
+    assert sorted(by) == ["n1", "n2", "n4"]
+    assert by["n1"]["health"] == 0.9
+    assert by["n1"]["alarms"] == ["x"]
+    assert by["n1"]["report_age_s"] == 1.0
+    assert by["n1"]["readings"] == {"temp.c": 21.5}
+    assert by["n2"]["self"] is True
+    assert by["n2"]["online"] is True
+    assert by["n4"]["health"] is None  # online, nothing reported yet
+
+
+# -- the read-only server ---------------------------------------------------------------
+
+
+async def _request(port: int, raw: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    return data
+
+
+async def test_read_only_server_routes_methods_and_failures() -> None:
+    def broken() -> HttpResponse:
+        raise RuntimeError("boom")
+
+    routes = {
+        "/ok": lambda: json_response({"ok": True}),
+        "/text": lambda: HttpResponse(200, "text/plain", b"hello"),
+        "/broken": broken,
+    }
+    server = ReadOnlyServer(routes, "127.0.0.1", 0)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.run)
+        ok = await _request(port, b"GET /ok?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200")
+        assert json.loads(ok.split(b"\r\n\r\n", 1)[1]) == {"ok": True}
+        head = await _request(port, b"HEAD /text HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"content-length: 5" in head.lower()
+        assert head.endswith(b"\r\n\r\n")  # no body
+        post = await _request(port, b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert post.startswith(b"HTTP/1.1 405")
+        assert (await _request(port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 404"
+        )
+        assert (await _request(port, b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 500"
+        )
+        huge = b"GET /ok HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000 + b"\r\n\r\n"
+        assert (await _request(port, huge)).startswith(b"HTTP/1.1 431")
+        garbage = await _request(port, b"\x00\x01 not http\r\n\r\n")
+        assert garbage.startswith(b"HTTP/1.1 400")
+        # still serving after all that
+        assert (await _request(port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 200"
+        )
+        assert server.errors >= 5
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/"])
+def test_dashboard_page_is_self_contained(path: str) -> None:
+    from vsm_edge.agent._web import dashboard_response
+
+    page = dashboard_response().body.decode()
+    assert page.startswith("<!doctype html>")
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page  # no CDN: devices are often offline
+    assert 'fetch("view.json"' in page
+    assert ".innerHTML" not in page  # data is written with textContent only
+
+
+async def test_status_endpoint_serves_extra_routes_and_survives_a_broken_one(
+    tmp_path: Any,
+) -> None:
+    from vsm_edge.agent import Runtime, parse_config
+
+    def broken() -> HttpResponse:
+        raise RuntimeError("boom")
+
+    config = parse_config(
+        {"node": {"id": "r1", "data_dir": str(tmp_path)}, "status": {"port": 0}}
+    )
+    runtime = Runtime(config, write_state=False)
+    runtime.http_routes["/text"] = lambda: HttpResponse(200, "text/plain", b"hi")
+    runtime.http_routes["/broken"] = broken
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        port = runtime.status_port
+        assert port is not None
+        text = await _request(port, b"GET /text HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert text.startswith(b"HTTP/1.1 200")
+        assert b"content-type: text/plain" in text.lower()
+        assert text.endswith(b"\r\n\r\nhi")
+        assert (await _request(port, b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 500"
+        )
+        post = await _request(port, b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert post.startswith(b"HTTP/1.1 405")
+        health = await _request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert health.startswith(b"HTTP/1.1 200")  # still serving
+        runtime.stop()
+
+
+def test_history_keeps_one_point_a_second_bounded_per_node_and_in_nodes() -> None:
+    from vsm_edge.agent._view import History
+
+    history = History(points=3, interval_ms=1000, max_nodes=2)
+
+    def view(t: int, nodes: list[str]) -> dict[str, Any]:
+        return build_view(
+            "agent", "a", t, [],
+            [{"mesh": "m", "node": n, "self": n == "a", "variety_ratio": t / 1000,
+              "lag_ms": {"p50": 5.0}} for n in nodes],
+            [],
+        )  # fmt: skip
+
+    assert history.record(view(1000, ["a", "b"]))
+    assert not history.record(view(1500, ["a", "b"]))  # too soon
+    for t in (2000, 3000, 4000):
+        assert history.record(view(t, ["a", "b"]))
+    out = history.export()
+    assert out["m/b"] == {"t": [2000, 3000, 4000], "variety": [2.0, 3.0, 4.0], "lag": [5.0] * 3}
+    assert out["m/a"]["lag"] == [None, None, None]  # no lag to itself
+    history.record(view(5000, ["c"]))  # a third node evicts the oldest
+    assert sorted(history.export()) == ["m/b", "m/c"]
