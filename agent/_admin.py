@@ -367,21 +367,24 @@ def describe_document(document: bytes, secrets: Sequence[bytes] = ()) -> dict[st
 
     Raises AgentError when the document is malformed or its signature does not verify.
     """
-    import cbor2
-
     from vsm_edge.models import FilterFormatError, ZonePolicy, derive_key
+    from vsm_edge.sync import WireError, cbor_loads
 
     from ._s5 import MAX_POLICY_BYTES, verify_policy
 
     if len(document) > MAX_POLICY_BYTES:
         raise AgentError(f"{len(document)} bytes, more than {MAX_POLICY_BYTES}")
     try:
-        signer = cbor2.loads(document)["kid"]
+        decoded = cbor_loads(document, max_size=MAX_POLICY_BYTES)
+    except WireError:
+        raise AgentError("not a signed policy document") from None
+    signer = decoded.get("kid") if isinstance(decoded, dict) else None
+    if not isinstance(signer, bytes):
+        raise AgentError("not a signed policy document")
+    try:
         policy = verify_policy(document, [signer])
     except PolicyError as exc:
         raise AgentError(str(exc)) from None
-    except Exception:  # not even a map with a kid: cbor2 raises many types
-        raise AgentError("not a signed policy document") from None
     out: dict[str, Any] = {
         "version": policy.version,
         "mesh": policy.mesh,
@@ -433,7 +436,6 @@ async def publish_policy(
     timeout); ``progress`` gets "connected" appended once connected. Raises
     AgentError for a bad broker URL or a broker refusing the messages.
     """
-    import cbor2
     import trio
 
     from vsm_edge.sync import (
@@ -443,6 +445,7 @@ async def publish_policy(
         MqttTransport,
         NodeKey,
         TransportError,
+        cbor_dumps,
         presence_topic,
         sign_envelope,
         wall_clock_ms,
@@ -460,7 +463,7 @@ async def publish_policy(
         "broker": "",
     }
     presence_env = sign_envelope(
-        cbor2.dumps(presence, canonical=True),
+        cbor_dumps(presence),
         key,
         hlc=clock.now(),
         kind="presence",
@@ -468,7 +471,7 @@ async def publish_policy(
     )
     mk = MeshKey(mesh_key) if mesh_key is not None else None
     policy_env = sign_envelope(
-        cbor2.dumps(document, canonical=True),
+        cbor_dumps(document),
         key,
         hlc=clock.now(),
         kind="policy",

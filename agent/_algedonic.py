@@ -36,10 +36,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import cbor2
 import trio
 
-from vsm_edge.sync import Timestamp
+from vsm_edge.sync import Timestamp, WireError, cbor_dumps, cbor_loads
 
 from ._config import AlgedonicConfig
 
@@ -89,7 +88,7 @@ class Signal:
             object.__setattr__(self, "id", self.content_id())
 
     def content_id(self) -> str:
-        body = cbor2.dumps(self._content(), canonical=True)
+        body = cbor_dumps(self._content())
         return hashlib.blake2b(body, digest_size=16).hexdigest()
 
     def _content(self) -> dict[str, Any]:
@@ -112,7 +111,7 @@ class Signal:
         return self._content()
 
     def encode(self) -> bytes:
-        return cbor2.dumps(self._content(), canonical=True)
+        return cbor_dumps(self._content())
 
     @classmethod
     def from_cbor(cls, obj: object) -> Signal:
@@ -141,8 +140,8 @@ class Signal:
         if len(data) > MAX_SIGNAL_BYTES:
             raise SignalError(f"signal of {len(data)} bytes exceeds {MAX_SIGNAL_BYTES}")
         try:
-            obj = cbor2.loads(data)
-        except Exception as exc:  # cbor2 raises many types; none may leak
+            obj = cbor_loads(data, max_size=MAX_SIGNAL_BYTES)
+        except WireError as exc:
             raise SignalError(f"signal: invalid CBOR: {exc}") from None
         return cls.from_cbor(obj)
 

@@ -8,7 +8,7 @@ de-duplicate by content in-process at the cost of one tuple hash.
 
 The *content id* (:func:`content_id`) is the stable, cross-process name of an
 event: the first 16 bytes of BLAKE2b over the canonical CBOR (RFC 8949 §4.2,
-``cbor2.dumps(..., canonical=True)``) of the array
+``vsm_edge.sync.cbor_dumps``, RFC 8949 deterministic) of the array
 ``[kind, source, name, value, hlc.packed, hlc.node, priority, category,
 intensity, attrs]`` with ``attrs`` as a map. It is computed on demand (status,
 acknowledgements, the mesh), never per event on the bus.
@@ -20,9 +20,7 @@ import enum
 import hashlib
 from typing import NamedTuple
 
-import cbor2
-
-from vsm_edge.sync import Timestamp
+from vsm_edge.sync import Timestamp, cbor_dumps
 
 __all__ = [
     "HIGH",
@@ -99,4 +97,4 @@ def content_id(event: Event) -> str:
         event.intensity,
         dict(event.attrs),
     ]
-    return hashlib.blake2b(cbor2.dumps(body, canonical=True), digest_size=16).hexdigest()
+    return hashlib.blake2b(cbor_dumps(body), digest_size=16).hexdigest()

@@ -1,6 +1,7 @@
 """S5 policy: identity, the admin-signed policy document, arbitration, safe mode.
 
-A policy document travels as canonical CBOR ``{"policy": {...}, "kid": bytes,
+A policy document travels as deterministic CBOR (RFC 8949 §4.2.1, the
+encoder of vsm_edge.sync) ``{"policy": {...}, "kid": bytes,
 "sig": bytes}`` where ``sig`` is the Ed25519 signature (PyNaCl) of the
 canonical CBOR of the ``policy`` map and ``kid`` the signer's public key. It is
 accepted only when ``kid`` is one of the configured admin keys, the signature
@@ -28,9 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
 import nacl.exceptions
 import nacl.signing
+
+from vsm_edge.sync import WireError, cbor_dumps, cbor_loads
 
 from ._config import S5Config
 from ._errors import PolicyError
@@ -135,18 +137,16 @@ def _loads(data: bytes) -> Any:
     if len(data) > MAX_POLICY_BYTES:
         raise PolicyError(f"policy document of {len(data)} bytes exceeds {MAX_POLICY_BYTES}")
     try:
-        return cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises many types; none may leak
+        return cbor_loads(data, max_size=MAX_POLICY_BYTES)
+    except WireError as exc:
         raise PolicyError(f"policy document is not valid CBOR: {exc}") from None
 
 
 def sign_policy(policy: Policy, key: nacl.signing.SigningKey) -> bytes:
     """The signed document: canonical CBOR of ``{"policy", "kid", "sig"}``."""
-    body = cbor2.dumps(policy.to_cbor(), canonical=True)
+    body = cbor_dumps(policy.to_cbor())
     sig = key.sign(body).signature
-    return cbor2.dumps(
-        {"policy": policy.to_cbor(), "kid": bytes(key.verify_key), "sig": sig}, canonical=True
-    )
+    return cbor_dumps({"policy": policy.to_cbor(), "kid": bytes(key.verify_key), "sig": sig})
 
 
 def verify_policy(document: bytes, admin_keys: Iterable[bytes]) -> Policy:
@@ -162,7 +162,7 @@ def verify_policy(document: bytes, admin_keys: Iterable[bytes]) -> Policy:
     if kid not in set(admin_keys):
         raise PolicyError(f"policy signed by {kid.hex()[:16]}..., which is not an admin key")
     policy = Policy.from_cbor(obj["policy"])
-    body = cbor2.dumps(obj["policy"], canonical=True)
+    body = cbor_dumps(obj["policy"])
     try:
         nacl.signing.VerifyKey(kid).verify(body, sig)
     except nacl.exceptions.BadSignatureError:

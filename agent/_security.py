@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import cbor2
 import trio
 
 from vsm_edge.models import (
@@ -75,6 +74,8 @@ from vsm_edge.sync import (
     PeerInfo,
     SyncError,
     WireError,
+    cbor_dumps,
+    cbor_loads,
     decode_envelope,
     derive_kid,
     load_mesh_key,
@@ -382,7 +383,7 @@ class IngressGuard:
         assert self._clock_now is not None
         body = {"node": self.node, "peers": [list(p) for p in proposal]}
         return sign_envelope(
-            cbor2.dumps(body, canonical=True),
+            cbor_dumps(body),
             self.node_key,
             hlc=self._clock_now(),
             kind=PROPOSAL_KIND,
@@ -535,8 +536,8 @@ class IngressGuard:
 
 def _parse_proposal(payload: bytes, origin: str) -> dict[str, int] | None:
     try:
-        body = cbor2.loads(payload)
-    except Exception:  # cbor2 raises many types; the payload is bounded and signed
+        body = cbor_loads(payload, max_size=MAX_PROPOSAL_BYTES)
+    except WireError:
         return None
     if not isinstance(body, dict) or set(body) != {"node", "peers"} or body["node"] != origin:
         return None

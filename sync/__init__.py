@@ -26,6 +26,8 @@ from ._cbor import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_SIZE,
 )
+from ._cbor import dumps as cbor_dumps
+from ._cbor import loads as cbor_loads
 from ._context import (
     CausalContext,
     Dot,
@@ -282,6 +284,8 @@ __all__ = [
     "YUpdate",
     "YjsDocument",
     "ZeroconfDiscovery",
+    "cbor_dumps",
+    "cbor_loads",
     "choose_broker",
     "decode_envelope",
     "decode_txt",
