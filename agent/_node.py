@@ -38,7 +38,7 @@ import statistics as stats
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -76,6 +76,9 @@ from ._runtime import Runtime
 from ._s4 import PeerReport, PeerReportError
 from ._security import OPEN_ZONE, IngressGuard
 from ._units import Unit
+
+if TYPE_CHECKING:
+    from vsm_edge.sync import ZeroconfDiscovery
 
 __all__ = ["OPEN_ZONE", "Agent"]
 
@@ -139,6 +142,8 @@ class Agent:
         self.samples: deque[tuple[str, int, float]] = deque(maxlen=LATENCY_SAMPLES)
         # peer alarm id -> ms from its raise to its arrival here (bounded, oldest out)
         self.alarm_heard_latency_ms: dict[str, int] = {}
+        # peer alarm id -> trio time it entered the local algedonic channel, to time S5
+        self._alarm_offered: dict[str, float] = {}
         self._stop = trio.Event()
         self._started = trio.Event()
         self._finished = trio.Event()
@@ -323,6 +328,23 @@ class Agent:
         out["digest"] = _digest_fingerprint(mesh.state)
         out["vv"] = mesh.state.digest().vv
         out["alarms_heard_ms"] = dict(self.alarm_heard_latency_ms)
+        out["alarms_s5_ms"] = self._alarms_s5_ms()
+        return out
+
+    def _alarms_s5_ms(self) -> dict[str, float]:
+        """Peer alarm id -> ms from its raise on the peer to our S5 taking it.
+
+        The arrival (HLC wall time of the raise -> our wall clock) plus the
+        local hop (algedonic channel -> S5's loop), for the alarms S5 heard
+        among its latest :data:`MAX_ALARMS_HEARD`.
+        """
+        assert self.runtime is not None
+        out: dict[str, float] = {}
+        for heard_at, signal in self.runtime.s5_heard:
+            offered = self._alarm_offered.get(signal.id)
+            arrival = self.alarm_heard_latency_ms.get(signal.id)
+            if offered is not None and arrival is not None:
+                out[signal.id] = round(arrival + max(0.0, heard_at - offered) * 1000.0, 2)
         return out
 
     # -- the mesh document ---------------------------------------------------------------
@@ -444,12 +466,16 @@ class Agent:
                 return
             if signal.node != sender:
                 return  # a node speaks only for itself
-            runtime.inject_remote_signal(signal)
+            alarm = runtime.inject_remote_signal(signal)
             if signal.id not in self.alarm_heard_latency_ms:
                 # from the raise (the signal's HLC wall time) to hearing it here
                 self.alarm_heard_latency_ms[signal.id] = self._wall_clock() - signal.hlc.wall
+                if alarm is not None:
+                    self._alarm_offered[signal.id] = alarm.raised_at
                 while len(self.alarm_heard_latency_ms) > MAX_ALARMS_HEARD:
-                    del self.alarm_heard_latency_ms[next(iter(self.alarm_heard_latency_ms))]
+                    oldest = next(iter(self.alarm_heard_latency_ms))
+                    del self.alarm_heard_latency_ms[oldest]
+                    self._alarm_offered.pop(oldest, None)
         elif (
             channel == "policy"
             and isinstance(body, bytes)
@@ -480,11 +506,29 @@ class Agent:
                 broker_port=self._advertise_broker_port,  # the embedded broker, if any
             )
             self.discovery = discovery
+            if self.runtime is not None:
+                self.runtime.set_status_section("discovery", lambda: _discovery_status(discovery))
             await discovery.run()
         except SyncError as exc:
             from ._mdns_host import explain_mdns_error
 
             log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
+
+
+def _discovery_status(discovery: ZeroconfDiscovery) -> dict[str, Any]:
+    """Peers found by mDNS (node -> addresses, status port, broker) and the table's counters."""
+    return {
+        "peers": {
+            node: {
+                "addresses": list(peer.addresses),
+                "port": peer.port,
+                "zone": peer.advertisement.zone,
+                "broker": peer.advertisement.broker,
+            }
+            for node, peer in sorted(discovery.peers().items())
+        },
+        "statistics": dataclasses.asdict(discovery.statistics()),
+    }
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | int]:

@@ -401,6 +401,7 @@ class Gossip:
         items = _expect_pairs(body)
         if direct and self._repair is not None and self._repair[0] == sender:
             self._repair = None  # the answer to our repair request
+        progressed: set[str] = set()
         for doc_name, data in items:
             doc = self.docs.get(doc_name)
             if doc is None:
@@ -410,10 +411,14 @@ class Gossip:
             if outcome is ApplyOutcome.APPLIED:
                 self._stats.deltas_applied += 1
                 self._events.append(Joined(doc_name, sender, len(data), direct))
-                self._retry_pending(doc_name)
+                progressed.add(doc_name)
             else:
                 self._buffer(sender, doc_name, data, now)
                 self._request_repair(sender, self.docs, now)
+        # Once per message, not once per joined delta: a batch of n deltas
+        # against p pending ones would otherwise cost n * p joins.
+        for doc_name in sorted(progressed):
+            self._retry_pending(doc_name)
 
     def _buffer(self, sender: str, doc: str, data: bytes, now: float) -> None:
         key = (sender, doc, data)
@@ -427,6 +432,9 @@ class Gossip:
             self._stats.pending_dropped += 1  # anti-entropy repairs what is dropped
 
     def _retry_pending(self, doc_name: str) -> None:
+        # Passes over the pending deltas in arrival order until one joins
+        # nothing: deltas that arrived in order but too early all join in
+        # the first pass, so this is usually two passes.
         progress = True
         while progress:
             progress = False

@@ -48,10 +48,11 @@ from ._astore import AsyncStore
 from ._cbor import dumps, loads
 from ._documents import CrdtDocument, YjsDocument
 from ._envelope import Envelope, decode_envelope, sign_envelope
-from ._errors import SignatureError, SyncError, WireError
+from ._errors import SignatureError, StoreFullError, SyncError, WireError
 from ._gossip import Broadcast, Direct, Gossip, GossipConfig, Joined
 from ._hlc import ClockDriftError, HybridLogicalClock
 from ._keys import MeshKey, NodeKey, derive_kid
+from ._store import Store
 from ._transport import Message, Transport, TransportError, Will
 
 __all__ = [
@@ -88,13 +89,14 @@ class ReplicatorConfig:
     outgoing_capacity: int = 1024  # queued outgoing messages before spilling to the outbox
     max_envelope: int = 256 * 1024
     outbox_retry: float = 1.0
+    goodbye_timeout: float = 1.0  # at shutdown, for the "offline" presence to be acknowledged
 
     def __post_init__(self) -> None:
         for name, value in (("mesh", self.mesh), ("node", self.node)):
             if not value or any(c in value for c in "/+#") or len(value) > 64:
                 raise ValueError(f"{name} {value!r} must be 1..64 chars without / + #")
-        if self.snapshot_interval <= 0 or self.outbox_retry <= 0:
-            raise ValueError("snapshot_interval and outbox_retry must be > 0")
+        if self.snapshot_interval <= 0 or self.outbox_retry <= 0 or self.goodbye_timeout <= 0:
+            raise ValueError("snapshot_interval, outbox_retry and goodbye_timeout must be > 0")
         if self.publishers < 1 or self.outgoing_capacity < 1:
             raise ValueError("publishers and outgoing_capacity must be >= 1")
 
@@ -191,6 +193,13 @@ class Replicator:
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, str, Any, int]](
             config.outgoing_capacity
         )
+        # Our broadcast deltas go through one publisher, in order: concurrent
+        # publishers would let batch n+1 overtake batch n (Trio runs ready
+        # tasks in random order), and a receiver would buffer it and ask for
+        # a repair it does not need.
+        self._delta_send, self._delta_recv = trio.open_memory_channel[tuple[str, str, Any, int]](
+            config.outgoing_capacity
+        )
         # Broadcast deltas that could not be published, on their way to the outbox.
         self._spill_send, self._spill_recv = trio.open_memory_channel[tuple[str, bytes]](
             config.outgoing_capacity
@@ -202,6 +211,10 @@ class Replicator:
         self._changes: Counter[str] = Counter()
         self._snapshotted: Counter[str] = Counter()
         self._seq_cover: dict[str, tuple[str, int]] = {}  # doc -> (origin, last own seq)
+        # Group commit of local deltas (see _make_durable).
+        self._commit_queue: list[_Pending] = []
+        self._committing = False
+        self._commit_done = trio.Event()
         self._refused: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
         self._observers: list[Callable[[Joined], None]] = []
@@ -221,9 +234,10 @@ class Replicator:
         ``mutator`` gets the document's state (a CRDT value, or the YDoc) and
         returns a delta (for a YDoc: edits it in place and returns None). The
         delta is committed to the store's log before this returns and before
-        it leaves for the mesh. Raises SyncError for an unknown document,
-        StoreError when the store cannot commit (the update is then not
-        acknowledged, though it is visible locally until restart).
+        it leaves for the mesh; concurrent calls share one commit. Raises
+        SyncError for an unknown document, StoreError when the store cannot
+        commit (the update is then not acknowledged and not sent, though it
+        is visible locally until restart).
         """
         document = self.docs.get(doc)
         if document is None:
@@ -239,14 +253,65 @@ class Replicator:
             seqs = (before + 1, after) if after > before else None
             origin = f"{self.node}#{document.ydoc.client_id}"
         if seqs is None:
+            await trio.lowlevel.checkpoint()
             return delta  # nothing changed
         self._changes[doc] += 1
-        if self.store is not None:
-            await self.store.append_delta(doc, origin, seqs[0], seqs[1], data)
-            self._seq_cover[doc] = (origin, seqs[1])
-        self.gossip.local_update(doc, data, trio.current_time())
-        self._wake.set()
+        pending = _Pending(doc, origin, seqs[0], seqs[1], data)
+        if self.store is None:
+            self._release([pending])
+            await trio.lowlevel.checkpoint()  # an async call is a checkpoint, store or not
+        else:
+            await self._make_durable(pending)
+        if pending.error is not None:
+            raise pending.error
         return delta
+
+    async def _make_durable(self, pending: _Pending) -> None:
+        """Commit ``pending`` to the store's log with whatever else is waiting (group commit).
+
+        The first caller that finds no commit running commits the whole queue
+        in one transaction (one fsync) and releases it; callers that arrive
+        meanwhile queue for the next one. Shielded: a commit that started
+        finishes, and a caller's cancellation is delivered after it, so
+        "acknowledged" still means "committed".
+        """
+        assert self.store is not None
+        self._commit_queue.append(pending)
+        with trio.CancelScope(shield=True):
+            while not pending.done:
+                if self._committing:
+                    await self._commit_done.wait()
+                    continue
+                batch, self._commit_queue = self._commit_queue, []
+                self._committing = True
+                error: SyncError | None = None
+                committed = False
+                try:
+                    await self.store.run_sync(_append_all, self.store.sync, batch)
+                    committed = True
+                except SyncError as exc:
+                    error = exc
+                finally:
+                    self._committing = False
+                    if not committed and error is None:  # a bug: the leader re-raises it
+                        error = SyncError("the group commit failed unexpectedly")
+                    for entry in batch:
+                        if error is not None and entry.error is None:
+                            entry.error = error
+                    self._release(batch)
+                    done, self._commit_done = self._commit_done, trio.Event()
+                    done.set()
+
+    def _release(self, batch: list[_Pending]) -> None:
+        """Hand committed deltas to the gossip core, in commit order; mark all done."""
+        now = trio.current_time()
+        for entry in batch:
+            entry.done = True
+            if entry.error is None:
+                if self.store is not None:
+                    self._seq_cover[entry.doc] = (entry.origin, entry.last)
+                self.gossip.local_update(entry.doc, entry.data, now)
+        self._wake.set()
 
     async def publish_app(self, channel: str, body: Any, *, retain: bool) -> None:
         """Publish an application message ("alg" or "policy"), signed, QoS 1.
@@ -295,23 +360,55 @@ class Replicator:
             raise RuntimeError("Replicator.run() is already running")
         self._running = True
         await self._recover()
+        # The transport outlives the other tasks by the goodbye: a clean
+        # DISCONNECT makes the broker drop our will, so without an explicit
+        # "offline" presence peers would see us online until we come back.
+        transport_scope = trio.CancelScope(shield=True)
+
+        async def run_transport(task_status: trio.TaskStatus[None]) -> None:
+            with transport_scope:
+                await self.transport.run(task_status=task_status)
+
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.transport.run)
-                nursery.start_soon(self._receiver)
-                nursery.start_soon(self._connection_watch)
-                nursery.start_soon(self._ticker)
-                for _ in range(self.config.publishers):
-                    nursery.start_soon(self._publisher)
-                if self.store is not None:
-                    nursery.start_soon(self._snapshotter)
-                    nursery.start_soon(self._spiller)
-                    nursery.start_soon(self._outbox_drainer)
-                self._started.set()
-                task_status.started()
+            async with trio.open_nursery() as outer:
+                await outer.start(run_transport)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._receiver)
+                        nursery.start_soon(self._connection_watch)
+                        nursery.start_soon(self._ticker)
+                        nursery.start_soon(self._publisher, self._delta_recv)
+                        for _ in range(self.config.publishers):
+                            nursery.start_soon(self._publisher, self._out_recv)
+                        if self.store is not None:
+                            nursery.start_soon(self._snapshotter)
+                            nursery.start_soon(self._spiller)
+                            nursery.start_soon(self._outbox_drainer)
+                        self._started.set()
+                        task_status.started()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._goodbye()
+                        transport_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_snapshots()
+
+    async def _goodbye(self) -> None:
+        """Publish our "offline" presence (retained), bounded by ``goodbye_timeout``."""
+        if not self._announced.is_set():
+            return  # never announced: nothing to retract
+        with trio.move_on_after(self.config.goodbye_timeout):
+            try:
+                await self.transport.publish(
+                    presence_topic(self.mesh, self.node),
+                    self._seal("presence", self._presence_body(online=False)),
+                    qos=1,
+                    retain=True,
+                )
+                self._count_out("presence")
+            except TransportError:
+                pass  # disconnected: the broker already published our will
 
     async def _recover(self) -> None:
         if self.store is None:
@@ -380,8 +477,9 @@ class Replicator:
                 topic = f"{self._prefix}to/{action.to}"
             qos = _QOS.get(action.kind, 1)
             item = (topic, action.kind, action.body, qos)
+            ordered = isinstance(action, Broadcast) and action.kind == "delta"
             try:
-                self._out_send.send_nowait(item)
+                (self._delta_send if ordered else self._out_send).send_nowait(item)
             except trio.WouldBlock:
                 self._spill(item)
 
@@ -408,8 +506,10 @@ class Replicator:
                 log.warning("outbox enqueue failed: %s", exc)
             self._outbox_wake.set()
 
-    async def _publisher(self) -> None:
-        async for topic, kind, body, qos in self._out_recv:
+    async def _publisher(
+        self, channel: trio.MemoryReceiveChannel[tuple[str, str, Any, int]]
+    ) -> None:
+        async for topic, kind, body, qos in channel:
             try:
                 payload = self._seal(kind, body)
             except ValueError:  # larger than the envelope limit: a bug upstream
@@ -679,3 +779,30 @@ class Replicator:
 
 def _encode_state(state: Any) -> bytes:
     return dumps(state.to_cbor())
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One local delta on its way to the store's log."""
+
+    doc: str
+    origin: str
+    first: int
+    last: int
+    data: bytes
+    done: bool = False
+    error: SyncError | None = None
+
+
+def _append_all(store: Store, batch: list[_Pending]) -> None:
+    """Log every delta of ``batch`` in one transaction (in a worker thread).
+
+    A delta the store refuses before writing anything (too large) fails
+    alone; an SQLite error fails the whole transaction (raised).
+    """
+    with store.transaction():
+        for entry in batch:
+            try:
+                store.append_delta(entry.doc, entry.origin, entry.first, entry.last, entry.data)
+            except StoreFullError as exc:
+                entry.error = exc

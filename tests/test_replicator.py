@@ -14,6 +14,7 @@ from typing import Any
 import pycrdt
 import pytest
 import trio
+import trio.testing
 from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
 
 from vsm_edge.sync import (
@@ -91,6 +92,7 @@ async def open_node(
     data: Path | None = None,
     seed: bytes | None = None,
     mesh_key: MeshKey | None = None,
+    gossip: GossipConfig = FAST,
 ) -> AsyncIterator[Node]:
     store = await AsyncStore.open(data / f"{name}.db") if data is not None else None
     clock = HybridLogicalClock(
@@ -102,7 +104,7 @@ async def open_node(
         "notes": YjsDocument("notes", {"text": pycrdt.Text}),
     }
     rep = Replicator(
-        ReplicatorConfig(mesh="test", node=name, gossip=FAST, snapshot_interval=0.2),
+        ReplicatorConfig(mesh="test", node=name, gossip=gossip, snapshot_interval=0.2),
         key,
         clock,
         lambda will: factory(name, will),
@@ -179,6 +181,82 @@ async def test_partition_heals_through_anti_entropy() -> None:
             broker.heal("b")
             await until(lambda: same([a, b]), 10, "convergence after the partition")
             assert len(a.value()) == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_stops_cleanly_is_seen_offline() -> None:
+    # A clean DISCONNECT makes the broker drop the will: the replicator must
+    # retract its retained "online" presence itself on the way out.
+    broker = MemoryBroker(seed=9)
+    async with trio.open_nursery() as nursery:
+        async with open_node(nursery, "a", memory_factory(broker)) as a:
+            async with open_node(nursery, "b", memory_factory(broker)):
+                await until(lambda: a.rep.online_peers() == ["b"], 5, "presence")
+            await until(lambda: a.rep.online_peers() == [], 5, "b seen offline")
+            assert a.rep.peers["b"].online is False
+            assert broker.statistics().wills_published == 0  # it said so itself
+        nursery.cancel_scope.cancel()
+
+
+async def test_mutate_is_a_checkpoint_without_a_store() -> None:
+    # A writer looping on mutate() must not starve the batcher, the receiver
+    # and the publishers (they flushed only at the 64 KiB batch cap).
+    broker = MemoryBroker(seed=10)
+    async with trio.open_nursery() as nursery:
+        async with open_node(nursery, "a", memory_factory(broker)) as a:
+            with trio.testing.assert_checkpoints():
+                await a.put("k", 1)
+            with trio.testing.assert_checkpoints():
+                await a.rep.mutate("mesh", lambda m: type(m)())  # no change: still one
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_broadcast_deltas_leave_in_order(mosquitto: Mosquitto) -> None:
+    # One origin's batches must reach a peer in the order they were made:
+    # reordered, each early batch is buffered and costs a repair round trip.
+    factory = mosquitto_transport(mosquitto.port)
+    small = GossipConfig(batch_interval=0.005, batch_max_bytes=512, digest_interval=0.2)
+    async with trio.open_nursery() as nursery:
+        async with (
+            open_node(nursery, "a", factory, gossip=small) as a,
+            open_node(nursery, "b", factory) as b,
+        ):
+            await until(lambda: a.rep.online_peers() == ["b"], 5, "presence")
+            # The broker holds its PUBACKs while a writes: many small batches
+            # queue up at once, and leave when it thaws.
+            mosquitto.freeze()
+            try:
+                for i in range(300):
+                    await a.put(f"k{i}", i)
+                    if i % 10 == 0:
+                        await trio.sleep(0.01)
+            finally:
+                mosquitto.thaw()
+            await until(lambda: len(b.value()) == 300, 10, "replication")
+            assert a.rep.gossip.statistics().counters["batches_sent"] > 20
+            stats = b.rep.gossip.statistics().counters
+            assert stats["deltas_buffered"] == 0  # none arrived before its predecessor
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_mutations_share_commits_and_all_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    broker = MemoryBroker(seed=12)
+    async with trio.open_nursery() as nursery:
+        async with open_node(nursery, "a", memory_factory(broker), data=tmp_path) as a:
+            assert a.store is not None
+            before = (await a.store.statistics()).commits
+            async with trio.open_nursery() as writers:
+                for i in range(64):
+                    writers.start_soon(a.put, f"k{i}", i)
+            commits = (await a.store.statistics()).commits - before
+            assert commits < 64  # grouped (each put was acknowledged after its commit)
+            a.scope.cancel()
+        await trio.sleep(0.1)
+        async with open_node(nursery, "a", memory_factory(broker), data=tmp_path) as again:
+            assert {f"k{i}" for i in range(64)} <= set(again.value())
         nursery.cancel_scope.cancel()
 
 
