@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from ._causal import CausalCRDT
-from ._cbor import dumps, loads
+from ._cbor import DEFAULT_MAX_ITEMS, dumps, loads
 from ._context import CausalContext
 from ._gossip import ApplyOutcome
 from ._ydoc import RootType, StateVector, YDoc, YUpdate
@@ -33,13 +33,37 @@ C = TypeVar("C", bound=CausalCRDT)
 #: the decoded delta that was joined, ``local`` whether it was our own mutation.
 ChangeObserver = Callable[[str, Any, bool], None]
 
+#: The largest encoded state a document accepts (a stored snapshot, a chunked
+#: state transfer), matching :attr:`GossipConfig.max_transfer_bytes`' default.
+#: Deltas are smaller: the envelope limit bounds them before they get here.
+MAX_STATE_BYTES = 64 * 1024 * 1024
+
+
+def _loads_state(data: bytes, max_size: int) -> Any:
+    """Decode a delta or a whole state: bounded by ``max_size`` bytes.
+
+    The CBOR decoder's defaults (256 KiB, 131,072 items) suit one envelope; a
+    state of 10,000 keys is about 500 KB and 150,000 items, so a snapshot or
+    transfer uses the document's bound, with at most one item per input byte
+    (every CBOR data item takes at least one), which the size already bounds.
+    """
+    return loads(data, max_size=max_size, max_items=max(DEFAULT_MAX_ITEMS, len(data)))
+
 
 class CrdtDocument(Generic[C]):
     """A named causal-CRDT replica (e.g. an ORMap) exchanged as CBOR deltas."""
 
-    def __init__(self, name: str, kind: type[C], state: C | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: type[C],
+        state: C | None = None,
+        *,
+        max_state_bytes: int = MAX_STATE_BYTES,
+    ) -> None:
         self._name = name
         self.kind = kind
+        self.max_state_bytes = max_state_bytes
         self.state: C = state if state is not None else kind()
         self._floor = CausalContext()
         self._observers: list[ChangeObserver] = []
@@ -69,7 +93,7 @@ class CrdtDocument(Generic[C]):
 
     def decode(self, data: bytes) -> C:
         """Decode a delta or state of this document's kind; raises MalformedError."""
-        return self.kind.from_cbor(loads(data))
+        return self.kind.from_cbor(_loads_state(data, self.max_state_bytes))
 
     def load(self, data: bytes) -> None:
         """Replace the state with a stored snapshot (at start-up)."""
@@ -128,8 +152,16 @@ class YjsDocument:
     as not ready, and triggers a repair.
     """
 
-    def __init__(self, name: str, roots: Mapping[str, RootType], *, client_id: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        roots: Mapping[str, RootType],
+        *,
+        client_id: int | None = None,
+        max_state_bytes: int = MAX_STATE_BYTES,
+    ):
         self._name = name
+        self.max_state_bytes = max_state_bytes
         self.ydoc = YDoc(roots, client_id=client_id)
         self._observers: list[ChangeObserver] = []
 
@@ -150,7 +182,7 @@ class YjsDocument:
         return dumps(self.ydoc.to_cbor())
 
     def load(self, data: bytes) -> None:
-        self.ydoc.merge(YUpdate.from_cbor(loads(data)))
+        self.ydoc.merge(YUpdate.from_cbor(_loads_state(data, self.max_state_bytes)))
 
     def digest(self) -> Any:
         return self.ydoc.digest().to_cbor()
@@ -165,7 +197,7 @@ class YjsDocument:
         return dumps(update.to_cbor())
 
     def apply(self, data: bytes) -> ApplyOutcome:
-        update = YUpdate.from_cbor(loads(data))
+        update = YUpdate.from_cbor(_loads_state(data, self.max_state_bytes))
         before = self.ydoc.digest()
         self.ydoc.merge(update)
         if self.ydoc.pending:

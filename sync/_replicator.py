@@ -345,6 +345,7 @@ class Replicator:
                 "bytes_in": t.bytes_in,
                 "bytes_out": t.bytes_out,
                 "reconnects": t.reconnects,
+                "messages_dropped": t.messages_dropped,
             },
             "gossip": {"peers": g.peers, "pending": g.pending, **g.counters},
             "refused": dict(self._refused),

@@ -405,3 +405,38 @@ async def test_late_joiner_catches_up_over_mosquitto(mosquitto: Mosquitto, tmp_p
                 assert same([a, late])
                 print(f"late joiner caught up 500 keys in {took:.3f} s")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_state_larger_than_one_envelope_transfers_and_survives_a_restart(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A state past the CBOR decoder's per-envelope default (256 KiB) reaches a late
+    joiner through a chunked transfer and reloads from the store after a restart
+    (both once failed: the reassembled state and the snapshot hit the 256 KiB bound)."""
+    factory = mosquitto_transport(mosquitto.port)
+    filler = "x" * 100
+    keys = 2500
+    async with trio.open_nursery() as nursery:
+        async with open_node(nursery, "a", factory, data=tmp_path) as a:
+            next_key = iter(range(keys))
+
+            async def writer() -> None:
+                for i in next_key:
+                    await a.put(f"k{i}", f"{i}{filler}")
+
+            async with trio.open_nursery() as writers:
+                for _ in range(16):
+                    writers.start_soon(writer)
+            size = len(a.mesh.encode_state())
+            assert size > 256 * 1024, size
+            async with open_node(nursery, "late", factory) as late:
+                await until(lambda: len(late.value()) == keys, 30, "catch-up of a large state")
+                assert late.value() == a.value()
+                transfers = late.rep.gossip.statistics().counters["transfers_completed"]
+                assert transfers >= 1
+            a.scope.cancel()  # stopping flushes a snapshot: the restart loads it
+        await trio.sleep(0.1)
+        async with open_node(nursery, "a", factory, data=tmp_path) as again:
+            assert len(again.value()) == keys
+            assert again.value()["k7"] == f"7{filler}"
+        nursery.cancel_scope.cancel()
