@@ -64,13 +64,26 @@ class CrdtDocument(Generic[C]):
         self._name = name
         self.kind = kind
         self.max_state_bytes = max_state_bytes
-        self.state: C = state if state is not None else kind()
+        self._state: C = state if state is not None else kind()
+        # The encoding of the current state, once made (a full-state answer or
+        # a snapshot): a quiet mesh serves joiners without re-encoding. Any new
+        # state clears it (the ``state`` setter).
+        self._encoded: bytes | None = None
         self._floor = CausalContext()
         self._observers: list[ChangeObserver] = []
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def state(self) -> C:
+        return self._state
+
+    @state.setter
+    def state(self, value: C) -> None:
+        self._state = value
+        self._encoded = None
 
     def observe(self, observer: ChangeObserver) -> None:
         self._observers.append(observer)
@@ -89,7 +102,14 @@ class CrdtDocument(Generic[C]):
         return delta, data
 
     def encode_state(self) -> bytes:
-        return dumps(self.state.to_cbor())
+        if self._encoded is None:
+            self._encoded = dumps(self._state.to_cbor())
+        return self._encoded
+
+    def remember_encoding(self, state: C, data: bytes) -> None:
+        """Keep ``data`` (encoded elsewhere, e.g. off the event loop) if ``state`` is current."""
+        if state is self._state:
+            self._encoded = data
 
     def decode(self, data: bytes) -> C:
         """Decode a delta or state of this document's kind; raises MalformedError."""
@@ -111,6 +131,10 @@ class CrdtDocument(Generic[C]):
         remote = CausalContext.from_cbor(remote_digest)
         if self._floor and not remote.covers(self._floor):
             return self.encode_state()  # see the module docstring
+        if not remote:
+            # A fresh peer: everything, and the full state is exactly that (and
+            # may already be encoded).
+            return None if self._state.is_bottom() else self.encode_state()
         delta = self.state.delta_since(remote)
         if delta.is_bottom():
             return None

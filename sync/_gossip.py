@@ -22,19 +22,28 @@ Three flows keep replicas converging whatever the network does:
    a repair is requested from its sender. Duplicates and reordering are
    therefore harmless: joins are idempotent and order only delays.
 
-3. **Pull anti-entropy.** Every ``digest_interval`` each node broadcasts its
-   digests (version vectors). A node that sees a peer's digest covering
-   something it lacks sends that peer a *repair request* carrying its own
-   digest; the peer answers, on the requester's direct topic, with
+3. **Pull anti-entropy.** Each node broadcasts its digests (version
+   vectors) every ``digest_interval`` while the mesh has at most
+   ``digest_fanout`` nodes, and every ``digest_interval * nodes /
+   digest_fanout`` in a larger one: the mesh as a whole sends about
+   ``digest_fanout`` digests per ``digest_interval`` whatever its size, so a
+   node handles O(1) digests a second instead of O(N) (at 50 nodes the
+   every-node-every-second schedule cost more CPU than the whole workload).
+   Any peer's digest reveals what a node lacks, so detection stays as fast.
+   Each period is jittered (x0.5 to x1.5, seeded by the node id) so that nodes
+   that started or reconnected together do not stay in step.
+   A node that sees a peer's digest covering something it lacks sends that
+   peer a *repair request* carrying its own digest; the peer answers, on the
+   requester's direct topic, with
    ``delta_since(digest)``: the delta-interval the requester misses. Answers
    larger than ``chunk_size`` travel as a chunked transfer, reassembled (with
    bounds and a timeout) before the join.
 
    A digest races the eager pushes that it already counts, so a node compares
-   its state with the *previous* digest of each peer (at least one
-   ``digest_interval`` old: anything in it should have arrived by push) —
-   except for the first digest of a peer, which is acted on at once so that a
-   fresh or restarted node catches up without waiting. A node that hears from
+   its state with a peer's digest only once that digest is ``digest_interval``
+   old (anything in it should have arrived by push by then) — except for the
+   first digest of a peer, which is acted on at once so that a fresh or
+   restarted node catches up without waiting. A node that hears from
    a peer for the first time sends it its own digest directly, so both learn
    at once what the other has. At most one repair is in flight per node (a
    fresh joiner does not ask twenty peers for the same state); a lost answer
@@ -52,6 +61,8 @@ metadata (e.g. removal records) that is stable.
 from __future__ import annotations
 
 import itertools
+import random
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,13 +146,16 @@ class GossipConfig:
     batch_interval: float = 0.010
     batch_max_bytes: int = 64 * 1024
     digest_interval: float = 1.0
+    digest_fanout: int = 4  # digests per digest_interval the whole mesh aims at
     repair_timeout: float = 2.0
     chunk_size: int = 120 * 1024  # chunk data; the envelope stays below 128 KiB
     max_pending: int = 1024  # buffered not-ready deltas (oldest dropped, counted)
     max_transfers: int = 8  # concurrent incoming chunked transfers
     max_transfer_bytes: int = 64 * 1024 * 1024
     transfer_timeout: float = 30.0
-    peer_timeout: float = 10.0  # a peer silent this long no longer holds back GC
+    # A peer silent this long (or three of its digest periods, if longer) no
+    # longer holds back GC.
+    peer_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -153,7 +167,13 @@ class GossipConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"gossip.{name} must be > 0")
-        for name in ("batch_max_bytes", "chunk_size", "max_pending", "max_transfers"):
+        for name in (
+            "batch_max_bytes",
+            "chunk_size",
+            "max_pending",
+            "max_transfers",
+            "digest_fanout",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"gossip.{name} must be >= 1")
         if self.max_transfer_bytes < self.chunk_size:
@@ -197,7 +217,9 @@ Action = Broadcast | Direct
 class _Peer:
     last_seen: float
     digests: dict[str, Any] = field(default_factory=dict)  # latest, by document
-    previous: dict[str, Any] = field(default_factory=dict)  # the one before
+    # the latest digests not compared yet, and when they become old enough
+    unchecked: dict[str, Any] = field(default_factory=dict)
+    check_at: float = float("inf")
 
 
 @dataclass(slots=True)
@@ -268,6 +290,11 @@ class Gossip:
         self._transfers: dict[tuple[str, int], _Transfer] = {}
         self._transfer_ids = itertools.count(1)
         self._repair: tuple[str, float] | None = None  # (peer, sent at)
+        self._next_check = float("inf")  # the earliest _Peer.check_at
+        # Digest periods are jittered (x0.5..1.5) so that nodes that started, or
+        # reconnected, together do not stay in step; seeded by the node id, so a
+        # run is reproducible.
+        self._jitter = random.Random(zlib.crc32(node.encode()))  # noqa: S311 (not security)
         self._stats = _Stats()
 
     # -- inputs --------------------------------------------------------------
@@ -331,14 +358,21 @@ class Gossip:
             self._flush_batch()
         if now >= self._next_digest:
             self._send_digest()
-            self._next_digest = now + self.config.digest_interval
+            self._next_digest = now + self.digest_period() * self._jitter.uniform(0.5, 1.5)
             self._compact(now)
+        if now >= self._next_check:
+            self._check_aged_digests(now)
         for key, transfer in list(self._transfers.items()):
             if now >= transfer.started + self.config.transfer_timeout:
                 del self._transfers[key]
                 self._stats.transfers_dropped += 1
         if self._repair is not None and now >= self._repair[1] + self.config.repair_timeout:
             self._repair = None  # lost; the next digest from anyone retries
+
+    def digest_period(self) -> float:
+        """This node's interval between digest broadcasts (see the theory of operation)."""
+        nodes = 1 + len(self._peers)
+        return self.config.digest_interval * max(1.0, nodes / self.config.digest_fanout)
 
     def request_digest_now(self, now: float) -> None:
         """Send digests at the next tick (e.g. right after (re)connecting)."""
@@ -358,7 +392,7 @@ class Gossip:
 
     def next_deadline(self) -> float:
         """The time at which :meth:`tick` next has something to do."""
-        deadline = self._next_digest
+        deadline = min(self._next_digest, self._next_check)
         if self._batch_since is not None:
             deadline = min(deadline, self._batch_since + self.config.batch_interval)
         if self._repair is not None:
@@ -461,15 +495,35 @@ class Gossip:
             if doc is None:
                 continue
             first = doc_name not in peer.digests
-            if not first:
-                peer.previous[doc_name] = peer.digests[doc_name]
             peer.digests[doc_name] = digest
-            # See the theory of operation: the first digest at once, later the
-            # previous one (older than any push still in flight).
-            if doc.lacks(digest if first else peer.previous[doc_name]):
-                behind[doc_name] = doc
+            # See the theory of operation: the first digest at once, later ones
+            # once they are older than any push still in flight.
+            if first:
+                if doc.lacks(digest):
+                    behind[doc_name] = doc
+            else:  # one pending per document: a younger one waits for the next
+                peer.unchecked.setdefault(doc_name, digest)
+        if peer.unchecked and peer.check_at == float("inf"):
+            peer.check_at = now + self.config.digest_interval
+            self._next_check = min(self._next_check, peer.check_at)
         if behind:
             self._request_repair(sender, behind, now)
+
+    def _check_aged_digests(self, now: float) -> None:
+        """Compare our state with every peer digest that is now old enough."""
+        self._next_check = float("inf")
+        for name, peer in self._peers.items():
+            if peer.check_at <= now:
+                behind = {
+                    doc_name: self.docs[doc_name]
+                    for doc_name, digest in peer.unchecked.items()
+                    if self.docs[doc_name].lacks(digest)
+                }
+                peer.unchecked = {}
+                peer.check_at = float("inf")
+                if behind:
+                    self._request_repair(name, behind, now)
+            self._next_check = min(self._next_check, peer.check_at)
 
     def _request_repair(self, peer: str, docs: Mapping[str, GossipDocument], now: float) -> None:
         if self._repair is not None:
@@ -554,7 +608,8 @@ class Gossip:
             )
 
     def _compact(self, now: float) -> None:
-        live = [p for p in self._peers.values() if now - p.last_seen <= self.config.peer_timeout]
+        timeout = max(self.config.peer_timeout, 3 * self.digest_period())
+        live = [p for p in self._peers.values() if now - p.last_seen <= timeout]
         for name, doc in self.docs.items():
             stable = [p.digests[name] for p in live if name in p.digests]
             if len(stable) == len(live):  # every live peer has told us its digest

@@ -609,7 +609,9 @@ class Replicator:
             try:
                 if isinstance(document, CrdtDocument):
                     # The state is an immutable value: encode it off the loop.
-                    data = await trio.to_thread.run_sync(_encode_state, document.state)
+                    state = document.state
+                    data = await trio.to_thread.run_sync(_encode_state, state)
+                    document.remember_encoding(state, data)
                 else:
                     data = document.encode_state()
                 await self.store.put_snapshot(name, data, digest=digest, cover=cover)

@@ -63,9 +63,7 @@ class LogDoc:
 
     def delta_since(self, remote_digest: Any) -> bytes | None:
         d = self._check(remote_digest)
-        items = sorted(
-            [o, s, v] for (o, s), v in self.entries.items() if s > d.get(o, 0)
-        )
+        items = sorted([o, s, v] for (o, s), v in self.entries.items() if s > d.get(o, 0))
         return dumps(items) if items else None
 
     def apply(self, data: bytes) -> ApplyOutcome:
@@ -107,8 +105,9 @@ class _Delivery:
 class Network:
     """Broadcast and direct delivery with loss, duplication, delay and partitions."""
 
-    def __init__(self, seed: int, *, loss: float = 0.0, dup: float = 0.0,
-                 max_delay: float = 0.05) -> None:
+    def __init__(
+        self, seed: int, *, loss: float = 0.0, dup: float = 0.0, max_delay: float = 0.05
+    ) -> None:
         self.rng = random.Random(seed)
         self.loss, self.dup, self.max_delay = loss, dup, max_delay
         self.nodes: dict[str, tuple[Gossip, LogDoc]] = {}
@@ -137,9 +136,7 @@ class Network:
         for _ in range(copies):
             self._seq += 1
             at = self.now + self.rng.uniform(0.001, self.max_delay)
-            heapq.heappush(
-                self.queue, _Delivery(at, self._seq, to, sender, kind, payload, direct)
-            )
+            heapq.heappush(self.queue, _Delivery(at, self._seq, to, sender, kind, payload, direct))
 
     def flush(self, name: str) -> None:
         core, _ = self.nodes[name]
@@ -327,6 +324,49 @@ def test_partition_heals_by_anti_entropy() -> None:
     net.cut.clear()
     net.run_until(net.now + 3.0)
     assert net.converged()
+
+
+def _digests_sent(net: Network) -> int:
+    return sum(core.statistics().counters["digests_sent"] for core, _ in net.nodes.values())
+
+
+@pytest.mark.parametrize(("nodes", "expected"), [(3, 60), (20, 80), (50, 80)])
+def test_the_mesh_sends_about_fanout_digests_per_interval_whatever_its_size(
+    nodes: int, expected: int
+) -> None:
+    """Each node's digest period grows with the mesh (interval * nodes / fanout), so
+    the mesh sends ~fanout digests per interval in all, not one per node: a node
+    handles O(1) digests a second instead of O(N)."""
+    cfg = GossipConfig(digest_interval=0.5, digest_fanout=4)
+    net = Network(7, max_delay=0.01)
+    for i in range(nodes):
+        net.add(f"n{i}", cfg)
+    net.run_until(5.0)  # first contacts (direct digests) are over
+    before = _digests_sent(net)
+    net.run_until(15.0)
+    sent = _digests_sent(net) - before
+    # 10 s at 0.5 s: 20 rounds; every node each round below fanout nodes (3 * 20 = 60),
+    # else fanout per round (4 * 20 = 80). One period of phase either way.
+    assert expected - nodes <= sent <= expected + nodes, sent
+
+
+def test_a_lost_delta_in_a_large_mesh_is_repaired_within_a_few_intervals() -> None:
+    """With 30 nodes each node digests only every 3.75 s, but any peer's digest reveals
+    the gap once it is one interval old: the repair does not wait for a slow peer."""
+    cfg = GossipConfig(batch_interval=0.01, digest_interval=0.5, digest_fanout=4)
+    net = Network(11, max_delay=0.01)
+    for i in range(30):
+        net.add(f"n{i}", cfg)
+    net.run_until(8.0)
+    net.cut.add("n29")
+    net.write("n0", 1)  # n29 misses the push
+    net.run_until(net.now + 0.1)
+    net.cut.clear()
+    healed = net.now
+    while not net.converged() and net.now < healed + 10:
+        net.run_until(net.now + 0.05)
+    assert net.converged()
+    assert net.now - healed < 4 * cfg.digest_interval, net.now - healed
 
 
 def test_pending_buffer_is_bounded_and_counts_drops() -> None:

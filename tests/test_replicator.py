@@ -373,8 +373,14 @@ async def test_mosquitto_mesh_survives_broker_restart_and_node_restart(
             assert same([a, b])
             counts = a.rep.statistics()["counts"]
             assert counts["spilled_to_outbox"] >= 1  # the outage went through the outbox
-            await until(lambda: a.rep.statistics()["counts"].get("outbox_sent", 0)
-                        >= counts["spilled_to_outbox"], 10, "outbox drained")
+            await until(
+                lambda: (
+                    a.rep.statistics()["counts"].get("outbox_sent", 0)
+                    >= counts["spilled_to_outbox"]
+                ),
+                10,
+                "outbox drained",
+            )
 
             # Restart b from its store: state and clock survive.
             before = b.rep.clock.last
