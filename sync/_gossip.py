@@ -11,8 +11,10 @@ collected by :meth:`Gossip.drain`. Nothing here blocks or does I/O.
 Three flows keep replicas converging whatever the network does:
 
 1. **Eager push.** A local mutation's delta is queued; queued deltas leave as
-   one batch when ``batch_interval`` has passed since the first of them or the
-   batch reached ``batch_max_bytes``. A batch is broadcast once (MQTT QoS 1).
+   one batch at the next tick if no batch left in the last ``batch_interval``,
+   else ``batch_interval`` after the previous batch, or at once when the batch
+   reaches ``batch_max_bytes``: at most one batch per interval under load, and
+   no added wait for a lone update. A batch is broadcast once (MQTT QoS 1).
 
 2. **Causal delivery.** A received delta is joined only when it is causally
    ready (Almeida et al. 2018, §6): the document decides, because it knows its
@@ -282,7 +284,8 @@ class Gossip:
         self._events: list[Joined] = []
         self._batch: list[list[Any]] = []  # [[doc, data], ...]
         self._batch_bytes = 0
-        self._batch_since: float | None = None
+        self._batch_due: float | None = None  # when the queued batch leaves
+        self._last_batch = -float("inf")  # when the previous batch left
         self._next_digest = now  # the first digest goes out at once
         self._peers: dict[str, _Peer] = {}
         # not-ready deltas: key (sender, doc, data) -> arrival time; FIFO bounded
@@ -306,10 +309,10 @@ class Gossip:
         self._batch.append([doc, data])
         self._batch_bytes += len(data)
         self._stats.deltas_queued += 1
-        if self._batch_since is None:
-            self._batch_since = now
+        if self._batch_due is None:
+            self._batch_due = max(now, self._last_batch + self.config.batch_interval)
         if self._batch_bytes >= self.config.batch_max_bytes:
-            self._flush_batch()
+            self._flush_batch(now)
 
     def receive(self, sender: str, kind: str, body: Any, now: float, *, direct: bool) -> None:
         """Handle one message from ``sender`` (already verified by the adapter).
@@ -354,8 +357,8 @@ class Gossip:
         # Deadlines are compared as ``now >= start + interval``, the very
         # expression next_deadline() returns, so a tick at a deadline always
         # acts (``now - start >= interval`` can differ by a rounding error).
-        if self._batch_since is not None and now >= self._batch_since + self.config.batch_interval:
-            self._flush_batch()
+        if self._batch_due is not None and now >= self._batch_due:
+            self._flush_batch(now)
         if now >= self._next_digest:
             self._send_digest()
             self._next_digest = now + self.digest_period() * self._jitter.uniform(0.5, 1.5)
@@ -393,8 +396,8 @@ class Gossip:
     def next_deadline(self) -> float:
         """The time at which :meth:`tick` next has something to do."""
         deadline = min(self._next_digest, self._next_check)
-        if self._batch_since is not None:
-            deadline = min(deadline, self._batch_since + self.config.batch_interval)
+        if self._batch_due is not None:
+            deadline = min(deadline, self._batch_due)
         if self._repair is not None:
             deadline = min(deadline, self._repair[1] + self.config.repair_timeout)
         for transfer in self._transfers.values():
@@ -416,13 +419,14 @@ class Gossip:
 
     # -- internals -----------------------------------------------------------
 
-    def _flush_batch(self) -> None:
+    def _flush_batch(self, now: float) -> None:
         if self._batch:
             self._actions.append(Broadcast(KIND_DELTA, self._batch))
             self._stats.batches_sent += 1
+            self._last_batch = now
         self._batch = []
         self._batch_bytes = 0
-        self._batch_since = None
+        self._batch_due = None
 
     def _digests(self) -> dict[str, Any]:
         return {name: doc.digest() for name, doc in self.docs.items()}

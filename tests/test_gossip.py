@@ -210,6 +210,8 @@ def test_replicas_converge_under_loss_duplication_and_reordering(
 
 
 def test_deltas_are_batched_within_the_interval() -> None:
+    """Deltas queued together leave as one batch at the next tick (no wait after a
+    quiet spell); the next batch leaves no sooner than one interval after it."""
     net = Network(1)
     a, _ = net.add("a", GossipConfig(batch_interval=0.02, digest_interval=100.0))
     net.add("b", GossipConfig(batch_interval=0.02, digest_interval=100.0))
@@ -218,9 +220,15 @@ def test_deltas_are_batched_within_the_interval() -> None:
     for v in range(10):
         net.write("a", v)
     assert a.statistics().counters["batches_sent"] == before  # still queued
-    assert a.next_deadline() == pytest.approx(net.now + 0.02)
-    net.run_until(net.now + 0.5)
+    assert a.next_deadline() == pytest.approx(net.now)  # leaves at the next tick
+    net.run_until(net.now + 0.001)
     assert a.statistics().counters["batches_sent"] == before + 1
+    first = net.now
+    for v in range(10, 20):
+        net.write("a", v)
+    assert a.next_deadline() == pytest.approx(first + 0.02, abs=0.0011)
+    net.run_until(first + 0.5)
+    assert a.statistics().counters["batches_sent"] == before + 2
     assert net.converged()
 
 
