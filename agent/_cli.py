@@ -218,7 +218,7 @@ def _format_gateway(gw: Any) -> list[str]:
     lines = [
         f"GATEWAY  allow {gw.get('allow', '-')}  deny {gw.get('deny', '-')}  "
         f"maybe {gw.get('maybe', '-')}  zone {gw.get('zone', '-')}: {where}  "
-        f"arbitrator {'yes' if gw.get('arbitrator') else 'NO'}",
+        f"arbitrator {_arbitrator_word(gw)}",
         "reasons: " + json.dumps(gw.get("reasons", {}), sort_keys=True),
     ]
     lines += [f"problem: {p}" for p in (gw.get("zone_problem"), gw.get("arbitrator_error")) if p]
@@ -237,6 +237,13 @@ def _format_gateway(gw: Any) -> list[str]:
     return lines
 
 
+def _arbitrator_word(gw: dict[str, Any]) -> str:
+    if not gw.get("arbitrator"):
+        return "NO"
+    state = gw.get("arbitrator_state")
+    return "yes (loads on the first MAYBE)" if state == "not-loaded" else "yes"
+
+
 _GATEWAY_SHOWN = frozenset(
     {
         "allow",
@@ -245,6 +252,7 @@ _GATEWAY_SHOWN = frozenset(
         "zone",
         "zone_policy",
         "arbitrator",
+        "arbitrator_state",
         "reasons",
         "zone_problem",
         "arbitrator_error",
