@@ -33,6 +33,7 @@ def test_a_running_agent_maps_neither_numpy_nor_the_tflite_runtime(
     agent = AgentProcess(tmp_path, "lean", mosquitto.url, sensors=2, protocol="5")
     agent.start()
     try:
+
         def emitted() -> dict[str, Any] | None:
             s = agent.status()
             units = (s or {}).get("s1", {}).get("units", {})
@@ -55,9 +56,10 @@ def test_the_run_command_imports_only_its_own_modules() -> None:
     code = (
         "import sys; from vsm_edge.agent._cli import build_parser; "
         "build_parser('run').parse_args(['run', '--config', 'x.toml']); "
-        "import vsm_edge.agent._node; "
+        "import vsm_edge.agent._node, vsm_edge.agent._web; "
         "heavy = {'numpy', 'prometheus_client', 'vsm_edge.agent._aggregate', "
-        "'vsm_edge.agent._demo', 'vsm_edge.agent._admin', 'ai_edge_litert'}; "
+        "'vsm_edge.agent._demo', 'vsm_edge.agent._admin', 'ai_edge_litert', "
+        "'vsm_edge.bridge'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run(
