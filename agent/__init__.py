@@ -6,11 +6,12 @@ Compose a node with :class:`Runtime` from an :class:`AgentConfig`
 points. See docs/architecture.md and docs/configuration.md.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
 from ._bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer
 from ._client import StatusClient
 from ._config import AgentConfig, load_config, parse_config
-from ._device_unit import FirmwareBridgeUnit
 from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
 from ._event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
 from ._lease import Lease, LeaseError, LeaseHeldError, LeaseMap
@@ -33,6 +34,20 @@ from ._units import (
     unit,
     unit_from_description,
 )
+
+if TYPE_CHECKING:
+    from ._device_unit import FirmwareBridgeUnit
+
+
+def __getattr__(name: str) -> Any:
+    # The firmware bridge (~2 MB of RSS) is imported only by an agent that uses it.
+    if name == "FirmwareBridgeUnit":
+        from ._device_unit import FirmwareBridgeUnit
+
+        globals()[name] = FirmwareBridgeUnit
+        return FirmwareBridgeUnit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "HIGH",

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from vsm_edge.models import Gateway, GatewayConfig, load_arbitrator_or_none
+from vsm_edge.models import Gateway, GatewayConfig, LazyArbitrator, ModelError
 from vsm_edge.models import Inbound as GatewayInbound
 from vsm_edge.sync import (
     CrdtDocument,
@@ -152,7 +152,7 @@ class Aggregator:
                 mesh.gateway = Gateway(
                     zone=_OPEN_ZONE,
                     replay_key=os.urandom(32),
-                    arbitrator=load_arbitrator_or_none(),
+                    arbitrator=_lazy_arbitrator(),
                     config=GatewayConfig(),
                     now_ms=self._wall_clock(),
                 )
@@ -419,3 +419,12 @@ async def _serve(config: AggregatorConfig, port_file: Path | None) -> None:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _lazy_arbitrator() -> LazyArbitrator | None:
+    """The shipped model, checked now and built on the first MAYBE; None (DENY) if unusable."""
+    try:
+        return LazyArbitrator()
+    except ModelError as exc:
+        log.warning("arbitrator unavailable (%s): %s; MAYBE decisions will DENY", exc.reason, exc)
+        return None

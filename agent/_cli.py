@@ -6,33 +6,63 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ._client import DEFAULT_ENDPOINT, StatusClient
 from ._config import load_config
 from ._errors import AgentError, StatusClientError
 
+# The module that adds each command, so ``vsm-edge run`` imports only what a
+# running agent needs: the aggregator and its dashboard, the demo and the admin
+# tools (numpy, prometheus_client...) cost an agent RSS it would never use.
+_COMMAND_GROUPS: Final = {
+    "keygen": "run",
+    "run": "run",
+    "demo": "demo",
+    "aggregate": "aggregate",
+    "status": "status",
+    "alarm": "status",
+    "zone": "admin",
+    "policy": "admin",
+    "simulate-device": "simulate",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``vsm-edge`` parser; with a known ``command``, only that command's group.
+
+    Every command is added (and its module imported) when ``command`` is None
+    or unknown, so ``--help`` and usage errors list them all.
+    """
     parser = argparse.ArgumentParser(prog="vsm-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from ._admin import add_admin_commands
-    from ._aggregate import add_aggregate_command
-    from ._demo import add_demo_command
-    from ._run import add_run_commands
+    only = _COMMAND_GROUPS.get(command or "")
+    if only in (None, "run"):
+        from ._run import add_run_commands
 
-    add_run_commands(sub)
-    add_demo_command(sub)
-    add_aggregate_command(sub)
-    add_status_commands(sub)
-    add_admin_commands(sub)
-    sim = sub.add_parser(
-        "simulate-device",
-        help="a firmware simulator on a pseudo-terminal (see firmware-bridge/PROTOCOL.md)",
-        add_help=False,
-    )
-    sim.add_argument("args", nargs=argparse.REMAINDER)
-    sim.set_defaults(handler=cmd_simulate_device)
+        add_run_commands(sub)
+    if only in (None, "demo"):
+        from ._demo import add_demo_command
+
+        add_demo_command(sub)
+    if only in (None, "aggregate"):
+        from ._aggregate import add_aggregate_command
+
+        add_aggregate_command(sub)
+    if only in (None, "status"):
+        add_status_commands(sub)
+    if only in (None, "admin"):
+        from ._admin import add_admin_commands
+
+        add_admin_commands(sub)
+    if only in (None, "simulate"):
+        sim = sub.add_parser(
+            "simulate-device",
+            help="a firmware simulator on a pseudo-terminal (see firmware-bridge/PROTOCOL.md)",
+            add_help=False,
+        )
+        sim.add_argument("args", nargs=argparse.REMAINDER)
+        sim.set_defaults(handler=cmd_simulate_device)
     return parser
 
 
@@ -218,7 +248,7 @@ def _format_gateway(gw: Any) -> list[str]:
     lines = [
         f"GATEWAY  allow {gw.get('allow', '-')}  deny {gw.get('deny', '-')}  "
         f"maybe {gw.get('maybe', '-')}  zone {gw.get('zone', '-')}: {where}  "
-        f"arbitrator {'yes' if gw.get('arbitrator') else 'NO'}",
+        f"arbitrator {_arbitrator_word(gw)}",
         "reasons: " + json.dumps(gw.get("reasons", {}), sort_keys=True),
     ]
     lines += [f"problem: {p}" for p in (gw.get("zone_problem"), gw.get("arbitrator_error")) if p]
@@ -237,6 +267,13 @@ def _format_gateway(gw: Any) -> list[str]:
     return lines
 
 
+def _arbitrator_word(gw: dict[str, Any]) -> str:
+    if not gw.get("arbitrator"):
+        return "NO"
+    state = gw.get("arbitrator_state")
+    return "yes (loads on the first MAYBE)" if state == "not-loaded" else "yes"
+
+
 _GATEWAY_SHOWN = frozenset(
     {
         "allow",
@@ -245,6 +282,7 @@ _GATEWAY_SHOWN = frozenset(
         "zone",
         "zone_policy",
         "arbitrator",
+        "arbitrator_state",
         "reasons",
         "zone_problem",
         "arbitrator_error",
@@ -260,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # argparse's REMAINDER does not pass options (--link ...) through a
         # subparser, so the simulator gets its arguments whole and parses them.
         return cmd_simulate_device(argparse.Namespace(args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         print(f"vsm-edge {args.command}: not built yet", file=sys.stderr)

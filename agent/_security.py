@@ -15,6 +15,8 @@ anything of the message is merged or dispatched:
   protocol never retains deltas, digests or repairs.
 * **live** messages go through :meth:`Gateway.decide` (signature, zone,
   quarantine, freshness, replay, MAYBE -> the int8 arbitrator, behaviour).
+  The arbitrator's files are checked at start; its interpreter is built on
+  the first MAYBE, which honest traffic almost never produces.
   Presences, and policies whose envelope an admin key signed, are exempt from
   the zone check only.
 
@@ -55,16 +57,16 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from vsm_edge.models import (
-    Arbitrator,
+    Arbiter,
     FilterFormatError,
     Gateway,
     GatewayConfig,
+    LazyArbitrator,
     ModelError,
     ZombieConfig,
     ZombieEvent,
     ZonePolicy,
     derive_key,
-    load_arbitrator,
 )
 from vsm_edge.models import Inbound as GatewayInbound
 from vsm_edge.sync import (
@@ -137,7 +139,7 @@ class IngressGuard:
         node_key: NodeKey,
         zone_keys: list[bytes],
         mesh_key: MeshKey | None,
-        arbitrator: Arbitrator | None,
+        arbitrator: Arbiter | None,
         arbitrator_error: str | None,
         wall_clock: Callable[[], int],
         randbytes: Callable[[int], bytes] = os.urandom,
@@ -193,9 +195,11 @@ class IngressGuard:
         """Read the mesh secrets, the mesh key and the arbitrator model (blocking I/O).
 
         Raises :class:`AgentError` naming the setting for an unreadable or
-        malformed key file. A model that cannot be loaded is *not* an error:
-        the guard runs without it (every MAYBE is DENYed), and says why in
-        the status and with pain once attached.
+        malformed key file. The model's files are checked here but the
+        interpreter (numpy and the TFLite runtime, ~30 MB of RSS) is built on
+        the first MAYBE (:class:`LazyArbitrator`). A model that cannot be
+        loaded, now or then, is *not* an error: the guard runs without it
+        (every MAYBE is DENYed), and says why in the status and with pain.
         """
         sec = config.security
         zone_keys: list[bytes] = []
@@ -208,15 +212,22 @@ class IngressGuard:
         mesh_key = None
         if sec.mesh_key_file is not None:
             mesh_key = _read_secret("mesh_key_file", sec.mesh_key_file)
-        arbitrator: Arbitrator | None = None
+        arbitrator: LazyArbitrator | None = None
         error: str | None = None
+        where = sec.arbitrator_model or "the shipped model"
+        guard: IngressGuard | None = None
+
+        def unavailable(exc: ModelError) -> None:
+            if guard is not None:
+                guard.arbitrator_unavailable(f"arbitrator model {where}: {exc} ({exc.reason})")
+
         try:
-            arbitrator = load_arbitrator(sec.arbitrator_model)
+            # The files are checked now; numpy and the runtime load on the first MAYBE.
+            arbitrator = LazyArbitrator(sec.arbitrator_model, on_unavailable=unavailable)
         except ModelError as exc:
-            where = sec.arbitrator_model or "the shipped model"
             error = f"arbitrator model {where}: {exc} ({exc.reason})"
             log.warning("%s; every MAYBE decision will DENY", error)
-        return cls(
+        guard = cls(
             config,
             node_key=node_key,
             zone_keys=zone_keys,
@@ -226,6 +237,22 @@ class IngressGuard:
             wall_clock=wall_clock,
             randbytes=randbytes,
         )
+        return guard
+
+    def arbitrator_unavailable(self, error: str) -> None:
+        """The lazily loaded model failed on the first MAYBE: say so in the status and with pain."""
+        self.arbitrator_error = error
+        self._pain("gateway.arbitrator", ARBITRATOR_PAIN, error)
+
+    @property
+    def arbitrator_state(self) -> str:
+        """``"not-loaded"`` (checked; loads on the first MAYBE), ``"loaded"``, ``"unavailable"``."""
+        arbitrator = self.gateway.arbitrator
+        if arbitrator is None:
+            return "unavailable"
+        if isinstance(arbitrator, LazyArbitrator):
+            return arbitrator.state
+        return "loaded"
 
     def attach(
         self, runtime: Runtime, peers: Mapping[str, PeerInfo], clock_now: Callable[[], Any]
@@ -500,7 +527,10 @@ class IngressGuard:
     def status(self) -> dict[str, Any]:
         """The status JSON's top-level ``gateway`` section."""
         out: dict[str, Any] = dict(self.gateway.statistics())
-        out["arbitrator"] = self.gateway.arbitrator is not None
+        state = self.arbitrator_state
+        # True while MAYBE cases go to a model (loaded, or checked and loaded on the first MAYBE).
+        out["arbitrator"] = state != "unavailable"
+        out["arbitrator_state"] = state
         out["arbitrator_error"] = self.arbitrator_error
         out["zone"] = self.mode
         zone = self.zone

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
 
 from ._http import HttpResponse, json_response
-from ._metrics import CONTENT_TYPE, agent_families, render
 from ._view import History, LagTracker, build_view, mesh_nodes
 
 if TYPE_CHECKING:
@@ -42,7 +41,16 @@ def dashboard_response() -> HttpResponse:
 
 
 def metrics_response(families: Any) -> HttpResponse:
+    from ._metrics import CONTENT_TYPE, render
+
     return HttpResponse(200, CONTENT_TYPE, render(families))
+
+
+def _agent_metrics(runtime: Runtime) -> HttpResponse:
+    # prometheus_client (~1.5 MB of RSS) is imported on the first scrape, not at start.
+    from ._metrics import agent_families
+
+    return metrics_response(agent_families(runtime.status()))
 
 
 def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dict[str, Any]:
@@ -104,7 +112,7 @@ def install_agent_routes(agent: Agent, runtime: Runtime) -> None:
         doc["history"] = history.export()
         return json_response(doc)
 
-    runtime.http_routes["/metrics"] = lambda: metrics_response(agent_families(runtime.status()))
+    runtime.http_routes["/metrics"] = functools.partial(_agent_metrics, runtime)
     runtime.http_routes["/view.json"] = view
     runtime.http_routes["/dashboard"] = dashboard_response
     runtime.http_routes["/"] = dashboard_response

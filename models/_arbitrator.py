@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +45,16 @@ import numpy.typing as npt
 
 from ._errors import ModelError
 from ._gateway import Arbitration
+from ._loader import (
+    CLASSES,
+    CLIP,
+    DEFAULT_RUNTIMES,
+    METADATA_FORMAT,
+    check_identifier,
+    check_metadata,
+    check_model_bytes,
+    read_model,
+)
 from ._zombie import FEATURE_NAMES, NUM_FEATURES
 
 __all__ = [
@@ -61,18 +69,7 @@ __all__ = [
 
 log = logging.getLogger("vsm_edge.models")
 
-CLASSES: Final[tuple[str, ...]] = ("honest", "replay", "flood", "slow-drip")
-METADATA_FORMAT: Final = 1
-MAX_MODEL_BYTES: Final = 1 << 20
-MAX_METADATA_BYTES: Final = 1 << 16
-CLIP: Final = 4.0
 _MAX_FEATURE: Final = 1e6
-SHIPPED_MODEL: Final = "arbitrator.tflite"
-# (module, distribution) in order of preference.
-DEFAULT_RUNTIMES: Final[tuple[tuple[str, str], ...]] = (
-    ("ai_edge_litert.interpreter", "ai-edge-litert"),
-    ("tflite_runtime.interpreter", "tflite-runtime"),
-)
 
 
 def standardize(
@@ -106,57 +103,6 @@ def model_metadata(
         "allow_threshold": allow_threshold,
         **(dict(extra) if extra else {}),
     }
-
-
-def _check_metadata(meta: object, model: bytes) -> tuple[list[float], list[float], float]:
-    if not isinstance(meta, dict):
-        raise ModelError("model metadata is not a JSON object", reason="corrupt")
-    if meta.get("format") != METADATA_FORMAT:
-        raise ModelError(
-            f"model metadata format {meta.get('format')!r} is not {METADATA_FORMAT}",
-            reason="incompatible",
-        )
-    if meta.get("sha256") != hashlib.sha256(model).hexdigest():
-        raise ModelError(
-            "model file does not match the SHA-256 in its metadata (corrupt or replaced)",
-            reason="corrupt",
-        )
-    if meta.get("features") != list(FEATURE_NAMES):
-        raise ModelError(
-            "model was trained on other features than this code computes", reason="incompatible"
-        )
-    if meta.get("classes") != list(CLASSES):
-        raise ModelError("model predicts other classes than this code knows", reason="incompatible")
-    mean, std = meta.get("mean"), meta.get("std")
-    threshold = meta.get("allow_threshold", 0.5)
-    ok = (
-        isinstance(mean, list)
-        and isinstance(std, list)
-        and len(mean) == len(std) == NUM_FEATURES
-        and all(isinstance(v, int | float) and math.isfinite(v) for v in mean)
-        and all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in std)
-        and isinstance(threshold, int | float)
-        and 0.0 < threshold < 1.0
-        and meta.get("clip") == CLIP
-    )
-    if not ok:
-        raise ModelError("model metadata has a bad standardisation or threshold", reason="corrupt")
-    assert isinstance(mean, list)
-    assert isinstance(std, list)
-    return [float(v) for v in mean], [float(v) for v in std], float(threshold)
-
-
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise ModelError(
-            f"cannot read the {what} {path}: {exc.strerror or exc}", reason="corrupt"
-        ) from None
-    if len(data) > limit:
-        raise ModelError(f"the {what} {path} is larger than {limit} bytes", reason="corrupt")
-    return data
 
 
 def _interpreter(model: bytes, runtimes: Sequence[tuple[str, str]]) -> tuple[Any, str]:
@@ -201,11 +147,9 @@ class Arbitrator:
         *,
         runtimes: Sequence[tuple[str, str]] = DEFAULT_RUNTIMES,
     ) -> None:
-        if not isinstance(model, bytes) or len(model) > MAX_MODEL_BYTES:
-            raise ModelError("model must be at most 1 MiB of bytes", reason="corrupt")
-        mean, std, threshold = _check_metadata(dict(metadata), model)
-        if len(model) < 8 or model[4:8] != b"TFL3":
-            raise ModelError("not a TFLite flatbuffer (identifier TFL3 missing)", reason="corrupt")
+        check_model_bytes(model)
+        mean, std, threshold = check_metadata(dict(metadata), model)
+        check_identifier(model)
         interpreter, runtime = _interpreter(model, runtimes)
         inputs = interpreter.get_input_details()
         outputs = interpreter.get_output_details()
@@ -329,10 +273,6 @@ class Arbitrator:
         return out
 
 
-def _shipped_model() -> Path:
-    return Path(str(resources.files("vsm_edge.models").joinpath(SHIPPED_MODEL)))
-
-
 def load_arbitrator(
     path: str | Path | None = None,
     *,
@@ -343,17 +283,7 @@ def load_arbitrator(
     Raises :class:`ModelError` when either file is missing, too large,
     corrupt, made for other features, or no runtime can run it.
     """
-    model_path = Path(path) if path is not None else _shipped_model()
-    model = _read_bounded(model_path, MAX_MODEL_BYTES, "model")
-    raw_meta = _read_bounded(model_path.with_suffix(".json"), MAX_METADATA_BYTES, "model metadata")
-    try:
-        meta = json.loads(raw_meta.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ModelError(
-            f"model metadata {model_path.with_suffix('.json')} is not JSON", reason="corrupt"
-        ) from None
-    if not isinstance(meta, dict):
-        raise ModelError("model metadata is not a JSON object", reason="corrupt")
+    model, meta = read_model(path)
     return Arbitrator(model, meta, runtimes=runtimes)
 
 

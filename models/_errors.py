@@ -11,6 +11,7 @@ __all__ = [
     "FilterFormatError",
     "IncompatibleFilterError",
     "ModelError",
+    "ModelUnavailableError",
     "ModelsError",
 ]
 
@@ -40,3 +41,11 @@ class ModelError(ModelsError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ModelUnavailableError(ModelError):
+    """A lazily loaded model could not be built (:class:`~vsm_edge.models.LazyArbitrator`).
+
+    ``reason`` is the load error's. A gateway DENYs the MAYBE
+    ``arbitrator-unavailable``, as it does with no arbitrator at all.
+    """

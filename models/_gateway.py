@@ -26,9 +26,10 @@ behaviour   the zombie rules, fed with this message            DENY quarantined
 A FRESH message that passes the behaviour check is ALLOWed. A MAYBE goes to
 the arbitrator first (its answer tells the behaviour statistics whether to
 count the message as fresh or as a duplicate); with no arbitrator (no
-runtime, no model) it fails closed: DENY arbitrator-unavailable. Every
-decision is a frozen :class:`Decision` naming the check and the reason that
-decided, and is counted by reason.
+runtime, no model, or a lazily loaded model that failed to load) it fails
+closed: DENY arbitrator-unavailable. Every decision is a frozen
+:class:`Decision` naming the check and the reason that decided, and is
+counted by reason.
 
 Time is the ``received_ms`` of each message: the gateway keeps the largest
 value seen, so a clock stepping back never reopens the replay window.
@@ -43,7 +44,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from ._errors import ModelError
+from ._errors import ModelError, ModelUnavailableError
 from ._replay import MAX_KID, MAX_NONCE, ReplayConfig, ReplayVerdict, ReplayWindow
 from ._zombie import (
     MAX_SOURCE,
@@ -347,6 +348,10 @@ class Gateway:
             )
         try:
             answer = arbitrator.classify(features)
+        except ModelUnavailableError:  # a lazy model that could not be loaded
+            return Decision(
+                Verdict.DENY, "arbitrator-unavailable", "arbitrator", True, features=features
+            )
         except ModelError:
             return Decision(
                 Verdict.DENY, "arbitrator-failed", "arbitrator", True, features=features

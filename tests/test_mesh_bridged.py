@@ -44,8 +44,13 @@ def test_agents_on_two_bridged_brokers_converge(
         def vvs() -> list[dict[str, int]]:
             return [s["replication"]["vv"] if s else {} for s in poll_statuses(agents)]
 
-        target = target_of(vvs())
-        assert set(target) == names  # every agent writes (readings, its report)
+        # Every agent writes (readings, its report); the mesh can form before
+        # the first write of the last agent to start has reached anyone.
+        def written() -> dict[str, int] | None:
+            target = target_of(vvs())
+            return target if set(target) == names else None
+
+        target = wait_until(written, 20, "every agent's first write")
         t0 = time.monotonic()
         wait_until(
             lambda: all(covers(vv, target) for vv in vvs()), 20, "convergence across the bridge"

@@ -84,6 +84,18 @@ class Mesh:
     def vvs(self) -> list[dict[str, int]]:
         return [s["replication"]["vv"] for s in self.statuses()]
 
+    def wait_written(self, timeout: float, what: str) -> None:
+        """Wait until some agent's version vector names every agent."""
+
+        def done() -> bool:
+            try:
+                target = target_of(self.vvs())
+            except _NotYet:
+                return False
+            return all(target.get(a.name, 0) > 0 for a in self.agents)
+
+        wait_until(done, timeout, what, poll=0.25)
+
     def wait_covers(self, target: dict[str, int], timeout: float, what: str) -> float:
         """Wait until every agent's version vector covers ``target``; the seconds it took."""
         start = time.monotonic()
@@ -135,6 +147,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def test_agents_converge_and_a_late_joiner_catches_up(mesh: Mesh) -> None:
+    # The mesh can form before an agent's first write reaches anyone (an agent
+    # that starts faster joins sooner): wait for every writer to be known first.
+    mesh.wait_written(CONVERGE_TIMEOUT_S, "every agent's first write")
     took = mesh.converge("the agents to converge")
     print(f"{len(mesh.agents)} agents converged on a common target in {took:.2f} s")
     before = target_of(mesh.vvs())  # everything written before the late joiner starts

@@ -120,6 +120,7 @@ async def test_corrupt_model_file_fails_closed_with_a_clear_error(
         assert a.security is not None
         status = a.security.status()
         assert status["arbitrator"] is False
+        assert status["arbitrator_state"] == "unavailable"
         assert str(model) in status["arbitrator_error"]
         assert "corrupt" in status["arbitrator_error"]
         assert any(str(model) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
@@ -147,6 +148,47 @@ async def test_corrupt_model_file_fails_closed_with_a_clear_error(
             )
             nursery.cancel_scope.cancel()
         assert reasons(a).get("arbitrator-allow", 0) == 0
+
+
+@pytest.mark.integration
+async def test_the_model_loads_on_the_first_maybe_and_decides_it(tmp_path: Path) -> None:
+    broker = MemoryBroker(seed=3)
+    configs = [agent_config(tmp_path, name) for name in ("a", "b")]
+    async with running_agents(configs, broker=broker) as (a, _b):
+        assert a.gateway is not None
+        assert a.security is not None
+        await wait_until(lambda: "b/report" in mesh_keys(a), "the mesh")
+        status = a.security.status()
+        # Honest traffic: no MAYBE, so the interpreter was never built.
+        assert status["maybe"] == 0
+        assert (status["arbitrator"], status["arbitrator_state"]) == (True, "not-loaded")
+        assert status["arbitrator_error"] is None
+        # An exact set of 0 entries makes a replay a MAYBE: the model loads and decides.
+        a.gateway.replay = ReplayWindow(os.urandom(32), ReplayConfig(exact_capacity=0), now_ms=0)
+        recorded: list[bytes] = []
+        spy = broker.transport("spy")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spy.run)
+            await spy.wait_connected()
+            await spy.subscribe("vsm/m/d/b", qos=1)
+
+            async def record() -> None:
+                async for message in spy.messages:
+                    recorded.append(message.payload)
+
+            nursery.start_soon(record)
+            await wait_until(lambda: len(recorded) >= 1, "a delta from b")
+            await spy.publish("vsm/m/d/b", recorded[0], qos=1)
+            await wait_until(lambda: a.security is not None and
+                             a.security.status()["maybe"] >= 1, "the MAYBE")  # fmt: skip
+            nursery.cancel_scope.cancel()
+        status = a.security.status()
+        assert (status["arbitrator"], status["arbitrator_state"]) == (True, "loaded")
+        decided = {r for r in reasons(a) if r.startswith("arbitrator-")}
+        assert decided
+        assert decided <= {"arbitrator-allow", "arbitrator-replay", "arbitrator-flood",
+                           "arbitrator-slow-drip"}  # fmt: skip
+        assert "gateway.arbitrator" not in alarm_sources(a)
 
 
 @pytest.mark.integration
