@@ -151,40 +151,40 @@ def _encode_key(key: object) -> bytes:
     raise TypeError(f"map keys must be int, str or bytes, not {type(key).__name__}")
 
 
-def _encode(obj: object, out: list[bytes], depth: int) -> None:
+def _encode(obj: object, out: bytearray, depth: int) -> None:
     if isinstance(obj, str):
         data = obj.encode()
-        out.append(encode_head(3, len(data)))
-        out.append(data)
+        out.extend(encode_head(3, len(data)))
+        out.extend(data)
     elif isinstance(obj, bool):  # before int: bool is an int subclass
-        out.append(b"\xf5" if obj else b"\xf4")
+        out.extend(b"\xf5" if obj else b"\xf4")
     elif isinstance(obj, int):
-        out.append(_encode_int(obj))
+        out.extend(_encode_int(obj))
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         data = bytes(obj)
-        out.append(encode_head(2, len(data)))
-        out.append(data)
+        out.extend(encode_head(2, len(data)))
+        out.extend(data)
     elif obj is None:
-        out.append(b"\xf6")
+        out.extend(b"\xf6")
     elif isinstance(obj, float):
-        out.append(_encode_float(obj))
+        out.extend(_encode_float(obj))
     elif isinstance(obj, (list, tuple)):
         if depth == 0:
             raise ValueError("nesting deeper than max_depth (or a cycle)")
-        out.append(encode_head(4, len(obj)))
+        out.extend(encode_head(4, len(obj)))
         for item in obj:
             _encode(item, out, depth - 1)
     elif isinstance(obj, Mapping):
         if depth == 0:
             raise ValueError("nesting deeper than max_depth (or a cycle)")
         pairs = sorted((_encode_key(k), v) for k, v in obj.items())
-        out.append(encode_head(5, len(pairs)))
+        out.extend(encode_head(5, len(pairs)))
         previous = None
         for key, value in pairs:
             if key == previous:  # e.g. b"k" and bytearray(b"k") in one dict
                 raise ValueError(f"duplicate map key {key.hex()}")
             previous = key
-            out.append(key)
+            out.extend(key)
             _encode(value, out, depth - 1)
     elif isinstance(obj, CBORTag):
         if depth == 0:
@@ -192,7 +192,7 @@ def _encode(obj: object, out: list[bytes], depth: int) -> None:
         tag = obj.tag
         if type(tag) is not int or not 0 <= tag < _UINT64_LIMIT:
             raise ValueError(f"invalid CBOR tag number {tag!r}")
-        out.append(encode_head(6, tag))
+        out.extend(encode_head(6, tag))
         _encode(obj.value, out, depth - 1)
     else:
         raise TypeError(f"cannot encode {type(obj).__name__} as CBOR (see the _cbor data model)")
@@ -207,9 +207,9 @@ def dumps(obj: object, *, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     catches cycles). Strings that are not valid Unicode raise
     ``UnicodeEncodeError`` (a ``ValueError``).
     """
-    out: list[bytes] = []
+    out = bytearray()  # one growing buffer: no object per encoded piece
     _encode(obj, out, max_depth)
-    return b"".join(out)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- decoding
