@@ -648,7 +648,7 @@ class MqttTransport:
             return
         with trio.move_on_after(min(self.settings.connect_timeout, 2.0)):
             conn.client.disconnect()
-            while conn.client.want_write() and not conn.lost.is_set():
+            while conn.client.want_write() and not conn.lost.is_set() and conn.sock.fileno() >= 0:
                 await trio.lowlevel.wait_writable(conn.sock)
                 conn.client.loop_write()
 
@@ -662,6 +662,11 @@ class MqttTransport:
                 while self._backlog:  # BACKPRESSURE: hand over what paho parsed first
                     await self._send.send(self._backlog[0])
                     self._backlog.popleft()
+                if conn.lost.is_set() or sock.fileno() < 0:
+                    # Lost while we were parked (paho's keepalive check closes the
+                    # socket): a send that completed returns before the pending
+                    # cancellation, and waiting on fd -1 would raise ValueError.
+                    break
                 await trio.lowlevel.wait_readable(sock)
                 # paho reads one packet a call when nothing of ours is in
                 # flight; read on while packets keep coming (each one we care
@@ -674,7 +679,7 @@ class MqttTransport:
                 # Bytes TLS already decrypted do not make the socket readable again.
                 while tls and not conn.lost.is_set() and not self._backlog and tls.pending():
                     conn.check(client.loop_read(), "reading")
-        except (trio.ClosedResourceError, OSError) as exc:
+        except (trio.ClosedResourceError, OSError, ValueError) as exc:  # ValueError: fd -1
             conn.mark_lost(f"reading: {exc!r}")
 
     async def _write_loop(self, conn: _Connection) -> None:
@@ -683,11 +688,11 @@ class MqttTransport:
             while not conn.lost.is_set():
                 await conn.wake_writer.wait()
                 conn.wake_writer = trio.Event()
-                while client.want_write() and not conn.lost.is_set():
+                while client.want_write() and not conn.lost.is_set() and sock.fileno() >= 0:
                     await trio.lowlevel.wait_writable(sock)
                     conn.check(client.loop_write(), "writing")
                 conn.drained.unpark_all()
-        except (trio.ClosedResourceError, OSError) as exc:
+        except (trio.ClosedResourceError, OSError, ValueError) as exc:  # ValueError: fd -1
             conn.mark_lost(f"writing: {exc!r}")
 
     async def _misc_loop(self, conn: _Connection) -> None:

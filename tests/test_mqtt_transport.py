@@ -395,3 +395,28 @@ def test_settings_reject_bad_values(options: dict[str, object]) -> None:
     options.setdefault("client_id", "n1")
     with pytest.raises(ValueError):
         MqttSettings(**options)  # type: ignore[arg-type]
+
+
+async def test_keepalive_lost_while_the_consumer_lags_reconnects_and_does_not_crash(
+    mosquitto: Mosquitto,
+) -> None:
+    """A slow consumer parks the reader (backpressure), so PINGRESP goes unread; paho's
+    keepalive check then closes the socket, and the transport reconnects. (An agent
+    under heavy load once died here: the parked send completed just as the socket
+    closed, and wait_readable(-1) raised ValueError before the pending cancellation;
+    that interleaving is not reproduced deterministically here, the reader now
+    checks the socket before waiting and treats ValueError as a lost connection.)"""
+    sub = transport(mosquitto, "lagging", keepalive=1, incoming_capacity=1)
+    pub = transport(mosquitto, "flooder")
+    async with trio.open_nursery() as nursery:
+        await connected(nursery, sub, pub)
+        await sub.subscribe("lag/+", qos=0)
+        for i in range(200):
+            await pub.publish(f"lag/{i % 4}", b"x" * 64, qos=0)
+        await trio.sleep(3.5)  # nobody reads: the reader is parked, keepalive runs out
+        with trio.fail_after(WAIT):
+            while sub.statistics().reconnects == 0 or sub.state != TransportState.CONNECTED:
+                with trio.move_on_after(0.05):
+                    await sub.messages.receive()
+        assert sub.statistics().reconnects >= 1
+        nursery.cancel_scope.cancel()
