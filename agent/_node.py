@@ -409,6 +409,8 @@ class Agent:
             if "/" not in key:
                 continue
             origin, _, rest = key.partition("/")
+            if origin == self.node:
+                continue  # our own entry, back in a peer's repair delta: not news
             if rest == "report":
                 try:
                     self.runtime.update_peer(PeerReport.from_cbor(value))
