@@ -343,6 +343,12 @@ maximum = 100
             return False
         return True
 
+    @staticmethod
+    def _reconnects(node: _Node) -> int:
+        transport = node.status.get("replication", {}).get("transport", {})
+        count = transport.get("reconnects", 0) if transport.get("state") == "connected" else 0
+        return count if isinstance(count, int) else 0
+
     async def _poll_all(self) -> None:
         async with trio.open_nursery() as nursery:
             for node in self.nodes:
@@ -413,11 +419,26 @@ maximum = 100
         victim = self.nodes[-1]
         self.say(f"partition: {victim.name} cut off from the broker")
         self.note("partition", node=victim.name)
+        before = self._reconnects(victim)
         victim.proxy.cut()
         await self._at(start, 0.65)
         victim.proxy.heal()
+        healed = trio.current_time()
         self.say(f"partition healed: {victim.name} reconnects")
         self.note("heal", node=victim.name)
+        # Its transport retries with exponential backoff (0.1 s doubling, with
+        # jitter), so after a few seconds cut off it may take a while to come
+        # back: say when it did, since the alarm that follows must reach it too.
+        alarm_at = start + 0.75 * self.duration
+        with trio.move_on_at(alarm_at):
+            # polling another process's status endpoint: no event to wait on
+            while not (await self._poll(victim) and self._reconnects(victim) > before):  # noqa: ASYNC110
+                await trio.sleep(POLL_S)
+            took = trio.current_time() - healed
+            self.say(f"{victim.name} reconnected {took:.1f} s after the heal (its backoff)")
+            self.note("reconnected", node=victim.name, after_heal_s=round(took, 2))
+        if self._reconnects(victim) <= before:
+            self.say(f"{victim.name} has not reconnected yet (backoff); the alarm goes out anyway")
         await self._at(start, 0.75)
         await self._alarm()
         await trio.sleep_until(start + self.duration)
