@@ -11,6 +11,11 @@ packets it hears and prints one JSON line per second: ``{"packets": N,
 "vsm": M}`` (M: packets naming ``_vsm-edge._tcp``).
 
     python -m support.avahi_standin --address 10.231.7.2 [--disallow-other-stacks]
+
+It only listens (it sends nothing), and the tests start it only inside a
+network namespace they created (tests/test_avahi_coexistence.py, through
+``NetnsNetwork.popen``), joining the group on that namespace's veth address:
+never on the host's interfaces.
 """
 
 from __future__ import annotations
