@@ -34,24 +34,31 @@ find_python() {
 }
 
 ensure_venv() {
+    # The venv holds exactly the versions in requirements.lock (made by
+    # scripts/lock.sh). When pyproject.toml, the lock or the extras change, the
+    # venv is made afresh so that nothing from an older install lingers.
     local py extras="$1"
     py="$(find_python)" || { apt_install python3 python3-venv && py="$(find_python)"; } \
         || { echo "error: Python >= 3.11 is required" >&2; exit 1; }
-    if [ ! -x "$VENV/bin/python" ]; then
-        if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
-            apt_install python3-venv || { echo "error: python3-venv is required" >&2; exit 1; }
-        fi
-        echo "==> creating $VENV" >&2
-        "$py" -m venv "$VENV"
+    if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+        apt_install python3-venv || { echo "error: python3-venv is required" >&2; exit 1; }
     fi
     local stamp="$VENV/.vsm-edge-installed" want
-    want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras"
+    want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -d' ' -f1) $extras"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        echo "==> installing vsm-edge${extras:+[$extras]} into $VENV (first run: a minute or two)" >&2
-        "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+        echo "==> creating $VENV with vsm-edge${extras:+[$extras]} from requirements.lock (a minute or two)" >&2
+        if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
+            echo "error: $VENV exists and is not a virtual environment; move it aside" >&2
+            exit 1
+        fi
+        rm -rf "$VENV"
+        "$py" -m venv "$VENV"
         local target="$ROOT"
         [ -z "$extras" ] || target="$ROOT[$extras]"
-        "$VENV/bin/python" -m pip install -q -e "$target" >&2
+        # PIP_CONSTRAINT (not -c) so that the isolated build of vsm-edge itself
+        # also takes setuptools from the lock.
+        PIP_CONSTRAINT="$ROOT/requirements.lock" \
+            "$VENV/bin/python" -m pip install -q -e "$target" >&2
         echo "$want" >"$stamp"
     fi
     export PATH="$VENV/bin:$PATH"

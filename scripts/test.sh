@@ -5,29 +5,32 @@
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    apt_install mosquitto || true
+# Every external program the tests run is listed, with its Debian package, in
+# tests/programs.txt. Install what is missing (as root); under CI=true a
+# missing program is an error here, before any test runs.
+export PATH="$PATH:/usr/sbin:/sbin"
+want_packages=() missing=()
+while read -r program package needed; do
+    case "$program" in ''|'#'*) continue ;; esac
+    [ "$needed" = always ] || [ "${CI:-}" = true ] || continue
+    command -v "$program" >/dev/null 2>&1 || want_packages+=("$package")
+done <"$ROOT/tests/programs.txt"
+if [ "${#want_packages[@]}" -gt 0 ]; then
+    # shellcheck disable=SC2046
+    apt_install $(printf '%s\n' "${want_packages[@]}" | sort -u) || true
 fi
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+while read -r program package needed; do
+    case "$program" in ''|'#'*) continue ;; esac
+    [ "$needed" = always ] || [ "${CI:-}" = true ] || continue
+    command -v "$program" >/dev/null 2>&1 || missing+=("$program (Debian package $package)")
+done <"$ROOT/tests/programs.txt"
+if [ "${#missing[@]}" -gt 0 ]; then
+    printf 'missing program: %s\n' "${missing[@]}" >&2
     if [ "${CI:-}" = true ]; then
-        echo "error: Mosquitto is missing and CI=true: the broker tests cannot be skipped" >&2
+        echo "error: CI=true and the tests need the programs above; install them (as root this script does)" >&2
         exit 1
     fi
-    echo "warning: Mosquitto is missing; broker tests will be skipped" >&2
-fi
-export PATH="$PATH:/usr/sbin:/sbin"
-
-# gcc/g++ build the firmware bridge's C reference codec and example sketch;
-# iproute2 gives `ip` for the network-namespace tests.
-for tool in gcc:gcc g++:g++ ip:iproute2; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || apt_install "${tool##*:}" || true
-done
-
-# Headless Chromium (Debian's package) loads the dashboard in
-# tests/test_aggregate_dashboard.py. Without it that test skips, except under
-# CI=true: there Chromium is installed here, and the test fails if it is missing.
-if [ "${CI:-}" = true ] && ! command -v chromium >/dev/null 2>&1; then
-    apt_install chromium || true
+    echo "warning: the tests that need the programs above will be skipped" >&2
 fi
 
 ensure_venv dev

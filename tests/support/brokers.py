@@ -36,12 +36,21 @@ __all__ = [
 START_TIMEOUT = 10.0
 
 
+def debian_package(program: str) -> str:
+    """The Debian package that ships ``program``, from tests/programs.txt."""
+    for line in (Path(__file__).parents[1] / "programs.txt").read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == program:
+            return fields[1]
+    return program
+
+
 def require_tool(name: str, *candidates: str) -> str:
     """The path of an executable, or skip (fail under CI=true) with the reason."""
     for candidate in (*candidates, shutil.which(name)):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    reason = f"{name} is not installed (apt-get install {name})"
+    reason = f"{name} is not installed (apt-get install {debian_package(name)})"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI=true, so this test may not be skipped")
     pytest.skip(reason)
