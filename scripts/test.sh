@@ -9,23 +9,20 @@ cd "$ROOT"
 # tests/programs.txt. Install what is missing (as root); under CI=true a
 # missing program is an error here, before any test runs.
 export PATH="$PATH:/usr/sbin:/sbin"
-want_packages=() missing=()
-while read -r program package needed; do
-    case "$program" in ''|'#'*) continue ;; esac
-    [ "$needed" = always ] || [ "${CI:-}" = true ] || continue
-    command -v "$program" >/dev/null 2>&1 || want_packages+=("$package")
-done <"$ROOT/tests/programs.txt"
-if [ "${#want_packages[@]}" -gt 0 ]; then
-    # shellcheck disable=SC2046
-    apt_install $(printf '%s\n' "${want_packages[@]}" | sort -u) || true
-fi
-while read -r program package needed; do
-    case "$program" in ''|'#'*) continue ;; esac
-    [ "$needed" = always ] || [ "${CI:-}" = true ] || continue
-    command -v "$program" >/dev/null 2>&1 || missing+=("$program (Debian package $package)")
-done <"$ROOT/tests/programs.txt"
+missing_programs() {
+    # "program package" for each program of the list this run needs and lacks.
+    local program package needed
+    while read -r program package needed; do
+        case "$program" in ''|'#'*) continue ;; esac
+        [ "$needed" = always ] || [ "${CI:-}" = true ] || continue
+        command -v "$program" >/dev/null 2>&1 || echo "$program $package"
+    done <"$ROOT/tests/programs.txt"
+}
+mapfile -t packages < <(missing_programs | cut -d' ' -f2 | sort -u)
+[ "${#packages[@]}" -eq 0 ] || apt_install "${packages[@]}" || true
+mapfile -t missing < <(missing_programs)
 if [ "${#missing[@]}" -gt 0 ]; then
-    printf 'missing program: %s\n' "${missing[@]}" >&2
+    printf 'missing program (Debian package): %s\n' "${missing[@]}" >&2
     if [ "${CI:-}" = true ]; then
         echo "error: CI=true and the tests need the programs above; install them (as root this script does)" >&2
         exit 1
