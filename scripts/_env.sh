@@ -58,6 +58,8 @@ ensure_venv() {
         # PIP_CONSTRAINT (not -c) so that the isolated build of vsm-edge itself
         # also takes setuptools from the lock.
         PIP_CONSTRAINT="$ROOT/requirements.lock" \
+            "$VENV/bin/python" -m pip install -q pip >&2
+        PIP_CONSTRAINT="$ROOT/requirements.lock" \
             "$VENV/bin/python" -m pip install -q -e "$target" >&2
         echo "$want" >"$stamp"
     fi
