@@ -14,6 +14,7 @@ python3 -m venv "$TOOL/venv"
 "$TOOL/venv/bin/python" -m pip install -q "uv==$UV_VERSION"
 cd "$ROOT"
 "$TOOL/venv/bin/uv" pip compile pyproject.toml scripts/build-requirements.in \
+    --constraint scripts/lock-constraints.txt \
     --extra dev --universal --python-version 3.11 \
     --custom-compile-command "bash scripts/lock.sh" \
     -o requirements.lock "$@"
