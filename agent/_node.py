@@ -194,6 +194,7 @@ class Agent:
                 {MESH_DOC: mesh_doc},
                 store=store,
                 ingress=guard.ingress,
+                blame=guard.blame,
                 on_app=self._on_app,
                 mesh_key=guard.mesh_key,
             )

@@ -63,6 +63,7 @@ from vsm_edge.models import (
     GatewayConfig,
     LazyArbitrator,
     ModelError,
+    Observation,
     ZombieConfig,
     ZombieEvent,
     ZonePolicy,
@@ -291,6 +292,19 @@ class IngressGuard:
         )
         self._drain_events()
         return None if decision.allowed else f"gateway:{decision.reason}"
+
+    def blame(self, sender: str, reason: str) -> None:
+        """A validly signed message from ``sender`` broke a rule no honest node
+        breaks (the replicator's dot rules): evidence against it."""
+        self.gateway.detector.observe(
+            sender,
+            Observation.INVALID,
+            kind=reason,
+            hlc=0,
+            size=0,
+            now_ms=self._wall_clock(),
+        )
+        self._drain_events()
 
     def _retained_check(self, inbound: Inbound) -> str | None:
         envelope = inbound.envelope

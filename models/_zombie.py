@@ -29,14 +29,16 @@ Zombie rules (explainable, thresholds in :class:`ZombieConfig`): each fresh
 message that arrives while a rule holds adds one unit of *evidence* (decayed
 over ~10 s); at ``evidence_threshold`` the peer is quarantined for
 ``quarantine_ms``. The rules are a *flood* (the ~10 s rate at least
-``flood_rate`` and at least ``flood_ratio`` times the peer's own baseline)
-and a *repair storm* (repair requests at least ``repair_storm_rate`` per
-second over ~10 s). Forged signatures and out-of-zone kids quarantine only when
-``quarantine_on_bad`` is set: do that only where the broker authenticates the
-source (per-client topic ACLs), or anybody could get an honest peer
-quarantined by forging messages in its name. Duplicates never quarantine, for
-the same reason (anybody can replay a peer's old envelopes); they are dropped
-by the replay check anyway.
+``flood_rate`` and at least ``flood_ratio`` times the peer's own baseline) and
+a *repair storm* (repair requests at least ``repair_storm_rate`` per second
+over ~10 s). An *invalid* message (validly signed, so attributable, but
+breaking a rule no honest node breaks, such as minting another node's dots)
+adds ``invalid_evidence`` units at once. Forged signatures and out-of-zone
+kids quarantine only when ``quarantine_on_bad`` is set: do that only where the
+broker authenticates the source (per-client topic ACLs), or anybody could get
+an honest peer quarantined by forging messages in its name. Duplicates never
+quarantine, for the same reason (anybody can replay a peer's old envelopes);
+they are dropped by the replay check anyway.
 
 State is bounded: at most ``max_peers`` peers (least recently seen evicted,
 counted), at most ``max_quarantined`` quarantines (a separate table, so
@@ -102,6 +104,7 @@ class Observation(enum.Enum):
     FORGED = "forged"  # the signature did not verify
     OUT_OF_ZONE = "out-of-zone"  # the kid is not in the zone
     STALE = "stale"  # HLC too old or too far ahead
+    INVALID = "invalid"  # validly signed, but breaks a rule no honest node breaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class ZombieConfig:
     flood_rate: float = 15.0  # fresh messages/s over ~10 s
     flood_ratio: float = 10.0  # times the peer's own baseline
     repair_storm_rate: float = 10.0  # repair requests/s over ~10 s
+    invalid_evidence: float = 4.0  # evidence per INVALID message (signed, so attributable)
     evidence_threshold: float = 20.0
     quarantine_on_bad: bool = False
     bad_limit: float = 20.0
@@ -290,6 +294,8 @@ class ZombieDetector:
             return None
         if observation is Observation.STALE:
             return None
+        if observation is Observation.INVALID:
+            return self._add_evidence(peer, "invalid", cfg.invalid_evidence, source, now_ms)
         # FRESH
         peer.dup -= _ALPHA_DUP * peer.dup
         dt = max(0, now_ms - peer.t_rate)
@@ -337,13 +343,18 @@ class ZombieDetector:
             why = "flood"
         elif peer.repair >= cfg.repair_storm_rate:
             why = "repair-storm"
+        return self._add_evidence(peer, why, 1.0 if why else 0.0, source, now_ms)
+
+    def _add_evidence(
+        self, peer: _Peer, why: str, amount: float, source: str, now_ms: int
+    ) -> Quarantine | None:
         de = max(0, now_ms - peer.t_evidence)
         peer.evidence *= math.exp(-de / _TAU_EVIDENCE)
         peer.t_evidence = max(peer.t_evidence, now_ms)
-        if why:
-            peer.evidence += 1.0
+        if amount:
+            peer.evidence += amount
             peer.why = why
-            if peer.evidence >= cfg.evidence_threshold:
+            if peer.evidence >= self.config.evidence_threshold:
                 return self.quarantine(source, why, now_ms)
         return None
 

@@ -384,7 +384,7 @@ class CausalCRDT:
         for r, removed in b._records.items():
             if r not in a_ctx:
                 kills.update(d for d in removed if d in a_index)
-        if len(b_ctx) <= len(a_index):
+        if b_ctx.dot_count() <= len(a_index):
             kills.update(d for d in b_ctx.dots() if d in a_index and d not in b_index)
         else:
             kills.update(d for d in a_index if d in b_ctx and d not in b_index)
@@ -420,11 +420,11 @@ class CausalCRDT:
         if not missing:
             return type(self)()
         index = self._index
-        if len(missing) <= len(index):
+        if missing.dot_count() <= len(index):
             chosen = [(d, index[d]) for d in missing.dots() if d in index]
         else:
             chosen = [(d, p) for d, p in index.items() if d not in digest]
-        if len(missing) <= len(self._records):
+        if missing.dot_count() <= len(self._records):
             recs = {r: self._records[r] for r in missing.dots() if r in self._records}
         else:
             recs = {r: ds for r, ds in self._records.items() if r not in digest}

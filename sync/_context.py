@@ -18,6 +18,7 @@ types (counters, the plain LWW register).
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, cast
@@ -234,13 +235,17 @@ class CausalContext:
                 for c in range(r[i], r[i + 1] + 1):
                     yield Dot(node, c)
 
-    def __len__(self) -> int:
-        """The number of dots (not of ranges)."""
+    def dot_count(self) -> int:
+        """The number of dots (not of ranges); may exceed ``sys.maxsize``."""
         total = 0
         for r in self._r.values():
             for i in range(0, len(r), 2):
                 total += r[i + 1] - r[i] + 1
         return total
+
+    def __len__(self) -> int:
+        """:meth:`dot_count`, capped at ``sys.maxsize`` (``len()`` cannot return more)."""
+        return min(self.dot_count(), sys.maxsize)
 
     def __bool__(self) -> bool:
         return bool(self._r)

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from ._causal import CausalCRDT
 from ._cbor import DEFAULT_MAX_ITEMS, dumps, loads
 from ._context import CausalContext
-from ._gossip import ApplyOutcome
+from ._gossip import MAX_DOT_JUMP, ApplyOutcome, DotRuleError, Offer
 from ._ydoc import RootType, StateVector, YDoc, YUpdate
 
 __all__ = ["ChangeObserver", "CrdtDocument", "YjsDocument"]
@@ -124,11 +124,17 @@ class CrdtDocument(Generic[C]):
     def digest(self) -> Any:
         return self.state.digest().to_cbor()
 
-    def lacks(self, remote_digest: Any) -> bool:
-        return not self.state.digest().covers(CausalContext.from_cbor(remote_digest))
+    def parse_digest(self, raw: Any) -> CausalContext:
+        return CausalContext.from_cbor(raw)
 
-    def delta_since(self, remote_digest: Any) -> bytes | None:
-        remote = CausalContext.from_cbor(remote_digest)
+    def lacks(self, remote_digest: CausalContext) -> bool:
+        return not self.state.digest().covers(remote_digest)
+
+    def own_counter(self, remote_digest: CausalContext, node: str) -> int:
+        return remote_digest.max(node)
+
+    def delta_since(self, remote_digest: CausalContext) -> bytes | None:
+        remote = remote_digest
         if self._floor and not remote.covers(self._floor):
             return self.encode_state()  # see the module docstring
         if not remote:
@@ -140,8 +146,10 @@ class CrdtDocument(Generic[C]):
             return None
         return dumps(delta.to_cbor())
 
-    def apply(self, data: bytes) -> ApplyOutcome:
+    def apply(self, data: bytes, offer: Offer | None = None) -> ApplyOutcome:
         delta = self.decode(data)
+        if offer is not None:
+            self.admit(delta.digest(), offer)
         if not delta.is_ready(self.state.digest()):
             return ApplyOutcome.NOT_READY
         self.state = self.state.merge(delta)
@@ -149,12 +157,58 @@ class CrdtDocument(Generic[C]):
             observer(self._name, delta, False)
         return ApplyOutcome.APPLIED
 
-    def compact(self, stable: list[Any]) -> None:
+    def admit(self, context: CausalContext, offer: Offer) -> None:
+        """The dot rules (docs/protocol.md §3.4); raises DotRuleError.
+
+        1. No node's counter moves more than ``MAX_DOT_JUMP`` past the most we
+           know of it: our own context, or what the node signed itself in a
+           digest (blamed: no honest node gets near it).
+        2. A pushed delta (``offer.relayed`` false) carries only its sender's
+           dots (blamed): otherwise a member could mint another node's future
+           dots and so suppress its later writes.
+        3. A repair answer may carry other nodes' dots: ours (how a node whose
+           store lost its tail learns its counter back) and those of nodes
+           that never told us their counter, up to rule 1; those of a node
+           that did, only up to what it signed or what we hold. Honest relays
+           race the node's own digest, so this refusal is not blamed: the next
+           digest exchange asks again.
+        """
+        local = self.state.digest()
+        for node in context.nodes():
+            top = context.max(node)
+            mine = local.max(node)
+            if top <= mine:
+                continue
+            signed = offer.signed(node)
+            known = max(mine, signed)
+            if top > known + MAX_DOT_JUMP:
+                raise DotRuleError(
+                    "dot-jump",
+                    f"{node}'s counter {top} is more than {MAX_DOT_JUMP} past {known}",
+                    blame=True,
+                )
+            if node == offer.sender:
+                continue
+            if not offer.relayed:
+                raise DotRuleError(
+                    "foreign-dots",
+                    f"a pushed delta from {offer.sender} carries {node}'s dots",
+                    blame=True,
+                )
+            if node != offer.receiver and signed and top > known:
+                raise DotRuleError(
+                    "unsigned-dots",
+                    f"{offer.sender} relays {node}'s counter {top}, past the {known} "
+                    f"{node} signed",
+                    blame=False,
+                )
+
+    def compact(self, stable: list[CausalContext]) -> None:
         if not stable:
             return
-        meet = CausalContext.from_cbor(stable[0])
+        meet = stable[0]
         for digest in stable[1:]:
-            meet = meet & CausalContext.from_cbor(digest)
+            meet = meet & digest
         compacted = self.state.compact(meet)
         if compacted is not self.state:
             self._floor = self._floor | (meet & self.state.digest())
@@ -211,16 +265,24 @@ class YjsDocument:
     def digest(self) -> Any:
         return self.ydoc.digest().to_cbor()
 
-    def lacks(self, remote_digest: Any) -> bool:
-        return not self.ydoc.digest().covers(StateVector.from_cbor(remote_digest))
+    def parse_digest(self, raw: Any) -> StateVector:
+        return StateVector.from_cbor(raw)
 
-    def delta_since(self, remote_digest: Any) -> bytes | None:
-        update = self.ydoc.delta_since(StateVector.from_cbor(remote_digest))
+    def lacks(self, remote_digest: StateVector) -> bool:
+        return not self.ydoc.digest().covers(remote_digest)
+
+    def own_counter(self, remote_digest: StateVector, node: str) -> int:
+        return 0  # Yjs clocks belong to client ids, not to nodes (docs/security.md)
+
+    def delta_since(self, remote_digest: StateVector) -> bytes | None:
+        update = self.ydoc.delta_since(remote_digest)
         if update.is_bottom():
             return None
         return dumps(update.to_cbor())
 
-    def apply(self, data: bytes) -> ApplyOutcome:
+    def apply(self, data: bytes, offer: Offer | None = None) -> ApplyOutcome:
+        # No dot rules: Yjs clocks belong to client ids, which are not bound
+        # to node keys (docs/security.md, "what a member can do").
         update = YUpdate.from_cbor(_loads_state(data, self.max_state_bytes))
         before = self.ydoc.digest()
         self.ydoc.merge(update)

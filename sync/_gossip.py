@@ -66,27 +66,68 @@ import itertools
 import random
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from ._errors import MalformedError, SyncError
+from ._errors import MalformedError, SyncError, WireError
 
 __all__ = [
+    "MAX_DOT_JUMP",
     "ApplyOutcome",
     "Broadcast",
     "Direct",
+    "DotRuleError",
     "Gossip",
     "GossipConfig",
     "GossipDocument",
     "Joined",
+    "Offer",
 ]
 
 KIND_DELTA = "delta"
 KIND_DIGEST = "digest"
 KIND_REPAIR = "repair"
 KIND_CHUNK = "chunk"
+
+#: How far a delta may move a node's highest counter past what this replica
+#: knows of it (its own context, or what the node itself signed in a digest):
+#: docs/protocol.md §3.4. 35 years of 1,000 writes a second, and 2**23 times
+#: below the 2**63 - 1 counter limit, so that no member can exhaust another
+#: node's counters.
+MAX_DOT_JUMP = 1 << 40
+#: Nodes whose signed digests are remembered per document (oldest forgotten).
+MAX_SIGNED_NODES = 4096
+
+
+class DotRuleError(MalformedError):
+    """A well-formed delta that breaks the dot rules (docs/protocol.md §3.4).
+
+    ``reason`` names the rule; ``blame`` is true when no honest sender could
+    have sent it (the adapter then adds evidence against the sender).
+    """
+
+    def __init__(self, reason: str, detail: str, *, blame: bool) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.blame = blame
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Who offers a delta to a document, for its admission rule (the dot rules).
+
+    ``relayed`` is true for the answer to a repair this node asked ``sender``
+    for: only such an answer may carry other nodes' dots. ``signed(node)`` is
+    the highest counter ``node`` itself signed for this document (in its own
+    digest), 0 when it never told us. ``receiver`` is this node's id.
+    """
+
+    sender: str
+    relayed: bool
+    signed: Callable[[str], int]
+    receiver: str
 
 
 class ApplyOutcome(Enum):
@@ -110,28 +151,44 @@ class GossipDocument(Protocol):
         """The document's current digest (a version vector), CBOR-ready."""
         ...
 
-    def lacks(self, remote_digest: Any) -> bool:
-        """True when ``remote_digest`` covers an update this replica lacks.
+    def parse_digest(self, raw: Any) -> Any:
+        """Decode and check a digest from the wire (the CBOR value of :meth:`digest`).
 
-        Raises MalformedError when the digest is not well formed.
+        The only method that sees a peer's raw digest: it raises MalformedError
+        on anything outside the documented limits, and what it returns is what
+        :meth:`lacks`, :meth:`delta_since` and :meth:`compact` take, which
+        never raise on it. The core parses every digest when it arrives, so a
+        bad one is refused then, never later from a timer.
         """
         ...
 
-    def delta_since(self, remote_digest: Any) -> bytes | None:
-        """Encoded delta that brings a replica at ``remote_digest`` up to date,
-        or None when it lacks nothing. Raises MalformedError on a bad digest."""
+    def lacks(self, remote_digest: Any) -> bool:
+        """True when ``remote_digest`` (parsed) covers an update this replica lacks."""
         ...
 
-    def apply(self, data: bytes) -> ApplyOutcome:
-        """Join an encoded delta or state if it is causally ready.
+    def own_counter(self, remote_digest: Any, node: str) -> int:
+        """The highest counter of ``node``'s own dots in ``remote_digest`` (parsed);
+        0 for a document without per-node counters."""
+        ...
 
-        Raises MalformedError (or another WireError) when ``data`` does not
-        decode; the document is then unchanged.
+    def delta_since(self, remote_digest: Any) -> bytes | None:
+        """Encoded delta that brings a replica at ``remote_digest`` (parsed) up
+        to date, or None when it lacks nothing."""
+        ...
+
+    def apply(self, data: bytes, offer: Offer | None = None) -> ApplyOutcome:
+        """Join an encoded delta or state if it is admitted and causally ready.
+
+        ``offer`` says who offers it (None: already admitted, e.g. a retry of
+        a buffered delta, or our own store at start). Raises DotRuleError when
+        the delta breaks the dot rules for that offer, MalformedError (or
+        another WireError) when ``data`` does not decode; the document is then
+        unchanged.
         """
         ...
 
     def compact(self, stable: list[Any]) -> None:
-        """Drop metadata covered by every digest in ``stable`` (may be a no-op).
+        """Drop metadata covered by every (parsed) digest in ``stable`` (may be a no-op).
 
         ``stable`` holds the digests of *live* peers only, so a peer that was
         away may come back below what was compacted: ``delta_since`` must then
@@ -241,6 +298,7 @@ class _Stats:
     pending_dropped: int = 0
     duplicates: int = 0
     malformed: int = 0
+    dot_rule: int = 0
     unknown_doc: int = 0
     digests_sent: int = 0
     repairs_requested: int = 0
@@ -293,6 +351,12 @@ class Gossip:
         self._transfers: dict[tuple[str, int], _Transfer] = {}
         self._transfer_ids = itertools.count(1)
         self._repair: tuple[str, float] | None = None  # (peer, sent at)
+        # Peers we asked for a repair lately (peer -> when): their direct
+        # deltas are answers, which may carry other nodes' dots, even if they
+        # arrive after the in-flight marker timed out.
+        self._asked: OrderedDict[str, float] = OrderedDict()
+        # doc -> node -> the highest own counter the node signed in a digest.
+        self._signed: dict[str, OrderedDict[str, int]] = {name: OrderedDict() for name in docs}
         self._next_check = float("inf")  # the earliest _Peer.check_at
         # Digest periods are jittered (x0.5..1.5) so that nodes that started, or
         # reconnected, together do not stay in step; seeded by the node id, so a
@@ -314,14 +378,18 @@ class Gossip:
         if self._batch_bytes >= self.config.batch_max_bytes:
             self._flush_batch(now)
 
-    def receive(self, sender: str, kind: str, body: Any, now: float, *, direct: bool) -> None:
+    def receive(
+        self, sender: str, kind: str, body: Any, now: float, *, direct: bool
+    ) -> DotRuleError | None:
         """Handle one message from ``sender`` (already verified by the adapter).
 
-        Malformed bodies are counted and dropped (they never raise); the
-        adapter's gateway decides about the sender.
+        Malformed bodies are counted and dropped (they never raise). Returns
+        the first dot-rule violation in the message, if any (its deltas were
+        refused), so that the adapter can count it and, when ``blame`` is
+        set, hold it against the sender.
         """
         if sender == self.node:
-            return
+            return None
         peer = self._peers.get(sender)
         if peer is None:
             peer = self._peers[sender] = _Peer(last_seen=now)
@@ -332,17 +400,18 @@ class Gossip:
         peer.last_seen = now
         try:
             if kind == KIND_DELTA:
-                self._on_delta(sender, body, now, direct=direct)
-            elif kind == KIND_DIGEST:
+                return self._on_delta(sender, body, now, direct=direct)
+            if kind == KIND_DIGEST:
                 self._on_digest(sender, peer, body, now)
             elif kind == KIND_REPAIR:
                 self._on_repair(sender, body)
             elif kind == KIND_CHUNK:
-                self._on_chunk(sender, body, now)
+                return self._on_chunk(sender, body, now)
             else:
                 self._stats.malformed += 1  # a kind from a newer protocol: ignored
-        except MalformedError:
+        except WireError:  # MalformedError, or a reassembled transfer past a limit
             self._stats.malformed += 1
+        return None
 
     def peer_gone(self, node: str) -> None:
         """Forget a peer (it went offline): it no longer holds back stability."""
@@ -371,6 +440,25 @@ class Gossip:
                 self._stats.transfers_dropped += 1
         if self._repair is not None and now >= self._repair[1] + self.config.repair_timeout:
             self._repair = None  # lost; the next digest from anyone retries
+        while self._asked and next(iter(self._asked.values())) < now - self._answer_window():
+            self._asked.popitem(last=False)
+
+    def _answer_window(self) -> float:
+        """How long after asking a peer its direct deltas count as the answer."""
+        return 4 * self.config.repair_timeout + self.config.transfer_timeout
+
+    def signed_counter(self, doc: str, node: str) -> int:
+        """The highest own counter ``node`` signed in a digest of ``doc`` (0: none)."""
+        signed = self._signed.get(doc)
+        return 0 if signed is None else signed.get(node, 0)
+
+    def _signed_lookup(self, doc: str) -> Callable[[str], int]:
+        signed = self._signed[doc]
+
+        def lookup(node: str) -> int:
+            return signed.get(node, 0)
+
+        return lookup
 
     def digest_period(self) -> float:
         """This node's interval between digest broadcasts (see the theory of operation)."""
@@ -413,10 +501,6 @@ class Gossip:
             counters={k: getattr(self._stats, k) for k in _Stats.__slots__},
         )
 
-    def peer_digests(self) -> dict[str, dict[str, Any]]:
-        """The latest digests heard from each live peer (a copy)."""
-        return {name: dict(p.digests) for name, p in self._peers.items()}
-
     # -- internals -----------------------------------------------------------
 
     def _flush_batch(self, now: float) -> None:
@@ -435,17 +519,32 @@ class Gossip:
         self._actions.append(Broadcast(KIND_DIGEST, self._digests()))
         self._stats.digests_sent += 1
 
-    def _on_delta(self, sender: str, body: Any, now: float, *, direct: bool) -> None:
+    def _on_delta(
+        self, sender: str, body: Any, now: float, *, direct: bool
+    ) -> DotRuleError | None:
         items = _expect_pairs(body)
+        relayed = direct and (
+            sender in self._asked or (self._repair is not None and self._repair[0] == sender)
+        )
         if direct and self._repair is not None and self._repair[0] == sender:
             self._repair = None  # the answer to our repair request
         progressed: set[str] = set()
+        refused: DotRuleError | None = None
         for doc_name, data in items:
             doc = self.docs.get(doc_name)
             if doc is None:
                 self._stats.unknown_doc += 1
                 continue
-            outcome = doc.apply(data)
+            offer = Offer(sender, relayed, self._signed_lookup(doc_name), self.node)
+            try:
+                outcome = doc.apply(data, offer)
+            except DotRuleError as exc:
+                self._stats.dot_rule += 1
+                refused = refused or exc
+                continue
+            except WireError:
+                self._stats.malformed += 1
+                continue
             if outcome is ApplyOutcome.APPLIED:
                 self._stats.deltas_applied += 1
                 self._events.append(Joined(doc_name, sender, len(data), direct))
@@ -457,6 +556,7 @@ class Gossip:
         # against p pending ones would otherwise cost n * p joins.
         for doc_name in sorted(progressed):
             self._retry_pending(doc_name)
+        return refused
 
     def _buffer(self, sender: str, doc: str, data: bytes, now: float) -> None:
         key = (sender, doc, data)
@@ -480,7 +580,7 @@ class Gossip:
                 sender, _, data = key
                 try:
                     outcome = self.docs[doc_name].apply(data)
-                except MalformedError:  # decoded before, so unexpected; never loop on it
+                except WireError:  # decoded before, so unexpected; never loop on it
                     del self._pending[key]
                     self._stats.malformed += 1
                     continue
@@ -493,11 +593,17 @@ class Gossip:
     def _on_digest(self, sender: str, peer: _Peer, body: Any, now: float) -> None:
         if not isinstance(body, dict):
             raise MalformedError("digest body must be a map of document -> digest")
+        # Parse every digest first: one bad digest refuses the whole message,
+        # and nothing unparsed is ever kept for a timer to trip over later.
+        parsed = {
+            doc_name: self.docs[doc_name].parse_digest(raw)
+            for doc_name, raw in body.items()
+            if isinstance(doc_name, str) and doc_name in self.docs
+        }
         behind: dict[str, GossipDocument] = {}
-        for doc_name, digest in body.items():
-            doc = self.docs.get(doc_name)
-            if doc is None:
-                continue
+        for doc_name, digest in parsed.items():
+            doc = self.docs[doc_name]
+            self._note_signed(doc_name, sender, doc.own_counter(digest, sender))
             first = doc_name not in peer.digests
             peer.digests[doc_name] = digest
             # See the theory of operation: the first digest at once, later ones
@@ -512,6 +618,14 @@ class Gossip:
             self._next_check = min(self._next_check, peer.check_at)
         if behind:
             self._request_repair(sender, behind, now)
+
+    def _note_signed(self, doc: str, node: str, counter: int) -> None:
+        signed = self._signed[doc]
+        if counter > signed.get(node, 0):
+            signed[node] = counter
+            signed.move_to_end(node)
+            while len(signed) > MAX_SIGNED_NODES:
+                signed.popitem(last=False)
 
     def _check_aged_digests(self, now: float) -> None:
         """Compare our state with every peer digest that is now old enough."""
@@ -535,17 +649,21 @@ class Gossip:
         wanted = {name: doc.digest() for name, doc in docs.items()}
         self._actions.append(Direct(peer, KIND_REPAIR, wanted))
         self._repair = (peer, now)
+        self._asked.pop(peer, None)
+        self._asked[peer] = now
         self._stats.repairs_requested += 1
 
     def _on_repair(self, sender: str, body: Any) -> None:
         if not isinstance(body, dict):
             raise MalformedError("repair body must be a map of document -> digest")
+        parsed = {
+            doc_name: self.docs[doc_name].parse_digest(raw)
+            for doc_name, raw in body.items()
+            if isinstance(doc_name, str) and doc_name in self.docs
+        }
         reply: list[list[Any]] = []
-        for doc_name, digest in body.items():
-            doc = self.docs.get(doc_name)
-            if doc is None:
-                continue
-            data = doc.delta_since(digest)
+        for doc_name, digest in parsed.items():
+            data = self.docs[doc_name].delta_since(digest)
             if data is not None:
                 reply.append([doc_name, data])
         self._stats.repairs_served += 1
@@ -567,7 +685,7 @@ class Gossip:
             self._actions.append(Direct(to, KIND_CHUNK, [transfer, index, len(parts), part]))
         self._stats.chunks_sent += len(parts)
 
-    def _on_chunk(self, sender: str, body: Any, now: float) -> None:
+    def _on_chunk(self, sender: str, body: Any, now: float) -> DotRuleError | None:
         if not (
             isinstance(body, list)
             and len(body) == 4
@@ -607,9 +725,10 @@ class Gossip:
 
             blob = b"".join(transfer.parts[i] for i in range(count))
             self._stats.transfers_completed += 1
-            self._on_delta(
+            return self._on_delta(
                 sender, loads(blob, max_size=self.config.max_transfer_bytes), now, direct=True
             )
+        return None
 
     def _compact(self, now: float) -> None:
         timeout = max(self.config.peer_timeout, 3 * self.digest_period())
@@ -617,7 +736,7 @@ class Gossip:
         for name, doc in self.docs.items():
             stable = [p.digests[name] for p in live if name in p.digests]
             if len(stable) == len(live):  # every live peer has told us its digest
-                doc.compact([doc.digest(), *stable])
+                doc.compact([doc.parse_digest(doc.digest()), *stable])
 
 
 def _expect_pairs(body: Any) -> list[tuple[str, bytes]]:

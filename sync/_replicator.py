@@ -69,6 +69,15 @@ log = logging.getLogger("vsm_edge.sync.replicator")
 Document = CrdtDocument[Any] | YjsDocument
 
 _QOS = {"delta": 1, "digest": 0, "repair": 1, "chunk": 1}
+# The envelope kinds each channel carries (docs/protocol.md §4); any other is refused.
+_KINDS: dict[str, frozenset[str]] = {
+    "d": frozenset({"delta"}),
+    "sv": frozenset({"digest"}),
+    "to": frozenset({"delta", "digest", "repair", "chunk"}),
+    "presence": frozenset({"presence"}),
+    "alg": frozenset({"alg"}),
+    "policy": frozenset({"policy"}),
+}
 
 
 def presence_topic(mesh: str, node: str) -> str:
@@ -120,6 +129,13 @@ class IngressCheck(Protocol):
     def __call__(self, inbound: Inbound, /) -> str | None: ...
 
 
+class Blame(Protocol):
+    """Told when a validly signed message from ``sender`` broke a rule no
+    honest node breaks (``reason``): the gateway's evidence against it."""
+
+    def __call__(self, sender: str, reason: str, /) -> None: ...
+
+
 @dataclass(slots=True)
 class PeerInfo:
     """What we know of a peer, from its presence and its traffic."""
@@ -169,6 +185,7 @@ class Replicator:
         *,
         store: AsyncStore | None = None,
         ingress: IngressCheck | None = None,
+        blame: Blame | None = None,
         on_app: AppHandler | None = None,
         mesh_key: MeshKey | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
@@ -179,6 +196,7 @@ class Replicator:
         self.docs: dict[str, Document] = dict(docs)
         self.store = store
         self.ingress = ingress
+        self.blame = blame
         self.on_app = on_app
         self.mesh_key = mesh_key
         self._randbytes = randbytes
@@ -645,12 +663,25 @@ class Replicator:
         topic_node = parts[1] if len(parts) == 2 else None
         if topic_node == self.node and channel != "to":
             return  # our own broadcast, echoed by the broker
-        if channel == "presence" and message.payload in (b"",):
-            return  # a cleared retained message
+        kinds = _KINDS.get(channel)
+        if kinds is None or (channel == "policy") != (topic_node is None):
+            self._refuse("unknown-channel")
+            return
+        if not message.payload:
+            # An empty payload is how MQTT clears a retained message (and is
+            # no envelope on a live one).
+            if message.retain:
+                self._counts["in_cleared"] += 1
+            else:
+                self._refuse("malformed-envelope")
+            return
         try:
             envelope = decode_envelope(message.payload, max_size=self.config.max_envelope)
         except WireError:
             self._refuse("malformed-envelope")
+            return
+        if envelope.kind not in kinds:
+            self._refuse("unexpected-kind")
             return
         now = trio.current_time()
         # Who sent it, and with which key?
@@ -716,14 +747,16 @@ class Replicator:
             peer.last_seen = now
         self._counts[f"in_{envelope.kind}"] += 1
         if channel in ("d", "sv", "to"):
-            self.gossip.receive(sender, envelope.kind, body, now, direct=channel == "to")
+            broken = self.gossip.receive(sender, envelope.kind, body, now, direct=channel == "to")
             for event in self.gossip.events():
                 self._joined(event)
-        elif channel in ("alg", "policy"):
-            if self.on_app is not None:
-                self.on_app(channel, sender, body, envelope)
-        else:
-            self._refuse("unknown-channel")
+            if broken is not None:
+                self._refuse(broken.reason)
+                log.info("refused deltas from %s: %s", sender, broken)
+                if broken.blame and self.blame is not None:
+                    self.blame(sender, broken.reason)
+        elif self.on_app is not None:  # "alg" or "policy"
+            self.on_app(channel, sender, body, envelope)
 
     def _presence_from(self, envelope: Envelope) -> dict[str, Any] | None:
         if envelope.kind != "presence" or envelope.encrypted:

@@ -50,23 +50,26 @@ class LogDoc:
     def digest(self) -> Any:
         return dict(self.vv)
 
-    def _check(self, digest: Any) -> dict[str, int]:
+    def parse_digest(self, digest: Any) -> dict[str, int]:
         if not isinstance(digest, dict) or not all(
             isinstance(k, str) and isinstance(v, int) for k, v in digest.items()
         ):
             raise MalformedError("bad digest")
         return digest
 
+    def own_counter(self, remote_digest: Any, node: str) -> int:
+        return 0
+
     def lacks(self, remote_digest: Any) -> bool:
-        d = self._check(remote_digest)
+        d = remote_digest
         return any(v > self.vv.get(k, 0) for k, v in d.items())
 
     def delta_since(self, remote_digest: Any) -> bytes | None:
-        d = self._check(remote_digest)
+        d = remote_digest
         items = sorted([o, s, v] for (o, s), v in self.entries.items() if s > d.get(o, 0))
         return dumps(items) if items else None
 
-    def apply(self, data: bytes) -> ApplyOutcome:
+    def apply(self, data: bytes, offer: Any = None) -> ApplyOutcome:
         items = loads(data)
         if not isinstance(items, list):
             raise MalformedError("bad delta")
@@ -268,7 +271,7 @@ class CountingLogDoc(LogDoc):
         super().__init__()
         self.applies = 0
 
-    def apply(self, data: bytes) -> ApplyOutcome:
+    def apply(self, data: bytes, offer: Any = None) -> ApplyOutcome:
         self.applies += 1
         return super().apply(data)
 
