@@ -195,11 +195,12 @@ class Agent:
                 store=store,
                 ingress=guard.ingress,
                 blame=guard.blame,
+                key_binding=guard.bind_key,
                 on_app=self._on_app,
                 mesh_key=guard.mesh_key,
             )
             self.replicator = replicator
-            guard.attach(runtime, replicator.peers, replicator.clock.now)
+            guard.attach(runtime, replicator.peers, replicator.clock.now, replicator.rebind)
             guard.restore(runtime, await trio.to_thread.run_sync(guard.read_kept_policy))
             runtime.on_reading.append(self._on_reading)
             runtime.on_lease_delta.append(lambda delta: self._lease_out.update(delta.entries))

@@ -105,6 +105,8 @@ QUARANTINE_PAIN: Final = 0.7
 ZONE_PAIN: Final = 0.5
 ARBITRATOR_PAIN: Final = 0.5
 POLICY_FILE: Final = "policy.cbor"
+PINS_FILE: Final = "pins.cbor"
+MAX_PINS: Final = 4_096  # node -> key id pins kept (least recently bound forgotten)
 TICK_S: Final = 1.0
 _RETAINED_ALLOWED: Final = frozenset({"presence", "policy", "alg"})
 
@@ -158,6 +160,10 @@ class IngressGuard:
         self._wall_clock = wall_clock
         self._randbytes = randbytes
         self._policy_path = Path(config.node.data_dir) / POLICY_FILE
+        self._pins_path = Path(config.node.data_dir) / PINS_FILE
+        self._pins: OrderedDict[str, bytes] = OrderedDict()
+        self._pins_dirty = False
+        self._rebind: Callable[[], None] | None = None
         self.gateway = Gateway(
             zone=OPEN_ZONE if self.mode == "open" else None,
             # the replay filters are this node's own: a fresh random key per
@@ -238,6 +244,7 @@ class IngressGuard:
             wall_clock=wall_clock,
             randbytes=randbytes,
         )
+        guard._pins = _read_pins(guard._pins_path)
         return guard
 
     def arbitrator_unavailable(self, error: str) -> None:
@@ -256,12 +263,18 @@ class IngressGuard:
         return "loaded"
 
     def attach(
-        self, runtime: Runtime, peers: Mapping[str, PeerInfo], clock_now: Callable[[], Any]
+        self,
+        runtime: Runtime,
+        peers: Mapping[str, PeerInfo],
+        clock_now: Callable[[], Any],
+        rebind: Callable[[], None] | None = None,
     ) -> None:
-        """Connect the runtime (pain, S5), the replicator's peer table and its HLC ``now``."""
+        """Connect the runtime (pain, S5), the replicator's peer table, its HLC
+        ``now`` and its ``rebind`` (called when a new zone changes the key binding)."""
         self._runtime = runtime
         self._peers = peers
         self._clock_now = clock_now
+        self._rebind = rebind
         if self.arbitrator_error is not None:
             self._pain("gateway.arbitrator", ARBITRATOR_PAIN, self.arbitrator_error)
 
@@ -292,6 +305,36 @@ class IngressGuard:
         )
         self._drain_events()
         return None if decision.allowed else f"gateway:{decision.reason}"
+
+    def bind_key(self, node: str, kid: bytes, bound: bytes | None) -> str | None:
+        """The replicator's key binding: may ``node``'s presence bind it to ``kid``?
+
+        With a zone installed, only a key of the zone, and not while the key
+        the node is pinned to is still in it (an admin rotates a node's key by
+        removing the old one from the zone). With no zone: in mode ``open``,
+        the first key seen for a node is pinned (trust on first use, kept in
+        ``data_dir/pins.cbor``) and no other is accepted; in mode ``policy``,
+        any key, unpinned, until the zone arrives (the gateway refuses every
+        other message meanwhile) and the replicator re-checks (``rebind``).
+        """
+        pinned = self._pins.get(node)
+        if self.zone is not None:
+            if not self.gateway.admits(kid):
+                return "not-in-zone"
+            if pinned is not None and pinned != kid and self.gateway.admits(pinned):
+                return "key-pinned"
+        elif self.mode != "open":
+            return None
+        elif pinned is not None and pinned != kid:
+            return "key-pinned"
+        if pinned != kid:
+            self._pins[node] = kid
+            self._pins_dirty = True
+            self._wake.set()
+        self._pins.move_to_end(node)
+        while len(self._pins) > MAX_PINS:
+            self._pins.popitem(last=False)
+        return None
 
     def blame(self, sender: str, reason: str) -> None:
         """A validly signed message from ``sender`` broke a rule no honest node
@@ -385,6 +428,8 @@ class IngressGuard:
         self.zone_version = policy.version
         self.zone_problem = None
         self.gateway.set_zone(zone)
+        if self._rebind is not None:
+            self._rebind()
         log.info(
             "zone epoch %d installed from policy v%d (%d filter(s))",
             zone.epoch,
@@ -525,6 +570,13 @@ class IngressGuard:
             self._drain_events()
             if self._pending:
                 self._check_pending()
+            if self._pins_dirty:
+                self._pins_dirty = False
+                pins = cbor_dumps(dict(self._pins))
+                try:
+                    await trio.to_thread.run_sync(_write_atomic, self._pins_path, pins)
+                except OSError as exc:
+                    log.warning("cannot keep the key pins in %s: %s", self._pins_path, exc)
             document, self._persist = self._persist, None
             if document is not None:
                 try:
@@ -614,6 +666,24 @@ def _read_secret(name: str, path: Path) -> MeshKey:
         raise AgentError(f"security.{name}: {exc}") from None
     except OSError as exc:
         raise AgentError(f"security.{name}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_pins(path: Path) -> OrderedDict[str, bytes]:
+    """The node -> key id pins kept from earlier runs (blocking). An unreadable
+    file is logged and starts empty: pins are a defence, not data."""
+    try:
+        raw = cbor_loads(path.read_bytes(), max_size=1 << 20)
+    except FileNotFoundError:
+        return OrderedDict()
+    except (OSError, WireError) as exc:
+        log.warning("cannot read the key pins in %s (%s); starting without", path, exc)
+        return OrderedDict()
+    pins: OrderedDict[str, bytes] = OrderedDict()
+    if isinstance(raw, dict):
+        for node, kid in raw.items():
+            if isinstance(node, str) and len(node) <= 64 and isinstance(kid, bytes) and kid:
+                pins[node] = kid
+    return pins
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

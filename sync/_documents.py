@@ -188,6 +188,7 @@ class CrdtDocument(Generic[C]):
                     blame=True,
                 )
             if node == offer.sender:
+                offer.vouch(top)
                 continue
             if not offer.relayed:
                 raise DotRuleError(

@@ -121,13 +121,16 @@ class Offer:
     ``relayed`` is true for the answer to a repair this node asked ``sender``
     for: only such an answer may carry other nodes' dots. ``signed(node)`` is
     the highest counter ``node`` itself signed for this document (in its own
-    digest), 0 when it never told us. ``receiver`` is this node's id.
+    digest or deltas), 0 when it never told us. ``receiver`` is this node's
+    id. The document calls ``vouch(counter)`` with the highest counter of the
+    sender's own dots in a delta it admits: the sender signed those itself.
     """
 
     sender: str
     relayed: bool
     signed: Callable[[str], int]
     receiver: str
+    vouch: Callable[[int], None]
 
 
 class ApplyOutcome(Enum):
@@ -452,6 +455,12 @@ class Gossip:
         signed = self._signed.get(doc)
         return 0 if signed is None else signed.get(node, 0)
 
+    def _voucher(self, doc: str, node: str) -> Callable[[int], None]:
+        def vouch(counter: int) -> None:
+            self._note_signed(doc, node, counter)
+
+        return vouch
+
     def _signed_lookup(self, doc: str) -> Callable[[str], int]:
         signed = self._signed[doc]
 
@@ -535,7 +544,13 @@ class Gossip:
             if doc is None:
                 self._stats.unknown_doc += 1
                 continue
-            offer = Offer(sender, relayed, self._signed_lookup(doc_name), self.node)
+            offer = Offer(
+                sender,
+                relayed,
+                self._signed_lookup(doc_name),
+                self.node,
+                self._voucher(doc_name, sender),
+            )
             try:
                 outcome = doc.apply(data, offer)
             except DotRuleError as exc:

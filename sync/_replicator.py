@@ -58,6 +58,7 @@ from ._transport import Message, Transport, TransportError, Will
 __all__ = [
     "Inbound",
     "IngressCheck",
+    "KeyBinding",
     "PeerInfo",
     "Replicator",
     "ReplicatorConfig",
@@ -80,6 +81,12 @@ _KINDS: dict[str, frozenset[str]] = {
 }
 
 
+#: How far ahead of our clock a presence's incarnation (an HLC) may be.
+MAX_INCARNATION_AHEAD_MS = 60_000
+#: A full peer table evicts an online peer only after this long without a message.
+EVICT_SILENT_S = 60.0
+
+
 def presence_topic(mesh: str, node: str) -> str:
     return f"vsm/{mesh}/presence/{node}"
 
@@ -97,6 +104,7 @@ class ReplicatorConfig:
     publishers: int = 4  # concurrent QoS 1 publishes in flight
     outgoing_capacity: int = 1024  # queued outgoing messages before spilling to the outbox
     max_envelope: int = 256 * 1024
+    max_peers: int = 1024  # presences kept; when full, the offline peer seen longest ago goes
     outbox_retry: float = 1.0
     goodbye_timeout: float = 1.0  # at shutdown, for the "offline" presence to be acknowledged
 
@@ -106,8 +114,8 @@ class ReplicatorConfig:
                 raise ValueError(f"{name} {value!r} must be 1..64 chars without / + #")
         if self.snapshot_interval <= 0 or self.outbox_retry <= 0 or self.goodbye_timeout <= 0:
             raise ValueError("snapshot_interval, outbox_retry and goodbye_timeout must be > 0")
-        if self.publishers < 1 or self.outgoing_capacity < 1:
-            raise ValueError("publishers and outgoing_capacity must be >= 1")
+        if self.publishers < 1 or self.outgoing_capacity < 1 or self.max_peers < 1:
+            raise ValueError("publishers, outgoing_capacity and max_peers must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,13 @@ class IngressCheck(Protocol):
     """The gateway: return a refusal reason, or None to let the message in."""
 
     def __call__(self, inbound: Inbound, /) -> str | None: ...
+
+
+class KeyBinding(Protocol):
+    """Whether ``node`` may be bound to key id ``kid`` (its presence); ``bound``
+    is the key id it is bound to now, if any. A refusal reason, or None."""
+
+    def __call__(self, node: str, kid: bytes, bound: bytes | None, /) -> str | None: ...
 
 
 class Blame(Protocol):
@@ -186,6 +201,7 @@ class Replicator:
         store: AsyncStore | None = None,
         ingress: IngressCheck | None = None,
         blame: Blame | None = None,
+        key_binding: KeyBinding | None = None,
         on_app: AppHandler | None = None,
         mesh_key: MeshKey | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
@@ -197,6 +213,7 @@ class Replicator:
         self.store = store
         self.ingress = ingress
         self.blame = blame
+        self.key_binding = key_binding
         self.on_app = on_app
         self.mesh_key = mesh_key
         self._randbytes = randbytes
@@ -208,6 +225,10 @@ class Replicator:
         self.gossip = Gossip(self.node, self.docs, config.gossip, now=0.0)
         self.peers: dict[str, PeerInfo] = {}
         self._by_kid: dict[bytes, str] = {}
+        # Presences refused by the key binding (or displaced by a tentative
+        # one), kept to be bound later if the binding changes (a new zone):
+        # node -> kid -> (body, envelope HLC); at most 2 keys per node.
+        self._alternates: dict[str, dict[bytes, tuple[dict[str, Any], int]]] = {}
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, str, Any, int]](
             config.outgoing_capacity
         )
@@ -770,7 +791,8 @@ class Replicator:
             and isinstance(body.get("node"), str)
             and isinstance(body.get("pk"), bytes)
             and len(body["pk"]) == 32
-            and isinstance(body.get("inc"), int)
+            and type(body.get("inc")) is int
+            and 0 <= body["inc"] < 1 << 64
             and body.get("state") in ("online", "offline")
             and isinstance(body.get("zone", ""), str)
             and body.get("mesh") == self.mesh
@@ -778,34 +800,119 @@ class Replicator:
             return None
         if derive_kid(body["pk"]) != envelope.kid:
             return None
+        if body["inc"] >> 16 > self.clock.physical_ms() + MAX_INCARNATION_AHEAD_MS:
+            return None  # an incarnation is an HLC at start-up, never far in the future
         return body
 
     def _on_presence(self, body: dict[str, Any], envelope: Envelope, now: float) -> None:
         node = body["node"]
-        online = body["state"] == "online"
         old = self.peers.get(node)
+        if self.key_binding is not None:
+            reason = self.key_binding(node, envelope.kid, None if old is None else old.kid)
+            if reason is not None:
+                self._refuse(f"presence:{reason}")
+                self._keep_alternate(node, envelope.kid, body, envelope.hlc)
+                return
         # Within one incarnation the broker delivers a node's presence in order
         # (its own publishes, then its will), so only an older incarnation is stale.
-        if old is not None and body["inc"] < old.incarnation:
+        if old is not None and old.kid == envelope.kid and body["inc"] < old.incarnation:
             self._refuse("stale-presence")
             return
-        if old is not None and old.kid != envelope.kid:
+        other = self._by_kid.get(envelope.kid)
+        if other is not None and other != node:
+            if self.peers[other].online:
+                self._refuse("presence:key-in-use")  # one key, one node id at a time
+                return
+            self._unbind(other)
+        if old is None and not self._make_room(now):
+            self._refuse("peer-table-full")
+            return
+        self._bind(body, envelope.kid, envelope.hlc, now)
+
+    def _unbind(self, node: str) -> None:
+        peer = self.peers.pop(node)
+        self._by_kid.pop(peer.kid, None)
+        self.gossip.peer_gone(node)
+
+    def _bind(self, body: dict[str, Any], kid: bytes, hlc: int, now: float) -> None:
+        node = body["node"]
+        online = body["state"] == "online"
+        old = self.peers.get(node)
+        if old is not None and old.kid != kid:
             self._by_kid.pop(old.kid, None)
+            self._keep_alternate(node, old.kid, self._body_of(old), old.hlc)
+        self._alternates.get(node, {}).pop(kid, None)
         self.peers[node] = PeerInfo(
             node=node,
-            kid=envelope.kid,
+            kid=kid,
             public_key=body["pk"],
             incarnation=body["inc"],
             zone=body.get("zone", ""),
             online=online,
             last_seen=now,
-            hlc=envelope.hlc,
+            hlc=hlc,
             broker=str(body.get("broker", "")),
         )
-        self._by_kid[envelope.kid] = node
+        self._by_kid[kid] = node
         self._counts["in_presence"] += 1
         if not online:
             self.gossip.peer_gone(node)
+
+    @staticmethod
+    def _body_of(peer: PeerInfo) -> dict[str, Any]:
+        return {
+            "node": peer.node,
+            "pk": peer.public_key,
+            "inc": peer.incarnation,
+            "state": "online" if peer.online else "offline",
+            "zone": peer.zone,
+            "broker": peer.broker,
+        }
+
+    def _keep_alternate(self, node: str, kid: bytes, body: dict[str, Any], hlc: int) -> None:
+        if node not in self.peers and node not in self._alternates and (
+            len(self._alternates) >= self.config.max_peers
+        ):
+            return
+        kept = self._alternates.setdefault(node, {})
+        kept.pop(kid, None)
+        kept[kid] = (body, hlc)
+        while len(kept) > 2:
+            del kept[next(iter(kept))]
+
+    def _make_room(self, now: float) -> bool:
+        """Room for one more peer when the table is full: the offline peer seen
+        longest ago goes, else one silent for ``EVICT_SILENT_S`` (a presence
+        and nothing since); else there is none."""
+        if len(self.peers) < self.config.max_peers:
+            return True
+        gone = min(self.peers.values(), key=lambda p: (p.online, p.last_seen))
+        if gone.online and now - gone.last_seen < EVICT_SILENT_S:
+            return False
+        self._unbind(gone.node)
+        self._alternates.pop(gone.node, None)
+        self._counts["peers_evicted"] += 1
+        return True
+
+    def rebind(self) -> None:
+        """The key binding changed (a new zone): re-check every bound and kept presence."""
+        if self.key_binding is None:
+            return
+        now = trio.current_time()
+        for node in sorted(set(self.peers) | set(self._alternates)):
+            peer = self.peers.get(node)
+            if peer is not None and self.key_binding(node, peer.kid, None) is not None:
+                self._unbind(node)
+                self._keep_alternate(node, peer.kid, self._body_of(peer), peer.hlc)
+                self._counts["peers_unbound"] += 1
+                peer = None
+            if peer is not None:
+                continue
+            # the newest kept presence the binding accepts now
+            for kid, (body, hlc) in reversed(list(self._alternates.get(node, {}).items())):
+                if self.key_binding(node, kid, None) is None and self._make_room(now):
+                    self._bind(body, kid, hlc, now)
+                    break
 
     def _joined(self, event: Joined) -> None:
         self._changes[event.doc] += 1

@@ -30,12 +30,12 @@ def _delta(ctx: dict[str, list[int]], entries: list[tuple[str, int, str]]) -> by
 
 def _offer(sender: str, *, relayed: bool, signed: dict[str, int] | None = None) -> Offer:
     table = signed or {}
-    return Offer(sender, relayed, lambda node: table.get(node, 0), "me")
+    return Offer(sender, relayed, lambda node: table.get(node, 0), "me", lambda counter: None)
 
 
 def test_hand_made_delta_is_what_the_type_writes() -> None:
     doc = _doc()
-    delta, data = doc.mutate(lambda s: s.add("a", "x"))
+    _, data = doc.mutate(lambda s: s.add("a", "x"))
     assert data == _delta({"a": [1, 1]}, [("a", 1, "x")])
 
 
@@ -63,7 +63,8 @@ def test_pushed_delta_with_another_nodes_dots_is_refused_with_blame() -> None:
     data = _delta({"victim": [1, 1]}, [("victim", 1, "x")])
     with pytest.raises(DotRuleError) as info:
         doc.apply(data, _offer("evil", relayed=False))
-    assert info.value.reason == "foreign-dots" and info.value.blame
+    assert info.value.reason == "foreign-dots"
+    assert info.value.blame
     assert doc.state.value() == frozenset()
 
 
@@ -83,7 +84,8 @@ def test_a_relay_may_not_go_past_what_the_node_signed() -> None:
     data = _delta({"victim": [1, 6]}, [("victim", 6, "x")])
     with pytest.raises(DotRuleError) as info:
         doc.apply(data, _offer("evil", relayed=True, signed={"victim": 5}))
-    assert info.value.reason == "unsigned-dots" and not info.value.blame
+    assert info.value.reason == "unsigned-dots"
+    assert not info.value.blame
     ok = _delta({"victim": [1, 5]}, [("victim", 5, "x")])
     doc.apply(ok, _offer("evil", relayed=True, signed={"victim": 5}))
     assert doc.state.value() == frozenset({"x"})
@@ -103,7 +105,7 @@ def test_a_relay_of_a_node_never_heard_is_bounded_by_the_jump() -> None:
 def test_a_node_learns_its_own_counter_back_from_a_repair() -> None:
     doc = _doc()
     doc.apply(_delta({"me": [1, 700]}, [("me", 700, "old")]), _offer("p", relayed=True))
-    _, data = doc.mutate(lambda s: s.add("me", "new"))
+    _, _data = doc.mutate(lambda s: s.add("me", "new"))
     assert doc.state.digest().max("me") == 701  # never reuses a dot the mesh holds
 
 
@@ -134,7 +136,8 @@ def test_gossip_reports_the_violation_and_keeps_going() -> None:
     bad = _delta({"victim": [1, BIG]}, [("victim", BIG, "poison")])
     good = _delta({"evil": [1, 1]}, [("evil", 1, "fine")])
     broken = g.receive("evil", "delta", [["mesh", bad], ["mesh", good]], 0.0, direct=False)
-    assert isinstance(broken, DotRuleError) and broken.blame
+    assert isinstance(broken, DotRuleError)
+    assert broken.blame
     assert g.docs["mesh"].state.value() == frozenset({"fine"})  # type: ignore[attr-defined]
     assert g.statistics().counters["dot_rule"] == 1
 
@@ -143,7 +146,8 @@ def test_an_unsolicited_direct_delta_counts_as_pushed() -> None:
     g = Gossip("me", {"mesh": _doc()})
     data = _delta({"victim": [1, 1]}, [("victim", 1, "x")])
     broken = g.receive("evil", "delta", [["mesh", data]], 0.0, direct=True)
-    assert broken is not None and broken.reason == "foreign-dots"
+    assert broken is not None
+    assert broken.reason == "foreign-dots"
 
 
 def test_the_answer_to_our_repair_may_relay_signed_dots() -> None:

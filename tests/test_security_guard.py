@@ -366,3 +366,37 @@ async def test_the_human_status_shows_zone_quarantines_and_problems(tmp_path: Pa
     assert "zone policy: none yet: closed" in text
     assert "problem: policy v1: zone no mesh secret is configured" in text
     assert "quarantined: z (flood)" in text
+
+
+# -- binding a node id to its key (presences) -------------------------------------------
+
+
+async def test_open_mode_pins_the_first_key_of_a_node_and_keeps_the_pin(tmp_path: Path) -> None:
+    guard, _, _ = make_guard(tmp_path, zone="open")
+    real, stranger = key("n2").kid, key("evil").kid
+    assert guard.bind_key("n2", real, None) is None
+    assert guard.bind_key("n2", stranger, real) == "key-pinned"
+    assert guard.bind_key("n2", real, real) is None
+    # the pins outlive the process (written by the guard's task, read by load())
+    from vsm_edge.agent._security import _read_pins, _write_atomic
+
+    _write_atomic(guard._pins_path, cbor2.dumps(dict(guard._pins)))
+    again, _, _ = make_guard(tmp_path, zone="open")
+    again._pins = _read_pins(again._pins_path)
+    assert again.bind_key("n2", stranger, None) == "key-pinned"
+
+
+async def test_closed_mode_binds_only_keys_of_the_zone(tmp_path: Path) -> None:
+    guard, runtime, _ = make_guard(tmp_path)
+    a, b, outsider = key("a").kid, key("b").kid, key("o").kid
+    # no zone yet: tentative, nothing pinned (the gateway refuses everything else)
+    assert guard.bind_key("a", outsider, None) is None
+    install(guard, runtime, zone_document(1, [a, b]))
+    assert guard.bind_key("a", outsider, None) == "not-in-zone"
+    assert guard.bind_key("a", a, None) is None
+    # another member cannot take a's id while a's key is in the zone ...
+    assert guard.bind_key("a", b, a) == "key-pinned"
+    # ... but the admin rotates a's key by replacing it in the zone
+    a2 = key("a2").kid
+    install(guard, runtime, zone_document(2, [a2, b], epoch=2))
+    assert guard.bind_key("a", a2, a) is None
