@@ -218,6 +218,12 @@ class GossipConfig:
     # A peer silent this long (or three of its digest periods, if longer) no
     # longer holds back GC.
     peer_timeout: float = 10.0
+    # Repair answers per requester: a token bucket of this rate and burst;
+    # an answer costs max(1, its bytes / repair_answer_unit) tokens (may go
+    # into debt), so a requester gets at most about rate * unit bytes a second.
+    repair_answer_rate: float = 2.0
+    repair_answer_burst: float = 4.0
+    repair_answer_unit: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in (
@@ -226,6 +232,7 @@ class GossipConfig:
             "repair_timeout",
             "transfer_timeout",
             "peer_timeout",
+            "repair_answer_rate",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"gossip.{name} must be > 0")
@@ -235,6 +242,8 @@ class GossipConfig:
             "max_pending",
             "max_transfers",
             "digest_fanout",
+            "repair_answer_burst",
+            "repair_answer_unit",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"gossip.{name} must be >= 1")
@@ -306,6 +315,7 @@ class _Stats:
     digests_sent: int = 0
     repairs_requested: int = 0
     repairs_served: int = 0
+    repairs_limited: int = 0
     chunks_sent: int = 0
     chunks_received: int = 0
     transfers_completed: int = 0
@@ -358,6 +368,8 @@ class Gossip:
         # deltas are answers, which may carry other nodes' dots, even if they
         # arrive after the in-flight marker timed out.
         self._asked: OrderedDict[str, float] = OrderedDict()
+        # requester -> (tokens, when): the repair answer budget (GossipConfig)
+        self._answer_budget: OrderedDict[str, tuple[float, float]] = OrderedDict()
         # doc -> node -> the highest own counter the node signed in a digest.
         self._signed: dict[str, OrderedDict[str, int]] = {name: OrderedDict() for name in docs}
         self._next_check = float("inf")  # the earliest _Peer.check_at
@@ -407,7 +419,7 @@ class Gossip:
             if kind == KIND_DIGEST:
                 self._on_digest(sender, peer, body, now)
             elif kind == KIND_REPAIR:
-                self._on_repair(sender, body)
+                self._on_repair(sender, body, now)
             elif kind == KIND_CHUNK:
                 return self._on_chunk(sender, body, now)
             else:
@@ -668,7 +680,7 @@ class Gossip:
         self._asked[peer] = now
         self._stats.repairs_requested += 1
 
-    def _on_repair(self, sender: str, body: Any) -> None:
+    def _on_repair(self, sender: str, body: Any, now: float) -> None:
         if not isinstance(body, dict):
             raise MalformedError("repair body must be a map of document -> digest")
         parsed = {
@@ -676,14 +688,30 @@ class Gossip:
             for doc_name, raw in body.items()
             if isinstance(doc_name, str) and doc_name in self.docs
         }
+        cfg = self.config
+        tokens, at = self._answer_budget.pop(sender, (cfg.repair_answer_burst, now))
+        tokens = min(cfg.repair_answer_burst, tokens + (now - at) * cfg.repair_answer_rate)
+        if tokens < 1.0:
+            # Over its budget: no answer. An honest requester's in-flight
+            # marker times out and its next digest comparison asks again.
+            self._stats.repairs_limited += 1
+            self._keep_budget(sender, tokens, now)
+            return
         reply: list[list[Any]] = []
         for doc_name, digest in parsed.items():
             data = self.docs[doc_name].delta_since(digest)
             if data is not None:
                 reply.append([doc_name, data])
+        size = sum(len(d) for _, d in reply)
+        self._keep_budget(sender, tokens - max(1.0, size / cfg.repair_answer_unit), now)
         self._stats.repairs_served += 1
         # Always answer (possibly empty) so the requester's in-flight marker clears.
         self._send_direct_delta(sender, reply)
+
+    def _keep_budget(self, peer: str, tokens: float, now: float) -> None:
+        self._answer_budget[peer] = (tokens, now)
+        while len(self._answer_budget) > MAX_SIGNED_NODES:
+            self._answer_budget.popitem(last=False)
 
     def _send_direct_delta(self, to: str, reply: list[list[Any]]) -> None:
         size = sum(len(d) for _, d in reply)

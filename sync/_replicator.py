@@ -563,27 +563,55 @@ class Replicator:
                 self._spill((topic, kind, body, qos))
 
     async def _outbox_drainer(self) -> None:
+        """Send the outbox when connected, coalescing what queued up.
+
+        Consecutive queued deltas of one topic leave as one envelope of at
+        most ``batch_max_bytes`` of deltas: after an outage a node sends its
+        backlog as a few batches, not as one message per delta it made
+        meanwhile (which its peers' gateways would rightly take for a flood).
+        """
         assert self.store is not None
+        limit = self.config.gossip.batch_max_bytes
         while True:
             await self.transport.wait_connected()
-            batch = await self.store.peek(16)
+            batch = await self.store.peek(64)
             if not batch:
                 self._outbox_wake = trio.Event()
                 with trio.move_on_after(self.config.outbox_retry):
                     await self._outbox_wake.wait()
                 continue
+            groups: list[tuple[str, int, list[Any], list[int]]] = []
+            size = 0
             for message in batch:
                 try:
                     body = loads(message.payload, max_size=self.config.max_envelope)
+                except WireError:
+                    body = None
+                if not isinstance(body, list):  # a delta body is a list of [doc, data]
+                    self._counts["outbox_unreadable"] += 1
+                    await self.store.ack(message.id)
+                    continue
+                length = len(message.payload)
+                last = groups[-1] if groups else None
+                if last is not None and last[0] == message.topic and size + length <= limit:
+                    last[2].extend(body)
+                    last[3].append(message.id)
+                    size += length
+                else:
+                    groups.append((message.topic, message.qos, list(body), [message.id]))
+                    size = length
+            for topic, qos, body, ids in groups:
+                try:
                     payload = self._seal("delta", body)
-                    await self.transport.publish(message.topic, payload, qos=message.qos)
+                    await self.transport.publish(topic, payload, qos=qos)
                 except TransportError:
                     await trio.sleep(self.config.outbox_retry)
                     break
-                except (WireError, ValueError):
+                except ValueError:  # past the envelope limit: only a lone oversized delta can be
                     self._counts["outbox_unreadable"] += 1
-                await self.store.ack(message.id)
-                self._counts["outbox_sent"] += 1
+                await self.store.ack(*ids)
+                self._counts["outbox_sent"] += len(ids)
+                self._counts["outbox_batches"] += 1
 
     async def _ticker(self) -> None:
         # Nothing leaves before our presence: peers verify us with its key.

@@ -163,3 +163,23 @@ def test_the_answer_to_our_repair_may_relay_signed_dots() -> None:
     assert asked[0].to == "p"
     assert g.receive("p", "delta", [["mesh", data]], 30.1, direct=True) is None
     assert g.docs["mesh"].state.value() == frozenset({"v"})  # type: ignore[attr-defined]
+
+
+def test_repair_answers_are_rate_limited_per_requester() -> None:
+    doc = _doc()
+    doc.mutate(lambda s: s.add("me", "x"))
+    g = Gossip("me", {"mesh": doc})
+    g.drain()
+
+    def answers() -> int:
+        return sum(1 for a in g.drain() if getattr(a, "kind", "") == "delta")
+
+    for _ in range(20):  # a burst at one instant: the bucket's 4, no more
+        g.receive("greedy", "repair", {"mesh": {}}, 10.0, direct=True)
+    assert answers() == 4
+    assert g.statistics().counters["repairs_limited"] == 16
+    g.receive("honest", "repair", {"mesh": {}}, 10.0, direct=True)  # others unaffected
+    assert answers() == 1
+    for _ in range(10):  # one second later: about rate (2) more
+        g.receive("greedy", "repair", {"mesh": {}}, 11.0, direct=True)
+    assert answers() == 2
