@@ -145,8 +145,12 @@ class PeerInfo:
         }
 
 
-AppHandler = Callable[[str, str, Any, Envelope], None]
-"""``handler(channel, sender, body, envelope)`` for "alg" and "policy" messages."""
+AppHandler = Callable[[str, str, Any, Envelope], str | None]
+"""``handler(channel, sender, body, envelope)`` for "alg" and "policy" messages.
+
+It decodes ``body``; it returns None when it took the message, else the
+reason it refused it, which the replicator counts (``statistics()["refused"]``).
+"""
 
 
 class Replicator:
@@ -156,7 +160,8 @@ class Replicator:
     signed "offline" presence). ``store`` (optional) makes local updates
     durable and holds the outbox. ``ingress`` is the gateway; without one,
     every correctly signed message is accepted. ``on_app`` receives algedonic
-    and policy messages. ``randbytes`` supplies nonces and IVs.
+    and policy messages (and may refuse them: :data:`AppHandler`).
+    ``randbytes`` supplies nonces and IVs.
     """
 
     def __init__(
@@ -721,7 +726,9 @@ class Replicator:
                 self._joined(event)
         elif channel in ("alg", "policy"):
             if self.on_app is not None:
-                self.on_app(channel, sender, body, envelope)
+                refused = self.on_app(channel, sender, body, envelope)
+                if refused is not None:
+                    self._refuse(refused)
         else:
             self._refuse("unknown-channel")
 
