@@ -56,6 +56,7 @@ from vsm_edge.sync import (
     ORMap,
     Replicator,
     ReplicatorConfig,
+    StoreError,
     StoreHighWaterMark,
     SyncError,
     Timestamp,
@@ -159,7 +160,10 @@ class Agent:
         cfg = self.config
         data_dir = Path(cfg.node.data_dir)
         key = await trio.to_thread.run_sync(self._load_key, data_dir)
-        store = await AsyncStore.open(data_dir / "node.db")
+        try:
+            store = await AsyncStore.open(data_dir / "node.db")
+        except StoreError as exc:  # names the file and says what is wrong with it
+            raise AgentError(str(exc)) from None
         self.store = store
         try:
             clock = HybridLogicalClock(
