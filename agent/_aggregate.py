@@ -57,7 +57,7 @@ from vsm_edge.sync import (
     wall_clock_ms,
 )
 
-from ._algedonic import Signal, SignalError
+from ._algedonic import Signal, decode_peer_signal
 from ._errors import AgentError
 from ._http import HttpResponse, ReadOnlyServer, json_response
 from ._metrics import view_families
@@ -259,16 +259,13 @@ class Aggregator:
 
         return joined
 
-    def _on_app(self, mesh: _Mesh) -> Callable[[str, str, Any, Envelope], None]:
-        def heard(channel: str, sender: str, body: Any, envelope: Envelope) -> None:
+    def _on_app(self, mesh: _Mesh) -> Callable[[str, str, Any, Envelope], str | None]:
+        def heard(channel: str, sender: str, body: Any, envelope: Envelope) -> str | None:
             if channel != "alg":
-                return  # a policy is for the agents to enforce
-            try:
-                sig = Signal.from_cbor(body)
-            except SignalError:
-                return
-            if sig.node != sender:
-                return  # a node speaks only for itself
+                return None  # a policy is for the agents to enforce
+            sig, refused = decode_peer_signal(sender, body)
+            if sig is None:
+                return refused  # counted by the replicator
             per_node = mesh.signals.get(sender)
             if per_node is None:
                 if len(mesh.signals) >= MAX_SIGNAL_NODES:
@@ -278,6 +275,7 @@ class Aggregator:
             per_node[sig.id] = sig
             while len(per_node) > SIGNALS_PER_NODE:
                 del per_node[next(iter(per_node))]
+            return None
 
         return heard
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import math
 import re
 from collections import OrderedDict, deque
@@ -49,7 +50,10 @@ __all__ = [
     "Delivery",
     "Signal",
     "SignalError",
+    "decode_peer_signal",
 ]
+
+log = logging.getLogger("vsm_edge.agent.algedonic")
 
 PAIN = "pain"
 PLEASURE = "pleasure"
@@ -144,6 +148,25 @@ class Signal:
         except WireError as exc:
             raise SignalError(f"signal: invalid CBOR: {exc}") from None
         return cls.from_cbor(obj)
+
+
+def decode_peer_signal(sender: str, body: object) -> tuple[Signal | None, str | None]:
+    """``(signal, None)`` from the body of ``sender``'s ``alg`` message, or ``(None, reason)``.
+
+    The refusal reasons, counted by the replicator: ``alg:malformed`` (the map
+    breaks docs/protocol.md §5: its shape, a type, an intensity outside [0, 1],
+    a source, a reason too long...) and ``alg:wrong-node`` (signed by ``sender``
+    for another node: a node speaks only for itself).
+    """
+    try:
+        signal = Signal.from_cbor(body)
+    except SignalError as exc:
+        log.debug("algedonic signal from %s refused: %s", sender, exc)
+        return None, "alg:malformed"
+    if signal.node != sender:
+        log.debug("algedonic signal from %s refused: raised by %s", sender, signal.node)
+        return None, "alg:wrong-node"
+    return signal, None
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._errors import StatusClientError
+from ._json_input import JsonInputError, decode_json
 
 __all__ = ["DEFAULT_ENDPOINT", "StatusClient"]
 
@@ -47,9 +48,9 @@ class StatusClient:
                 f"response from {self.endpoint} larger than {MAX_RESPONSE} bytes"
             )
         try:
-            decoded = json.loads(data)
-        except ValueError:
-            raise StatusClientError(f"{self.endpoint}{path} did not answer JSON") from None
+            decoded = decode_json(data)
+        except JsonInputError as exc:
+            raise StatusClientError(f"{self.endpoint}{path} did not answer JSON: {exc}") from None
         if response.status >= 400:
             message = decoded.get("error") if isinstance(decoded, dict) else decoded
             raise StatusClientError(f"{method} {path}: HTTP {response.status}: {message}")

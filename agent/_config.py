@@ -87,6 +87,7 @@ class StatusConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 7787  # 0: an ephemeral port, written to data_dir/status.port
+    head_timeout_s: float = 5.0  # a request head not complete by then gets 408
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +490,7 @@ def _status(t: _Table) -> StatusConfig:
         enabled=t.boolean("enabled", True),
         host=host,
         port=t.integer("port", 7787, minimum=0, maximum=65535),
+        head_timeout_s=t.number("head_timeout_s", 5.0, above=0, maximum=300),
     )
 
 

@@ -26,6 +26,17 @@ device's channels are known only after its handshake. Two modes:
   before the first handshake); a device without one of them raises pain once;
   channels the device has beyond the lists are ignored and counted.
 
+*A bound on channels.* Every declared reading becomes a replicated key
+(``{node}/r/{unit}.{reading}``) that outlives the device's next handshake, so a
+device re-sending HELLO with new names would grow the mesh without end. An
+unpinned unit declares at most ``max_channels`` distinct channel names
+(sensors and actuators, default 64) in its life: names beyond them are
+refused (not declared, their readings ignored), counted in the status
+(``channels_refused``, the last ones in ``refused``), and the first refusal
+raises pain once and logs a warning (then one line a minute at most). The wire
+already bounds the rest: 16 sensors and 16 actuators a HELLO, names of 1-32
+bytes of ``A-Z a-z 0-9 . _ -`` (firmware-bridge/PROTOCOL.md).
+
 *Commands* go out one at a time (the bridge is stop-and-wait); each one's
 outcome is reported to the runtime (``confirms_commands``), so
 :meth:`Runtime.execute_command` returns the device's ACK, or its NACK reason,
@@ -40,6 +51,7 @@ edges. Status carries the bridge's ``statistics()`` under ``detail``.
 
 from __future__ import annotations
 
+import logging
 import math
 import termios
 from collections.abc import Mapping
@@ -66,10 +78,13 @@ from ._units import Command, CommandSpec, ReadingSpec, UnitContext
 
 __all__ = ["FirmwareBridgeUnit"]
 
+log = logging.getLogger("vsm_edge.agent.device")
+
 KIND = "firmware-bridge"
 OPTIONS = frozenset(
     {
         "device",
+        "max_channels",
         "baud",
         "sensors",
         "actuators",
@@ -86,6 +101,9 @@ OPTIONS = frozenset(
     }
 )
 _RANGE_BINS = 100  # default resolution: a hundredth of a sensor's declared range
+MAX_CHANNELS = 64  # default: distinct channel names an unpinned unit declares in its life
+_REFUSED_SHOWN = 32  # refused names listed in the status (the latest)
+_REFUSAL_LOG_S = 60.0  # at most one log line a minute about refused channels
 
 
 class FirmwareBridgeUnit:
@@ -120,6 +138,7 @@ class FirmwareBridgeUnit:
         self.pain_intensity = _num(options, "pain_intensity", 0.6, name, above=0, maximum=1)
         self.reopen_max_s = _num(options, "reopen_max_s", 2.0, name, above=0)
         self.readings_buffer = _int(options, "readings_buffer", 256, name, 1, 1 << 16)
+        self.max_channels = _int(options, "max_channels", MAX_CHANNELS, name, 1, 1024)
         try:
             self.host_config = HostConfig(
                 max_frame=_int(options, "max_frame", 1024, name, 256, 4096),
@@ -151,6 +170,12 @@ class FirmwareBridgeUnit:
         self.pains = 0
         self.received = 0
         self.ignored_readings = 0
+        # "sensor NAME" / "actuator NAME" ever declared, in order (unpinned mode)
+        self._channels: dict[str, None] = {}
+        self._refused: list[str] = []  # the latest refused channels, bounded
+        self.channels_refused = 0
+        self._refusal_logged_at: float | None = None
+        self._refusals_unlogged = 0
 
     # -- the unit -----------------------------------------------------------------------
 
@@ -229,8 +254,11 @@ class FirmwareBridgeUnit:
         sensors = {c.name: c for c in info.sensors}
         actuators = {c.name: c for c in info.actuators}
         pinned_s, pinned_a = self.pinned_sensors, self.pinned_actuators
-        use_s = list(sensors) if pinned_s is None else pinned_s
-        use_a = list(actuators) if pinned_a is None else pinned_a
+        refused: list[str] = []
+        use_s = self._admit("sensor", sensors, refused) if pinned_s is None else pinned_s
+        use_a = self._admit("actuator", actuators, refused) if pinned_a is None else pinned_a
+        if refused:
+            self._refuse(ctx, info, refused)
         self._missing = [f"sensor {s}" for s in use_s if s not in sensors] + [
             f"actuator {a}" for a in use_a if a not in actuators
         ]
@@ -241,6 +269,43 @@ class FirmwareBridgeUnit:
         self.commands = tuple(_command_spec(a, actuators.get(a)) for a in use_a)
         ctx.declare(self.readings, self.commands)
         self._sensors = frozenset(use_s)
+
+    def _admit(self, kind: str, channels: Mapping[str, Channel], refused: list[str]) -> list[str]:
+        """The names of ``channels`` within the unit's ``max_channels``; the rest to ``refused``."""
+        admitted = []
+        for name in channels:
+            key = f"{kind} {name}"
+            if key not in self._channels:
+                if len(self._channels) >= self.max_channels:
+                    refused.append(key)
+                    continue
+                self._channels[key] = None
+            admitted.append(name)
+        return admitted
+
+    def _refuse(self, ctx: UnitContext, info: DeviceInfo, refused: list[str]) -> None:
+        self.channels_refused += len(refused)
+        self._refused = (self._refused + refused)[-_REFUSED_SHOWN:]
+        names = ", ".join(refused[:4]) + (" ..." if len(refused) > 4 else "")
+        now = trio.current_time()
+        first = self._refusal_logged_at is None
+        self._refusals_unlogged += len(refused)
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= _REFUSAL_LOG_S:
+            log.warning(
+                "unit %s: device %s on %s declares more than max_channels=%d channels: "
+                "%d refused since the last report (%s)",
+                self.name, info.device_id, self.device, self.max_channels,
+                self._refusals_unlogged, names,
+            )  # fmt: skip
+            self._refusal_logged_at = now
+            self._refusals_unlogged = 0
+        if first:
+            self.pains += 1
+            ctx.pain(
+                self.pain_intensity,
+                f"device {info.device_id} on {self.device} declares more than "
+                f"{self.max_channels} channels; refused {names}",
+            )
 
     def _report_missing(self, ctx: UnitContext, info: DeviceInfo) -> None:
         """Pain once per change of the pinned channels a device lacks (status lists them)."""
@@ -302,6 +367,9 @@ class FirmwareBridgeUnit:
             "actuators": [c.name for c in last.actuators] if last else [],
             "missing": list(self._missing),
             "ignored": list(self._ignored),
+            "max_channels": self.max_channels,
+            "channels_refused": self.channels_refused,
+            "refused": list(self._refused),
             "connects": self.connects,
             "disconnects": self.disconnects,
             "pains": self.pains,

@@ -56,6 +56,7 @@ from vsm_edge.sync import (
     ORMap,
     Replicator,
     ReplicatorConfig,
+    StoreError,
     StoreHighWaterMark,
     SyncError,
     Timestamp,
@@ -68,7 +69,7 @@ from vsm_edge.sync import (
     wall_clock_ms,
 )
 
-from ._algedonic import Signal, SignalError
+from ._algedonic import decode_peer_signal
 from ._config import AgentConfig
 from ._errors import AgentError
 from ._lease import Lease, LeaseMap
@@ -159,7 +160,10 @@ class Agent:
         cfg = self.config
         data_dir = Path(cfg.node.data_dir)
         key = await trio.to_thread.run_sync(self._load_key, data_dir)
-        store = await AsyncStore.open(data_dir / "node.db")
+        try:
+            store = await AsyncStore.open(data_dir / "node.db")
+        except StoreError as exc:  # names the file and says what is wrong with it
+            raise AgentError(str(exc)) from None
         self.store = store
         try:
             clock = HybridLogicalClock(
@@ -458,18 +462,15 @@ class Agent:
                     await trio.sleep(delay)  # re-sent until the broker takes it
                     delay = min(delay * 2, 2.0)
 
-    def _on_app(self, channel: str, sender: str, body: Any, envelope: Envelope) -> None:
+    def _on_app(self, channel: str, sender: str, body: Any, envelope: Envelope) -> str | None:
+        """The replicator's application handler: a refusal reason (counted there), or None."""
         runtime = self.runtime
         if runtime is None:
-            return
+            return None
         if channel == "alg":
-            try:
-                signal = Signal.from_cbor(body)
-            except SignalError:
-                log.debug("malformed algedonic signal from %s", sender)
-                return
-            if signal.node != sender:
-                return  # a node speaks only for itself
+            signal, refused = decode_peer_signal(sender, body)
+            if signal is None:
+                return refused
             alarm = runtime.inject_remote_signal(signal)
             if signal.id not in self.alarm_heard_latency_ms:
                 # from the raise (the signal's HLC wall time) to hearing it here
@@ -480,13 +481,13 @@ class Agent:
                     oldest = next(iter(self.alarm_heard_latency_ms))
                     del self.alarm_heard_latency_ms[oldest]
                     self._alarm_offered.pop(oldest, None)
-        elif (
-            channel == "policy"
-            and isinstance(body, bytes)
-            and runtime.accept_policy(body, raise_errors=False)
-            and self.security is not None
-        ):
-            self.security.policy_changed(runtime, body)
+        elif channel == "policy":
+            if not isinstance(body, bytes):
+                return "policy:malformed"
+            # S5 verifies the document and counts its own refusals
+            if runtime.accept_policy(body, raise_errors=False) and self.security is not None:
+                self.security.policy_changed(runtime, body)
+        return None
 
     # -- discovery --------------------------------------------------------------------
 

@@ -103,8 +103,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(Path(args.config))
     else:
         raise AgentError("give --config FILE, or --env to read VSM_* variables")
-    trio.run(run_agent, config, args.broker, args.protocol)
+    try:
+        trio.run(run_agent, config, args.broker, args.protocol)
+    except BaseExceptionGroup as group:  # Trio's nurseries wrap what they raise
+        # An AgentError says in one line what is wrong (a store, a port...);
+        # anything else is a bug and keeps its traceback.
+        error = next((e for e in _leaves(group) if isinstance(e, AgentError)), None)
+        if error is None:
+            raise
+        raise error from None
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 async def run_agent(config: AgentConfig, broker: str | None, protocol: str) -> None:

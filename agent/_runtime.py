@@ -36,7 +36,7 @@ import signal as signal_module
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -62,6 +62,9 @@ from ._s4 import Anomaly, Intelligence, MeshView, PeerReport
 from ._s5 import Identity, PolicyEngine, Recommendation
 from ._supervisor import Crash, Supervisor
 from ._units import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
+
+if TYPE_CHECKING:
+    from ._status import StatusServer
 
 __all__ = ["Runtime"]
 
@@ -265,6 +268,7 @@ class Runtime:
         self.algedonic_latencies: deque[float] = deque(maxlen=4096)
         self.s5_heard: deque[tuple[float, Signal]] = deque(maxlen=256)
         self.status_port: int | None = None
+        self.status_server: StatusServer | None = None
         self._command_ids = 0
         self._episodes_seen = 0
         self._now: Callable[[], float] = trio.current_time
@@ -315,7 +319,11 @@ class Runtime:
                 if self.config.status.enabled:
                     from ._status import StatusServer
 
-                    server = StatusServer(self, self.config.status.host, self.config.status.port)
+                    status = self.config.status
+                    server = StatusServer(
+                        self, status.host, status.port, head_timeout_s=status.head_timeout_s
+                    )
+                    self.status_server = server
                     self.status_port = await root.start(server.run)
                     self._write_port_file()
                 self._started.set()

@@ -176,8 +176,12 @@ class PeerInfo:
         }
 
 
-AppHandler = Callable[[str, str, Any, Envelope], None]
-"""``handler(channel, sender, body, envelope)`` for "alg" and "policy" messages."""
+AppHandler = Callable[[str, str, Any, Envelope], str | None]
+"""``handler(channel, sender, body, envelope)`` for "alg" and "policy" messages.
+
+It decodes ``body``; it returns None when it took the message, else the
+reason it refused it, which the replicator counts (``statistics()["refused"]``).
+"""
 
 
 class Replicator:
@@ -187,7 +191,8 @@ class Replicator:
     signed "offline" presence). ``store`` (optional) makes local updates
     durable and holds the outbox. ``ingress`` is the gateway; without one,
     every correctly signed message is accepted. ``on_app`` receives algedonic
-    and policy messages. ``randbytes`` supplies nonces and IVs.
+    and policy messages (and may refuse them: :data:`AppHandler`).
+    ``randbytes`` supplies nonces and IVs.
     """
 
     def __init__(
@@ -805,7 +810,9 @@ class Replicator:
                 if broken.blame and self.blame is not None:
                     self.blame(sender, broken.reason)
         elif self.on_app is not None:  # "alg" or "policy"
-            self.on_app(channel, sender, body, envelope)
+            refused = self.on_app(channel, sender, body, envelope)
+            if refused is not None:
+                self._refuse(refused)
 
     def _presence_from(self, envelope: Envelope) -> dict[str, Any] | None:
         if envelope.kind != "presence" or envelope.encrypted:

@@ -48,7 +48,9 @@ only after ``COMMIT`` returned. In WAL mode:
   clock running backwards is worse than a lost update.
 
 The database is opened with ``locking_mode=EXCLUSIVE``: one process (one node)
-owns the file; a second opener gets a :class:`StoreError`.
+owns the file; a second opener gets a :class:`StoreError`. A new store is
+built under a temporary name and linked into place whole, so an empty file at
+the path is a truncated store (:class:`StoreCorruptError`), never a new one.
 
 Threads: one connection, ``check_same_thread=False``, every use under one
 re-entrant lock, so the synchronous API is safe from any thread and
@@ -357,13 +359,60 @@ class Store:
     ) -> Store:
         """Open (creating if missing) the store at ``path``.
 
-        Raises :class:`StoreCorruptError` when the file is not a vsm-edge
-        store or is damaged, :class:`StoreVersionError` when a newer schema
-        wrote it, :class:`StoreError` when another process holds it.
+        Raises :class:`StoreCorruptError` when the file is empty (0 bytes: a
+        store that was truncated, never a new one), is not a vsm-edge store or
+        is damaged, :class:`StoreVersionError` when a newer schema wrote it,
+        :class:`StoreError` when another process holds it.
         """
         config = config or StoreConfig()
         spath = os.fspath(path)
         Path(spath).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            size: int | None = os.stat(spath).st_size
+        except FileNotFoundError:
+            size = None
+        except OSError as exc:
+            raise StoreError(f"{spath}: cannot open: {exc.strerror or exc}") from None
+        if size is None:
+            cls._create(spath, config, clock)
+        elif size == 0:
+            # SQLite would take an empty file for a new database. A store is
+            # never empty on disk (it is created whole, below), so this one was
+            # truncated: starting afresh over it would hide the loss.
+            raise StoreCorruptError(
+                f"{spath} is empty (0 bytes): the store was truncated and its data is lost; "
+                "restore it from a backup, or delete the file to start a new store",
+                spath,
+            )
+        return cls._connect(spath, config, clock)
+
+    @classmethod
+    def _create(cls, spath: str, config: StoreConfig, clock: Callable[[], float]) -> None:
+        """Build a new store beside ``spath`` and link it into place whole.
+
+        So no crash leaves an empty or half-made file at ``spath``. When
+        another process created ``spath`` meanwhile, its store is kept.
+        """
+        tmp = f"{spath}.new-{os.getpid()}"
+        _remove_database(tmp)
+        try:
+            cls._connect(tmp, config, clock).close()  # the schema, checkpointed into the file
+            _fsync(tmp)
+            try:
+                os.link(tmp, spath)  # fails if spath exists: never replaces a store
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                if not os.path.exists(spath):
+                    os.rename(tmp, spath)
+            _fsync(os.path.dirname(os.path.abspath(spath)))
+        except OSError as exc:
+            raise StoreError(f"{spath}: cannot create the store: {exc.strerror or exc}") from None
+        finally:
+            _remove_database(tmp)
+
+    @classmethod
+    def _connect(cls, spath: str, config: StoreConfig, clock: Callable[[], float]) -> Store:
         try:
             conn = sqlite3.connect(
                 spath,
@@ -1010,6 +1059,20 @@ def _seq(value: int, what: str, *, minimum: int = 1) -> None:
 
 
 _CORRUPT_MARKERS: Final = ("malformed", "not a database", "corrupt", "file is encrypted")
+
+
+def _remove_database(path: str) -> None:
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _translate(exc: sqlite3.Error, path: str, what: str) -> StoreError:

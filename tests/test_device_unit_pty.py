@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from support.devices import simulator_process
+from support.devices import PtyDevice, simulator_process
 from support.vsm import config, running
 
 from vsm_edge.agent import Runtime
@@ -26,6 +26,11 @@ pytestmark = pytest.mark.integration
 def _bench(link: Path, **options: Any) -> dict[str, Any]:
     return {"name": "bench", "kind": "firmware-bridge",
             "options": {"device": str(link), "reopen_max_s": 0.2, **options}}  # fmt: skip
+
+
+def _bench_path(device: PtyDevice) -> dict[str, Any]:
+    return {"name": "bench", "kind": "firmware-bridge",
+            "options": {"device": device.path, "reopen_max_s": 0.2}}  # fmt: skip
 
 
 def _unit(rt: Runtime) -> dict[str, Any]:
@@ -161,3 +166,83 @@ async def test_device_readings_replicate_to_another_agent(tmp_path: Path) -> Non
                 a.stop()
                 b.stop()
         sim.stop()
+
+
+async def test_a_device_renaming_its_channels_cannot_grow_the_mesh(tmp_path: Path) -> None:
+    # A device re-sends HELLO with 16 new sensor names each time (8 times, 128
+    # names); the unit declares at most max_channels (default 64) names in its
+    # life, so at most 64 reading keys ever enter the replicated mesh document.
+    from vsm_edge.agent._device_unit import MAX_CHANNELS
+    from vsm_edge.agent._node import Agent
+    from vsm_edge.bridge import Channel, DeviceConfig
+
+    def firmware(generation: int) -> DeviceConfig:
+        sensors = tuple(Channel(i + 1, f"g{generation}_s{i}", "V") for i in range(16))
+        return DeviceConfig("churn-1", "1.0", sensors)
+
+    generations = 2 * MAX_CHANNELS // 16
+    admitted = {f"n1/r/bench.g{g}_s{i}" for g in range(MAX_CHANNELS // 16) for i in range(16)}
+    device = PtyDevice(firmware(0))
+    broker = MemoryBroker()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(device.run)
+            units = [_bench_path(device)]
+            cfg = config(
+                {"node": {"id": "n1"}, "discovery": {"enabled": False}, "units": units},
+                data_dir=tmp_path,
+            )
+            agent = Agent(cfg, transport_factory=lambda will: broker.transport("n1", will=will))
+            await nursery.start(agent.run)
+            runtime = agent.runtime
+            assert runtime is not None
+
+            def detail() -> dict[str, Any]:
+                entry: dict[str, Any] = runtime.status()["s1"]["units"]["bench"]["detail"]
+                return entry
+
+            def handled() -> int:
+                return int(detail()["readings_received"] + detail()["readings_ignored"])
+
+            def bench_keys() -> dict[str, Any]:
+                assert agent.replicator is not None
+                doc = agent.replicator.docs["mesh"].state.value()
+                return {k: v for k, v in doc.items() if k.startswith("n1/r/bench.")}
+
+            sent = 0
+            for generation in range(generations):
+                if generation:
+                    await device.restart(firmware(generation))
+                await device.wait_connected()
+                names = [f"g{generation}_s{i}" for i in range(16)]
+                await _until(lambda n=names: detail()["sensors"] == n, "the unit to see the HELLO")
+                sent += await device.send_readings(float(generation))
+                await _until(
+                    lambda n=sent: handled() == n,
+                    "the readings",
+                )
+            # Readings on an admitted channel: once the second is replicated, the
+            # batch that carried the first (and everything before it) is complete.
+            await device.restart(firmware(0))
+            await device.wait_connected()
+            for marker in (1000.0, 1001.0):
+                await device.send_readings(marker)
+                await _until(
+                    lambda m=marker: bench_keys().get("n1/r/bench.g0_s0", [None])[0] == m,
+                    "a reading to be replicated",
+                    timeout=20,
+                )
+            assert set(bench_keys()) == admitted
+            info = detail()
+            assert info["max_channels"] == MAX_CHANNELS
+            assert info["channels_refused"] == (generations - MAX_CHANNELS // 16) * 16
+            assert info["refused"][-1] == f"sensor g{generations - 1}_s15"
+            assert info["readings_ignored"] == (generations - MAX_CHANNELS // 16) * 16
+            reasons = [a.signal.reason for a in runtime.algedonic.alarms.values()
+                       if a.signal.source == "s1.bench"]  # fmt: skip
+            assert reasons == [
+                f"device churn-1 on {device.path} declares more than {MAX_CHANNELS} channels; "
+                "refused sensor g4_s0, sensor g4_s1, sensor g4_s2, sensor g4_s3 ..."
+            ]
+            agent.stop()
+            nursery.cancel_scope.cancel()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -101,6 +103,46 @@ def test_foreign_sqlite_database_is_rejected(db: Path) -> None:
     conn.close()
     with pytest.raises(StoreCorruptError, match="not a vsm-edge store"):
         Store.open(db)
+
+
+def test_an_empty_file_is_a_truncated_store_not_a_new_one(db: Path) -> None:
+    db.write_bytes(b"")
+    with pytest.raises(StoreCorruptError, match="is empty") as info:
+        Store.open(db)
+    assert info.value.path == str(db)
+    assert str(db) in str(info.value)
+    assert "\n" not in str(info.value)
+    assert db.stat().st_size == 0  # left as it was found, for whoever investigates
+    assert sorted(p.name for p in db.parent.iterdir()) == ["node.db"]
+
+
+def test_a_missing_file_is_a_new_store_created_whole(db: Path) -> None:
+    with Store.open(db) as s:
+        assert db.stat().st_size > 0  # never an empty file, even before the first commit
+        s.append_delta("d", "a", 1, 1, b"x")
+    assert sorted(p.name for p in db.parent.iterdir()) == ["node.db"]  # no temporary left
+    with Store.open(db) as s:
+        assert [e.delta for e in s.deltas_after("d", "a", 0).entries] == [b"x"]
+
+
+def test_the_agent_refuses_to_start_on_an_empty_store_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "node.db").write_bytes(b"")
+    (tmp_path / "node.toml").write_text(
+        f'[node]\nid = "n"\ndata_dir = "{data}"\n[status]\nport = 0\n'
+        '[discovery]\nenabled = false\n[broker]\nurl = "mqtt://127.0.0.1:1"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "vsm_edge.agent", "run", "--config", str(tmp_path / "node.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"vsm-edge run: {data / 'node.db'} is empty (0 bytes): the store was truncated and its "
+        "data is lost; restore it from a backup, or delete the file to start a new store"
+    ]
+    assert (data / "node.db").stat().st_size == 0
 
 
 def test_garbage_file_is_a_corrupt_store(db: Path) -> None:

@@ -87,6 +87,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     ({"status": {"host": "0.0.0.0"}}, "config error: status.host: must be a loopback address"),
     ({"status": {"port": 70000}}, "config error: status.port: must be <= 65535, got 70000"),
+    ({"status": {"head_timeout_s": 0}}, "config error: status.head_timeout_s: must be > 0"),
     (
         {"broker": {"url": "http://x"}},
         'config error: broker.url: must be "embedded", "mdns" or mqtt[s]://',

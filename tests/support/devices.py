@@ -1,5 +1,6 @@
 """Helpers for the firmware-bridge unit tests: a fake serial port with a fake device
-beside it (MockClock tests), and the device simulator as a real process."""
+beside it (MockClock tests), a device on a real pseudo-terminal whose firmware the
+test drives, and the device simulator as a real process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import termios
+import tty
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from vsm_edge.bridge import (
     DeviceSession,
     NackReason,
     SerialStream,
+    SessionEstablished,
     TransportError,
 )
 
@@ -137,6 +141,91 @@ async def _flush(stream: Any, session: DeviceSession) -> None:
     data = session.data_to_send()
     if data:
         await stream.send_all(data)
+
+
+# -- a device on a real pseudo-terminal, driven by the test ----------------------------------
+
+
+class PtyDevice:
+    """A device on a real pseudo-terminal in this process: ``await nursery.start(dev.run)``
+    returns the path the host opens (``/dev/pts/N``).
+
+    The test owns the firmware: :meth:`restart` boots it again with another
+    HELLO without unplugging (as a re-flashed or misbehaving device does), and
+    :meth:`send_readings` sends one reading per sensor. It answers commands
+    with an ACK and keeps the session's timers (HELLO retries, heartbeats).
+    """
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.session = DeviceSession(config)
+        self.path = ""
+        self._connected = trio.Event()
+        self._wake = trio.Event()
+        self._send_lock = trio.Lock()
+        self._stream: trio.lowlevel.FdStream | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave, termios.TCSANOW)  # before the host opens it, as the simulator does
+            self.path = os.ttyname(slave)
+            # holding the slave open too: the master never reads EIO between host opens
+            async with trio.lowlevel.FdStream(master) as stream, trio.open_nursery() as nursery:
+                self._stream = stream
+                self.session.start(trio.current_time())
+                nursery.start_soon(self._reader, stream)
+                nursery.start_soon(self._ticker)
+                task_status.started(self.path)
+        finally:
+            os.close(slave)
+
+    async def restart(self, config: DeviceConfig) -> None:
+        """Boot again with ``config``: a new session, whose first frames are its HELLO."""
+        self.session = DeviceSession(config)
+        self._connected = trio.Event()
+        self.session.start(trio.current_time())
+        await self._flush()
+        self._wake.set()
+
+    async def wait_connected(self) -> None:
+        """Until the host has answered the current session's HELLO."""
+        await self._connected.wait()
+
+    async def send_readings(self, value: float) -> int:
+        """One reading of ``value`` per sensor of the current session; how many were sent."""
+        session = self.session
+        session.set_time(trio.current_time())
+        sent = sum(session.send_reading(ch.id, value) for ch in session.config.sensors)
+        await self._flush()
+        return sent
+
+    async def _reader(self, stream: trio.lowlevel.FdStream) -> None:
+        while True:
+            data = await stream.receive_some(4096)
+            session = self.session
+            session.receive_data(data, trio.current_time())
+            while (ev := session.next_event()) is not NEED_DATA:
+                if isinstance(ev, SessionEstablished):
+                    self._connected.set()
+                elif isinstance(ev, CommandReceived):
+                    session.respond(ev.command)
+            await self._flush()
+            self._wake.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            with trio.move_on_at(self.session.next_deadline() or math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self.session.handle_timer(trio.current_time())
+            await self._flush()
+
+    async def _flush(self) -> None:
+        assert self._stream is not None
+        async with self._send_lock:
+            data = self.session.data_to_send()
+            if data:
+                await self._stream.send_all(data)
 
 
 # -- the simulator as a process ----------------------------------------------------------
