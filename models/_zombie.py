@@ -119,7 +119,7 @@ class ZombieConfig:
     flood_rate: float = 15.0  # fresh messages/s over ~10 s
     flood_ratio: float = 10.0  # times the peer's own baseline
     repair_storm_rate: float = 10.0  # repair requests/s over ~10 s
-    invalid_evidence: float = 4.0  # evidence per INVALID message (signed, so attributable)
+    invalid_evidence: float = 4.5  # per INVALID message (signed, so attributable): 5 quarantine
     evidence_threshold: float = 20.0
     quarantine_on_bad: bool = False
     bad_limit: float = 20.0

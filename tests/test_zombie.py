@@ -181,3 +181,15 @@ def test_features_stay_finite_and_bounded(
             lo, hi = BOUNDS[name]
             assert math.isfinite(value), name
             assert lo <= value <= hi, (name, value)
+
+
+def test_signed_rule_breaking_quarantines_after_five_messages() -> None:
+    det = ZombieDetector(ZombieConfig())
+    for i in range(4):
+        assert det.observe("m", Observation.INVALID, kind="foreign-dots", hlc=0, size=0,
+                           now_ms=1_000 + i) is None  # fmt: skip
+    q = det.observe("m", Observation.INVALID, kind="foreign-dots", hlc=0, size=0, now_ms=1_010)
+    assert q is not None
+    assert q.reason == "invalid"
+    assert det.is_quarantined("m", 1_020)
+    assert not det.is_quarantined("honest", 1_020)
