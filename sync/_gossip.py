@@ -462,6 +462,10 @@ class Gossip:
         """How long after asking a peer its direct deltas count as the answer."""
         return 4 * self.config.repair_timeout + self.config.transfer_timeout
 
+    def awaits(self, peer: str) -> bool:
+        """True while ``peer``'s direct deltas would be the answer to our repair."""
+        return peer in self._asked or (self._repair is not None and self._repair[0] == peer)
+
     def signed_counter(self, doc: str, node: str) -> int:
         """The highest own counter ``node`` signed in a digest of ``doc`` (0: none)."""
         signed = self._signed.get(doc)
@@ -544,9 +548,7 @@ class Gossip:
         self, sender: str, body: Any, now: float, *, direct: bool
     ) -> DotRuleError | None:
         items = _expect_pairs(body)
-        relayed = direct and (
-            sender in self._asked or (self._repair is not None and self._repair[0] == sender)
-        )
+        relayed = direct and self.awaits(sender)
         if direct and self._repair is not None and self._repair[0] == sender:
             self._repair = None  # the answer to our repair request
         progressed: set[str] = set()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,6 +106,12 @@ class ReplicatorConfig:
     outgoing_capacity: int = 1024  # queued outgoing messages before spilling to the outbox
     max_envelope: int = 256 * 1024
     max_peers: int = 1024  # presences kept; when full, the offline peer seen longest ago goes
+    # Each sender's gossip may take this share of one core (a token bucket
+    # of CPU seconds with this burst); past it its deltas, repairs and chunks
+    # are refused "cpu-budget" until it refills. Digests and the answers to
+    # our own repairs are exempt (they are how anti-entropy repairs the rest).
+    cpu_share: float = 0.25
+    cpu_burst: float = 1.0
     outbox_retry: float = 1.0
     goodbye_timeout: float = 1.0  # at shutdown, for the "offline" presence to be acknowledged
 
@@ -114,6 +121,8 @@ class ReplicatorConfig:
                 raise ValueError(f"{name} {value!r} must be 1..64 chars without / + #")
         if self.snapshot_interval <= 0 or self.outbox_retry <= 0 or self.goodbye_timeout <= 0:
             raise ValueError("snapshot_interval, outbox_retry and goodbye_timeout must be > 0")
+        if not 0 < self.cpu_share <= 1 or self.cpu_burst <= 0:
+            raise ValueError("cpu_share must be in (0, 1] and cpu_burst > 0")
         if self.publishers < 1 or self.outgoing_capacity < 1 or self.max_peers < 1:
             raise ValueError("publishers, outgoing_capacity and max_peers must be >= 1")
 
@@ -261,6 +270,9 @@ class Replicator:
         self._commit_done = trio.Event()
         self._refused: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
+        # sender -> (CPU seconds left, at): see ReplicatorConfig.cpu_share
+        self._cpu: dict[str, tuple[float, float]] = {}
+        self._charge: list[str] = []  # the sender the message in hand is charged to
         self._observers: list[Callable[[Joined], None]] = []
         self._started = trio.Event()
         self._announced = trio.Event()  # our presence (and key) is at the broker
@@ -698,12 +710,28 @@ class Replicator:
 
     async def _receiver(self) -> None:
         async for message in self.transport.messages:
+            self._charge.clear()
+            started = time.perf_counter()
             try:
                 self._receive(message)
             except Exception:  # a bug must not kill replication; it is logged and counted
                 self._refused["internal-error"] += 1
                 log.exception("error while handling a message on %s", message.topic)
+            if self._charge:
+                self._spend(self._charge[0], time.perf_counter() - started)
             self._flush_actions()
+
+    def _cpu_left(self, sender: str, now: float) -> float:
+        cfg = self.config
+        left, at = self._cpu.get(sender, (cfg.cpu_burst, now))
+        return min(cfg.cpu_burst, left + (now - at) * cfg.cpu_share)
+
+    def _spend(self, sender: str, seconds: float) -> None:
+        now = trio.current_time()
+        self._cpu[sender] = (self._cpu_left(sender, now) - seconds, now)
+        if len(self._cpu) > 2 * self.config.max_peers:
+            for name in [n for n in self._cpu if n not in self.peers]:
+                del self._cpu[name]
 
     def _refuse(self, reason: str) -> None:
         self._refused[reason] += 1
@@ -780,6 +808,16 @@ class Replicator:
         elif not signature_ok:
             self._refuse("bad-signature")
             return
+        if channel in ("d", "sv", "to"):
+            # Digests always go through (small, and what anti-entropy runs on).
+            if (
+                envelope.kind != "digest"
+                and not self.gossip.awaits(sender)
+                and self._cpu_left(sender, now) <= 0
+            ):
+                self._refuse("cpu-budget")  # the next digest exchange repairs it
+                return
+            self._charge.append(sender)
         if not message.retain:
             try:
                 self.clock.update(envelope.timestamp(sender))

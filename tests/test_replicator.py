@@ -93,6 +93,8 @@ async def open_node(
     seed: bytes | None = None,
     mesh_key: MeshKey | None = None,
     gossip: GossipConfig = FAST,
+    cpu_share: float = 0.25,
+    cpu_burst: float = 1.0,
 ) -> AsyncIterator[Node]:
     store = await AsyncStore.open(data / f"{name}.db") if data is not None else None
     clock = HybridLogicalClock(
@@ -104,7 +106,10 @@ async def open_node(
         "notes": YjsDocument("notes", {"text": pycrdt.Text}),
     }
     rep = Replicator(
-        ReplicatorConfig(mesh="test", node=name, gossip=gossip, snapshot_interval=0.2),
+        ReplicatorConfig(
+            mesh="test", node=name, gossip=gossip, snapshot_interval=0.2,
+            cpu_share=cpu_share, cpu_burst=cpu_burst,
+        ),
         key,
         clock,
         lambda will: factory(name, will),
@@ -161,6 +166,24 @@ async def test_three_nodes_converge_on_the_memory_broker() -> None:
             await until(lambda: same(nodes), 5, "convergence")
             assert len(a.value()) == 7
             assert a.rep.statistics()["refused"] == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sender_past_its_cpu_budget_is_refused_and_repairs_still_converge() -> None:
+    # a grants each sender almost no CPU for unsolicited messages: b's pushes
+    # are refused "cpu-budget", but the answers to a's own repairs are exempt.
+    broker = MemoryBroker(seed=5)
+    async with trio.open_nursery() as nursery:
+        async with (
+            open_node(nursery, "a", memory_factory(broker), cpu_share=1e-9, cpu_burst=1e-9) as a,
+            open_node(nursery, "b", memory_factory(broker)) as b,
+        ):
+            await until(lambda: len(a.rep.online_peers()) == 1, 5, "presence")
+            for i in range(30):
+                await b.put(f"k{i}", i)
+            await until(lambda: same([a, b]) and len(a.value()) == 30, 10, "convergence")
+            assert a.rep.statistics()["refused"].get("cpu-budget", 0) > 0
+            assert b.rep.statistics()["refused"].get("cpu-budget", 0) == 0
         nursery.cancel_scope.cancel()
 
 
