@@ -122,6 +122,7 @@ from ._mqtt import (
     MqttSettings,
     MqttTransport,
 )
+from ._name_claim import NameClaim, RunStamp, resolve_name_claim
 from ._replicator import (
     Inbound,
     IngressCheck,
@@ -241,6 +242,7 @@ __all__ = [
     "Message",
     "MqttSettings",
     "MqttTransport",
+    "NameClaim",
     "NodeKey",
     "NotConnectedError",
     "ORMap",
@@ -257,6 +259,7 @@ __all__ = [
     "PublishRefusedError",
     "Replicator",
     "ReplicatorConfig",
+    "RunStamp",
     "SignatureError",
     "Snapshot",
     "StateVector",
@@ -297,6 +300,7 @@ __all__ = [
     "load_public_key",
     "open_envelope",
     "presence_topic",
+    "resolve_name_claim",
     "save_mesh_key",
     "save_node_key",
     "save_public_key",

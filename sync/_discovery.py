@@ -40,12 +40,13 @@ import binascii
 import enum
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ._errors import DiscoveryError, TxtRecordError
+from ._name_claim import RUN_NONCE_BYTES, RunStamp
 
 if TYPE_CHECKING:
     import trio
@@ -102,9 +103,11 @@ class Advertisement:
     """What a node tells the LAN about itself (the TXT record's content).
 
     TXT keys: ``v`` protocol version, ``n`` node id, ``k`` key id (base64url,
-    unpadded), ``m`` mesh, ``z`` zone, ``b`` broker URL (optional). Raises
-    :class:`TxtRecordError` when a field is invalid or the record would pass
-    :data:`MAX_TXT_BYTES`.
+    unpadded), ``m`` mesh, ``z`` zone, ``b`` broker URL (optional), and the
+    run stamp (see ``_name_claim.py``): ``t`` start time in Unix ms and ``r``
+    nonce in hex, together or not at all. ``run`` is None until the adapter
+    stamps the advertisement when it starts. Raises :class:`TxtRecordError`
+    when a field is invalid or the record would pass :data:`MAX_TXT_BYTES`.
     """
 
     node: str
@@ -113,6 +116,7 @@ class Advertisement:
     zone: str
     broker: str | None = None
     version: int = PROTOCOL_VERSION
+    run: RunStamp | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.node, "node id")
@@ -133,6 +137,8 @@ class Advertisement:
             or not 1 <= self.version <= 65535
         ):
             raise TxtRecordError(f"protocol version must be in 1..65535, got {self.version!r}")
+        if self.run is not None and not isinstance(self.run, RunStamp):
+            raise TxtRecordError(f"run must be a RunStamp or None, got {self.run!r}")
         if len(self.instance.encode()) > 63:
             raise TxtRecordError(
                 f"instance name {self.instance!r} is longer than a DNS label (63 bytes)"
@@ -158,6 +164,9 @@ class Advertisement:
         ]
         if self.broker is not None:
             pairs.append(("b", self.broker))
+        if self.run is not None:
+            pairs.append(("t", str(self.run.started_ms)))
+            pairs.append(("r", self.run.nonce.hex()))
         return pairs
 
 
@@ -202,7 +211,9 @@ def decode_txt(data: bytes) -> Advertisement:
     """Parse a peer's TXT record strictly; raises :class:`TxtRecordError` (only).
 
     Unknown keys are ignored (forward compatibility); repeated keys count
-    once (the first, RFC 6763 §6.4); our keys must all be present and valid.
+    once (the first, RFC 6763 §6.4); our keys must all be present and valid,
+    except ``b`` and the run stamp ``t``/``r`` (both or neither), which are
+    optional.
     """
     items = _split_txt(data)
 
@@ -233,7 +244,24 @@ def decode_txt(data: bytes) -> Advertisement:
         zone=text("z"),
         broker=broker,
         version=int(version_text),
+        run=_decode_run(items, text),
     )
+
+
+def _decode_run(items: Mapping[str, bytes | None], text: Callable[[str], str]) -> RunStamp | None:
+    if "t" not in items and "r" not in items:
+        return None  # a node that predates the run stamp
+    if "t" not in items or "r" not in items:
+        raise TxtRecordError("TXT keys t= and r= (the run stamp) come together or not at all")
+    started_text = text("t")
+    if not re.fullmatch(r"[0-9]{1,15}", started_text):
+        raise TxtRecordError(f"TXT t={started_text[:20]!r} is not a start time in decimal ms")
+    nonce_text = text("r")
+    if not re.fullmatch(rf"[0-9A-Fa-f]{{{2 * RUN_NONCE_BYTES}}}", nonce_text):
+        raise TxtRecordError(
+            f"TXT r={nonce_text[:40]!r} is not a nonce of {2 * RUN_NONCE_BYTES} hex digits"
+        )
+    return RunStamp(int(started_text), bytes.fromhex(nonce_text))  # range-checked there
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +469,14 @@ class PeerTable:
 
     def knows_instance(self, instance: str) -> bool:
         return instance in self._by_instance
+
+    def live_peer(self, instance: str) -> Peer | None:
+        """The live peer advertised as ``instance``, or None (unknown or gone)."""
+        node = self._by_instance.get(instance)
+        entry = self._entries.get(node) if node is not None else None
+        if entry is None or entry.gone_at is not None:
+            return None
+        return entry.peer
 
     def statistics(self) -> DiscoveryStatistics:
         live = sum(1 for e in self._entries.values() if e.gone_at is None)

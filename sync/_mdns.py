@@ -16,9 +16,22 @@ Liveness does not rely on zeroconf's browser (see ``_discovery.py``): a
 service type that arrives, and the jittered tick sends our own PTR query
 without known answers when the table asks for one.
 
-Zeroconf names used beyond its ``__all__``: ``DNSOutgoing`` and
-``DNSQuestion`` (``zeroconf._protocol.outgoing``, ``zeroconf._dns``), the
-documented way to send a hand-made query; the tests exercise them.
+Name conflicts (see ``_name_claim.py`` for why probing is not enough): the
+advertisement is stamped with a run stamp when ``run`` starts. After
+registration the node multicasts a few questions for its own TXT record (QM,
+not QU: a unicast answer may be handed to another socket sharing port 5353),
+and the tap watches every TXT record under our own instance name, for as long
+as the node runs. A record with another run's stamp is a claim on our name:
+when it wins, ``run`` withdraws our records (a goodbye for our TXT record
+only; the PTR and SRV records are the winner's too) and raises
+:class:`DiscoveryError`; when we win, we multicast our records again (at most
+once a second) so that the other run, and every cache, hears us.
+
+Zeroconf names used beyond its ``__all__``: ``DNSOutgoing``, ``DNSQuestion``
+and ``DNSText`` (``zeroconf._protocol.outgoing``, ``zeroconf._dns``), the
+documented way to send a hand-made query or answer; and ``ServiceRegistry.
+async_remove`` (called on zeroconf's loop) to forget a lost name without the
+goodbyes ``close`` would send. The tests exercise them.
 """
 
 from __future__ import annotations
@@ -27,9 +40,11 @@ import contextlib
 import dataclasses
 import ipaddress
 import random
+import secrets
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
 import ifaddr
@@ -45,7 +60,7 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
-from zeroconf._dns import DNSPointer, DNSQuestion
+from zeroconf._dns import DNSPointer, DNSQuestion, DNSText
 from zeroconf._protocol.outgoing import DNSOutgoing
 
 from ._discovery import (
@@ -62,6 +77,7 @@ from ._discovery import (
 )
 from ._discovery_service import _TableService
 from ._errors import DiscoveryError, TxtRecordError
+from ._name_claim import MAX_STARTED_MS, RUN_NONCE_BYTES, NameClaim, RunStamp, resolve_name_claim
 
 __all__ = ["ZeroconfDiscovery"]
 
@@ -70,8 +86,16 @@ _TYPE_TXT: Final = 16
 _TYPE_SRV: Final = 33
 _CLASS_IN: Final = 1
 _FLAGS_QUERY: Final = 0x0000
+_FLAGS_ANSWER: Final = 0x8400  # a response (QR), authoritative (AA)
 RESOLVE_TIMEOUT_MS: Final = 2000
 CLOSE_TIMEOUT_S: Final = 5.0
+# Own-name questions after registration: a responder multicasts a record at
+# most once a second (RFC 6762 §6), so three questions a second apart let a
+# rival answer at least twice.
+NAME_QUERIES: Final = 3
+NAME_QUERY_INTERVAL_S: Final = 1.0
+DEFEND_INTERVAL_S: Final = 1.0  # our records, multicast again while a rival is heard
+MAX_PENDING_CLAIMS: Final = 16  # distinct rival TXT records held for Trio at once
 
 _Kind = Literal["seen", "added", "updated", "removed"]
 _STATE_KIND: Final[dict[ServiceStateChange, _Kind]] = {
@@ -79,6 +103,13 @@ _STATE_KIND: Final[dict[ServiceStateChange, _Kind]] = {
     ServiceStateChange.Updated: "updated",
     ServiceStateChange.Removed: "removed",
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Batch:
+    notes: dict[tuple[str, str], _Kind]  # (service type, instance) -> what happened
+    texts: dict[str, bytes]  # peer instance -> its latest TXT record
+    claims: list[bytes]  # TXT records under our own name that are not ours
 
 
 class _Bridge:
@@ -89,6 +120,8 @@ class _Bridge:
         self._max = max_pending
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], _Kind] = {}
+        self._texts: dict[str, bytes] = {}
+        self._claims: dict[bytes, None] = {}  # a set, in order
         self._scheduled = False
         self._event = trio.Event()
         self.overflow = 0
@@ -103,31 +136,56 @@ class _Bridge:
                 return
             if kind != "seen" or previous is None:  # "seen" never hides a state change
                 self._pending[key] = kind
-            if self._scheduled:
+            self._wake_locked()
+
+    def text(self, name: str, text: bytes) -> None:
+        """A peer's TXT record arrived; only the latest per instance is kept (any thread)."""
+        with self._lock:
+            if name not in self._texts and len(self._texts) >= self._max:
+                self.overflow += 1
                 return
-            self._scheduled = True
+            self._texts[name] = text
+            self._wake_locked()
+
+    def claim(self, text: bytes) -> None:
+        """A TXT record under our own instance name, not ours (any thread)."""
+        with self._lock:
+            if text not in self._claims and len(self._claims) >= MAX_PENDING_CLAIMS:
+                self.overflow += 1
+                return
+            self._claims[text] = None
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._scheduled:
+            return
+        self._scheduled = True
         with contextlib.suppress(trio.RunFinishedError):  # Trio is gone: nothing to wake
             self._token.run_sync_soon(self._event.set)
 
-    async def take(self) -> dict[tuple[str, str], _Kind]:
+    async def take(self) -> _Batch:
         """Wait for notes, then take them all (Trio thread)."""
         await self._event.wait()
         with self._lock:
-            taken, self._pending = self._pending, {}
+            batch = _Batch(self._pending, self._texts, list(self._claims))
+            self._pending, self._texts, self._claims = {}, {}, {}
             self._scheduled = False
             # Replaced without a checkpoint: a wake-up scheduled after this
             # point runs later in this thread and sets the new event.
             self._event = trio.Event()
-        return taken
+        return batch
 
 
 class _RecordTap(RecordUpdateListener):
-    """Notes every live PTR/SRV/TXT record of our service type (zeroconf's loop thread)."""
+    """Notes every live PTR/SRV/TXT record of our service type and hands on the
+    TXT records, our own excepted (zeroconf's loop thread)."""
 
-    def __init__(self, bridge: _Bridge) -> None:
+    def __init__(self, bridge: _Bridge, own_name: str, own_text: bytes) -> None:
         super().__init__()
         self._bridge = bridge
         self._suffix = "." + SERVICE_TYPE.lower()
+        self._own_name = own_name.lower()
+        self._own_text = own_text
 
     def async_update_records(self, zc: Zeroconf, now: float, records: list[RecordUpdate]) -> None:
         for update in records:
@@ -139,6 +197,11 @@ class _RecordTap(RecordUpdateListener):
                 if isinstance(record, DNSPointer):
                     self._bridge.note(SERVICE_TYPE, record.alias, "seen")
             elif record.type in (_TYPE_SRV, _TYPE_TXT) and name.endswith(self._suffix):
+                if isinstance(record, DNSText):
+                    if name != self._own_name:
+                        self._bridge.text(record.name, record.text)
+                    elif record.text != self._own_text:
+                        self._bridge.claim(record.text)
                 self._bridge.note(SERVICE_TYPE, record.name, "seen")
 
     def async_update_records_complete(self) -> None:
@@ -179,8 +242,11 @@ class ZeroconfDiscovery(_TableService):
     ``"all"`` (production only: multicast on every interface). ``port`` is
     the SRV port (the node's status port; 0 when it has none).
     ``broker_port``, when given, also advertises an MQTT broker on this host
-    as ``_mqtt._tcp`` (the embedded broker). Raises :class:`DiscoveryError`
-    for bad arguments, name conflicts and socket failures.
+    as ``_mqtt._tcp`` (the embedded broker). ``wall_clock`` (Unix seconds)
+    stamps the run when ``run`` starts, unless ``advertisement.run`` is
+    already set. Raises :class:`DiscoveryError` for bad arguments, name
+    conflicts (from ``run``, also long after start: see the module docstring)
+    and socket failures.
     """
 
     def __init__(
@@ -195,8 +261,11 @@ class ZeroconfDiscovery(_TableService):
         max_pending: int = 1024,
         broker_settle_s: float = 0.5,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(advertisement, timing=timing, event_buffer=event_buffer, rng=rng)
+        if advertisement.run is None:  # refuse now a record that the stamp would make too large
+            dataclasses.replace(advertisement, run=RunStamp(MAX_STARTED_MS, bytes(RUN_NONCE_BYTES)))
         self._zc_interfaces, self.addresses = _interfaces(interfaces)
         if not 0 <= port < 65536:
             raise DiscoveryError(f"port {port} is not a TCP port")
@@ -213,6 +282,12 @@ class ZeroconfDiscovery(_TableService):
         self._brokers: dict[str, BrokerCandidate] = {}
         self._brokers_changed = trio.Event()
         self._inflight: set[tuple[str, str]] = set()
+        self._wall_clock = wall_clock
+        self._latest_txt: dict[str, bytes] = {}  # instance (lower case) -> TXT, oldest first
+        self._max_latest_txt = max(max_pending, self.timing.max_peers)
+        self._registered: list[ServiceInfo] = []
+        self._rival_heard = trio.Event()
+        self._conflict: DiscoveryError | None = None
         self._resolve_limiter = trio.CapacityLimiter(4)
         self._nursery: trio.Nursery | None = None
 
@@ -272,13 +347,31 @@ class ZeroconfDiscovery(_TableService):
         except Exception as exc:  # zeroconf raises several types; none may leak
             raise DiscoveryError(f"cannot register {info.name}: {exc!r}") from None
 
-    def _close(self, zc: Zeroconf, browsers: list[ServiceBrowser]) -> None:
+    def _close(self, zc: Zeroconf, browsers: list[ServiceBrowser], lost: list[ServiceInfo]) -> None:
         # Closing: nothing useful to do with an error, and the rest still needs closing.
         for browser in browsers:
             with contextlib.suppress(Exception):
                 browser.cancel()
+        if lost:
+            with contextlib.suppress(Exception):
+                self._forget_lost_name(zc, lost)
         with contextlib.suppress(Exception):
-            zc.close()  # sends goodbyes for our services
+            zc.close()  # sends goodbyes for the services still registered
+
+    @staticmethod
+    def _forget_lost_name(zc: Zeroconf, lost: list[ServiceInfo]) -> None:
+        """Stop answering for a name another run won, without goodbyes for it.
+
+        Goodbyes for our PTR and SRV records (the same as the winner's) would
+        make every peer drop the winner; only our TXT record, which carries
+        our run stamp, is ours alone, so only it gets a goodbye. Runs before
+        ``close`` on zeroconf's loop (``call_soon_threadsafe`` keeps the order).
+        """
+        assert zc.loop is not None
+        zc.loop.call_soon_threadsafe(zc.registry.async_remove, lost)
+        out = DNSOutgoing(_FLAGS_ANSWER, True)
+        out.add_answer_at_time(lost[0].dns_text(override_ttl=0), 0)
+        zc.send(out)
 
     def _on_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -290,40 +383,113 @@ class ZeroconfDiscovery(_TableService):
 
     # -- the service ---------------------------------------------------------------
 
+    def _stamp(self) -> None:
+        """Give this run its stamp (start time, fresh nonce) unless the caller did."""
+        if self.advertisement.run is None:
+            started_ms = int(self._wall_clock() * 1000)
+            stamp = RunStamp(started_ms, secrets.token_bytes(RUN_NONCE_BYTES))
+            self.advertisement = dataclasses.replace(self.advertisement, run=stamp)
+            self._table.own = self.advertisement
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._claim_run()
         self._bridge = _Bridge(trio.lowlevel.current_trio_token(), self._max_pending)
         try:
+            self._stamp()
             zc = await trio.to_thread.run_sync(self._open)
         except BaseException:
             self._send.close()
             raise
+        info = self._service_info()
         try:
-            zc.add_listener(_RecordTap(self._bridge), None)
+            zc.add_listener(_RecordTap(self._bridge, info.name, info.text or b""), None)
             browser = await trio.to_thread.run_sync(
                 lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[self._on_change])
             )
             self._browsers.append(browser)
-            await trio.to_thread.run_sync(self._register, zc, self._service_info())
+            await trio.to_thread.run_sync(self._register, zc, info)
+            self._registered.append(info)
             if self.broker_port is not None:
-                await trio.to_thread.run_sync(self._register, zc, self._broker_info())
+                broker_info = self._broker_info()
+                await trio.to_thread.run_sync(self._register, zc, broker_info)
+                self._registered.append(broker_info)
             self._zc = zc
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._work)
                 nursery.start_soon(self._pump_events)
                 nursery.start_soon(self._tick_forever)
+                nursery.start_soon(self._ask_own_name, info.name)
+                nursery.start_soon(self._defend_name, info)
                 self._table.tick(trio.current_time())
                 task_status.started()
+            if self._conflict is not None:
+                raise self._conflict
         finally:
             self._zc = None
             self._nursery = None
             self._send.close()
+            lost: list[ServiceInfo] = list(self._registered) if self._conflict is not None else []
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
                 await trio.to_thread.run_sync(
-                    self._close, zc, list(self._browsers), abandon_on_cancel=True
+                    self._close, zc, list(self._browsers), lost, abandon_on_cancel=True
                 )
+
+    # -- our own name ----------------------------------------------------------------
+
+    async def _ask_own_name(self, name: str) -> None:
+        """Multicast (QM) questions for our own TXT record for a short while."""
+        for i in range(NAME_QUERIES):
+            if i:
+                await trio.sleep(NAME_QUERY_INTERVAL_S)
+            zc = self._zc
+            if zc is None:
+                return
+            out = DNSOutgoing(_FLAGS_QUERY, True)
+            out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+            zc.send(out)
+
+    async def _defend_name(self, info: ServiceInfo) -> None:
+        """Multicast our records again while a losing rival is heard (at most once a second)."""
+        while True:
+            await self._rival_heard.wait()
+            self._rival_heard = trio.Event()
+            zc = self._zc
+            if zc is None:
+                return
+            out = DNSOutgoing(_FLAGS_ANSWER, True)
+            for record in (info.dns_pointer(), info.dns_service(), info.dns_text()):
+                out.add_answer_at_time(record, 0)
+            for address in info.dns_addresses():
+                out.add_answer_at_time(address, 0)
+            zc.send(out)
+            await trio.sleep(DEFEND_INTERVAL_S)
+
+    def _judge_claim(self, text: bytes) -> None:
+        """Another TXT record under our own instance name arrived: keep or yield the name."""
+        own = self.advertisement
+        assert own.run is not None
+        try:
+            other = decode_txt(text)
+        except TxtRecordError as exc:
+            self._table.rejected(own.instance, f"a record under our own name: {exc}")
+            return
+        verdict = resolve_name_claim(own.run, other.run)
+        if verdict is NameClaim.KEEP:
+            self._rival_heard.set()
+        elif verdict is NameClaim.YIELD and self._conflict is None:
+            rival = (
+                f"a run started at {other.run.started_ms} ms (ours: {own.run.started_ms} ms)"
+                if other.run is not None
+                else "a node without a run stamp"
+            )
+            self._conflict = DiscoveryError(
+                f"{own.service_name} is already advertised by another host "
+                f"(same node id and mesh?): {rival} keeps the name"
+            )
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     async def _query(self) -> None:
         zc = self._zc
@@ -338,8 +504,12 @@ class ZeroconfDiscovery(_TableService):
         own = self.advertisement.service_name.lower()
         while True:
             batch = await self._bridge.take()
+            for text in batch.claims:
+                self._judge_claim(text)
             now = trio.current_time()
-            for (service_type, name), kind in batch.items():
+            for name, text in batch.texts.items():
+                self._peer_text(name, text, now)
+            for (service_type, name), kind in batch.notes.items():
                 if service_type == SERVICE_TYPE.lower():
                     if name.lower() == own:
                         continue
@@ -387,9 +557,34 @@ class ZeroconfDiscovery(_TableService):
         finally:
             self._inflight.discard((service_type, name))
 
+    def _peer_text(self, name: str, text: bytes, now: float) -> None:
+        """A peer's TXT record arrived: the newest one is its advertisement.
+
+        A record with the cache-flush bit replaces the older ones (RFC 6762
+        §10.2), but zeroconf keeps both for a second and its resolver may pick
+        either; so the latest TXT record per instance is remembered here, and
+        a known peer's advertisement follows it without a resolve.
+        """
+        key = name.lower()
+        self._latest_txt.pop(key, None)
+        if len(self._latest_txt) >= self._max_latest_txt:
+            del self._latest_txt[next(iter(self._latest_txt))]  # the least recently heard
+        self._latest_txt[key] = text
+        peer = self._table.live_peer(name)
+        if peer is None:
+            return  # unknown or gone: its note gets it resolved
+        try:
+            advertisement = decode_txt(text)
+        except TxtRecordError as exc:
+            self._table.rejected(name, str(exc))
+            return
+        if advertisement != peer.advertisement:
+            self._table.heard(dataclasses.replace(peer, advertisement=advertisement), now)
+            self._notify()
+
     def _heard_info(self, name: str, info: ServiceInfo) -> None:
         try:
-            advertisement = decode_txt(info.text or b"")
+            advertisement = decode_txt(self._latest_txt.get(name.lower(), info.text or b""))
         except TxtRecordError as exc:
             self._table.rejected(name, str(exc))
             return

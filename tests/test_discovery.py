@@ -18,19 +18,24 @@ from vsm_edge.sync import (
     DiscoveryTiming,
     MemoryDiscovery,
     MemoryDiscoveryNetwork,
+    NameClaim,
     Peer,
     PeerEvent,
     PeerEventKind,
     PeerTable,
+    RunStamp,
     SyncError,
     TxtRecordError,
     choose_broker,
     decode_txt,
     encode_txt,
+    resolve_name_claim,
 )
 from vsm_edge.sync._discovery import MAX_TXT_BYTES, RECOMMENDED_TXT_BYTES, broker_url
+from vsm_edge.sync._name_claim import MAX_STARTED_MS
 
 KEY = bytes(range(16))
+RUN = RunStamp(1_796_000_000_123, bytes.fromhex("00ff10203040a0b0"))
 
 
 def adv(node: str = "n1", mesh: str = "m", **kw: object) -> Advertisement:
@@ -63,6 +68,105 @@ def test_txt_round_trip_and_exact_bytes() -> None:
     assert a.service_name == "n1@m._vsm-edge._tcp.local."
 
 
+def test_run_stamp_round_trip_and_exact_bytes() -> None:
+    a = adv(broker="mqtt://10.0.0.5:1883", run=RUN)
+    raw = encode_txt(a)
+    assert raw == txt(
+        b"v=1",
+        b"n=n1",
+        b"k=AAECAwQFBgcICQoLDA0ODw",
+        b"m=m",
+        b"z=z1",
+        b"b=mqtt://10.0.0.5:1883",
+        b"t=1796000000123",
+        b"r=00ff10203040a0b0",
+    )
+    assert decode_txt(raw) == a
+    assert decode_txt(raw).run == RUN
+    # a record without the stamp (a node that predates it) still decodes
+    assert decode_txt(encode_txt(adv())).run is None
+    # upper-case hex, leading zeros and the largest time are accepted
+    base = [b"v=1", b"n=n1", b"k=AAEC", b"m=m", b"z=z1"]
+    assert decode_txt(txt(*base, b"R=00FF10203040A0B0", b"t=001796000000123")).run == RUN
+    largest = txt(*base, b"t=" + str(MAX_STARTED_MS).encode(), b"r=" + b"0" * 16)
+    assert decode_txt(largest).run == RunStamp(MAX_STARTED_MS, bytes(8))
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([b"t=1"], "come together"),
+        ([b"r=00ff10203040a0b0"], "come together"),
+        ([b"t", b"r=00ff10203040a0b0"], "missing or has no value"),
+        ([b"t=1", b"r"], "missing or has no value"),
+        ([b"t=-1", b"r=00ff10203040a0b0"], "start time"),
+        ([b"t=1.5", b"r=00ff10203040a0b0"], "start time"),
+        ([b"t=" + b"9" * 16, b"r=00ff10203040a0b0"], "start time"),
+        ([b"t=" + str(MAX_STARTED_MS + 1).encode(), b"r=00ff10203040a0b0"], "0..281474976710655"),
+        ([b"t=1", b"r=00ff10203040a0"], "16 hex digits"),  # 7 bytes
+        ([b"t=1", b"r=00ff10203040a0b0c0"], "16 hex digits"),  # 9 bytes
+        ([b"t=1", b"r=00ff10203040a0bg"], "16 hex digits"),
+        ([b"t=1", b"r=+0ff10203040a0b0"], "16 hex digits"),
+        ([b"t=1", b"r=00ff\xc3\xa9203040a0b"], "not ASCII"),
+    ],
+)
+def test_decode_rejects_bad_run_stamps(items: list[bytes], message: str) -> None:
+    base = [b"v=1", b"n=n1", b"k=AAEC", b"m=m", b"z=z1"]
+    with pytest.raises(TxtRecordError, match=message):
+        decode_txt(txt(*base, *items))
+
+
+@pytest.mark.parametrize(
+    ("started_ms", "nonce"),
+    [
+        (-1, bytes(8)),
+        (MAX_STARTED_MS + 1, bytes(8)),
+        (True, bytes(8)),
+        (1.0, bytes(8)),
+        (1, bytes(7)),
+        (1, bytes(9)),
+        (1, "00" * 8),
+    ],
+)
+def test_run_stamp_is_validated(started_ms: object, nonce: object) -> None:
+    with pytest.raises(TxtRecordError):
+        RunStamp(started_ms, nonce)  # type: ignore[arg-type]
+
+
+def test_name_claim_tie_break() -> None:
+    old = RunStamp(1_000, bytes.fromhex("ffffffffffffffff"))
+    new = RunStamp(2_000, bytes(8))
+    same_time_small = RunStamp(2_000, bytes.fromhex("00000000000000ff"))
+    same_time_large = RunStamp(2_000, bytes.fromhex("0100000000000000"))
+    assert resolve_name_claim(new, new) is NameClaim.OURS
+    # the older start time wins, whatever the nonces
+    assert resolve_name_claim(new, old) is NameClaim.YIELD
+    assert resolve_name_claim(old, new) is NameClaim.KEEP
+    # equal start times: the smaller nonce (unsigned, big-endian) wins
+    assert resolve_name_claim(same_time_large, same_time_small) is NameClaim.YIELD
+    assert resolve_name_claim(same_time_small, same_time_large) is NameClaim.KEEP
+    # a claim without a stamp comes from a node that will not yield: we do
+    assert resolve_name_claim(old, None) is NameClaim.YIELD
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(0, MAX_STARTED_MS),
+    st.binary(min_size=8, max_size=8),
+    st.integers(0, MAX_STARTED_MS),
+    st.binary(min_size=8, max_size=8),
+)
+def test_exactly_one_side_of_a_name_conflict_yields(t1: int, n1: bytes, t2: int, n2: bytes) -> None:
+    a, b = RunStamp(t1, n1), RunStamp(t2, n2)
+    verdicts = {resolve_name_claim(a, b), resolve_name_claim(b, a)}
+    if a == b:
+        assert verdicts == {NameClaim.OURS}
+    else:
+        assert verdicts == {NameClaim.KEEP, NameClaim.YIELD}
+        older = a if (t1, n1) < (t2, n2) else b
+        assert resolve_name_claim(older, b if older is a else a) is NameClaim.KEEP
+
+
 def test_typical_txt_record_fits_the_recommended_200_bytes() -> None:
     a = Advertisement(
         node="sensor-kitchen-0042",
@@ -70,6 +174,7 @@ def test_typical_txt_record_fits_the_recommended_200_bytes() -> None:
         mesh="plant-7",
         zone="building-a",
         broker="mqtts://192.168.100.200:8883",
+        run=RunStamp(MAX_STARTED_MS, bytes(8)),
     )
     assert len(encode_txt(a)) <= RECOMMENDED_TXT_BYTES
 
@@ -151,7 +256,7 @@ def test_any_bytes_decode_or_raise_txt_record_error(data: bytes) -> None:
 @settings(max_examples=200)
 @given(st.data())
 def test_truncated_and_bit_flipped_records(data: st.DataObject) -> None:
-    raw = encode_txt(adv(broker="mqtt://10.1.2.3:1883"))
+    raw = encode_txt(adv(broker="mqtt://10.1.2.3:1883", run=RUN))
     cut = data.draw(st.integers(0, len(raw)))
     flips = data.draw(st.lists(st.integers(0, len(raw) * 8 - 1), max_size=4))
     mutated = bytearray(raw[:cut] if data.draw(st.booleans()) else raw)
@@ -196,6 +301,17 @@ def test_table_appear_update_gone_reappear() -> None:
     assert not t.seen("a@m._vsm-edge._tcp.local.", 33)  # gone: must be resolved again
     t.heard(peer("a"), 33)
     assert drain(t) == [("appeared", "a")]
+
+
+def test_table_live_peer_by_instance() -> None:
+    t = PeerTable(adv("me"), TIMING)
+    assert t.live_peer("a@m._vsm-edge._tcp.local.") is None
+    t.heard(peer("a"), 0)
+    live = t.live_peer("a@m._vsm-edge._tcp.local.")
+    assert live is not None
+    assert live.node == "a"
+    t.goodbye("a@m._vsm-edge._tcp.local.", 1)
+    assert t.live_peer("a@m._vsm-edge._tcp.local.") is None
 
 
 def test_table_ignores_self_and_foreign_meshes_and_bounds_peers() -> None:

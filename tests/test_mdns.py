@@ -14,12 +14,15 @@ import threading
 
 import pytest
 import trio
+from zeroconf import ServiceInfo, Zeroconf
 
 from vsm_edge.sync import (
     Advertisement,
     DiscoveryError,
     DiscoveryTiming,
     PeerEventKind,
+    RunStamp,
+    TxtRecordError,
     ZeroconfDiscovery,
 )
 
@@ -33,8 +36,10 @@ def mesh_id() -> str:
     return f"t{os.getpid()}{secrets.token_hex(3)}"
 
 
-def node(name: str, mesh: str, **kw: object) -> ZeroconfDiscovery:
-    adv = Advertisement(node=name, key_id=name.encode() * 4, mesh=mesh, zone=f"zone-{name}")
+def node(name: str, mesh: str, *, run: RunStamp | None = None, **kw: object) -> ZeroconfDiscovery:
+    adv = Advertisement(
+        node=name, key_id=name.encode() * 4, mesh=mesh, zone=f"zone-{name}", run=run
+    )
     return ZeroconfDiscovery(adv, interfaces=LO, timing=TIMING, **kw)  # type: ignore[arg-type]
 
 
@@ -103,9 +108,63 @@ async def test_same_node_in_same_mesh_is_a_name_conflict() -> None:
         nursery.cancel_scope.cancel()
 
 
+def register_without_probing(zc: Zeroconf, info: ServiceInfo) -> None:
+    """zeroconf registration minus the probes: what happens when the defender's
+    unicast answer to a probe went to another socket sharing port 5353."""
+    zc.register_service(info, allow_name_change=False, cooperating_responders=True)
+
+
+async def run_and_note_the_end(
+    d: ZeroconfDiscovery, ended: list[tuple[ZeroconfDiscovery, DiscoveryError]]
+) -> None:
+    try:
+        await d.run()
+    except DiscoveryError as exc:
+        ended.append((d, exc))
+
+
+@pytest.mark.parametrize("older", ["first", "second"])
+async def test_name_conflict_missed_by_probing_is_settled_by_the_run_stamps(
+    monkeypatch: pytest.MonkeyPatch, older: str
+) -> None:
+    monkeypatch.setattr(ZeroconfDiscovery, "_register", staticmethod(register_without_probing))
+    mesh = mesh_id()
+    stamps = {"older": RunStamp(1_000, bytes(8)), "newer": RunStamp(2_000, bytes(8))}
+    first = node("dup", mesh, run=stamps["older" if older == "first" else "newer"])
+    second = node("dup", mesh, run=stamps["older" if older == "second" else "newer"])
+    winner, loser = (first, second) if older == "first" else (second, first)
+    observer = node("obs", mesh)
+    ended: list[tuple[ZeroconfDiscovery, DiscoveryError]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(observer.run)
+        nursery.start_soon(run_and_note_the_end, first, ended)
+        await wait_for(lambda: "dup" in observer.peers(), 10)
+        nursery.start_soon(run_and_note_the_end, second, ended)
+        await wait_for(lambda: bool(ended), 10)
+        [(who, error)] = ended
+        assert who is loser  # and the winner runs on
+        assert "already advertised by another host" in str(error)
+        assert "a run started at 1000 ms (ours: 2000 ms) keeps the name" in str(error)
+        # the mesh ends up with the winner's record, also after the loser's goodbye
+        # and past the loser's own-name questions and the winner's defence
+        await wait_for(lambda: observer.peers()["dup"].advertisement == winner.advertisement, 10)
+        await trio.sleep(3.0)
+        assert observer.peers()["dup"].advertisement == winner.advertisement
+        assert len(ended) == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_find_broker_needs_a_running_discovery() -> None:
     with pytest.raises(DiscoveryError, match="not running"):
         await node("x", mesh_id()).find_broker()
+
+
+def test_a_record_too_large_once_stamped_is_refused_up_front() -> None:
+    adv = Advertisement(
+        node="n" * 30, key_id=bytes(64), mesh="m" * 32, zone="z" * 64, broker="mqtt://" + "h" * 158
+    )  # 396 bytes: fits without the run stamp, not with it
+    with pytest.raises(TxtRecordError, match="exceeds 400"):
+        ZeroconfDiscovery(adv, interfaces=LO)
 
 
 @pytest.mark.parametrize("interfaces", [[], "127.0.0.1", ["not-an-ip"], ["::1"], ["0.0.0.0"]])
