@@ -221,8 +221,8 @@ class GossipConfig:
     # Repair answers per requester: a token bucket of this rate and burst;
     # an answer costs max(1, its bytes / repair_answer_unit) tokens (may go
     # into debt), so a requester gets at most about rate * unit bytes a second.
-    repair_answer_rate: float = 2.0
-    repair_answer_burst: float = 4.0
+    repair_answer_rate: float = 1.0
+    repair_answer_burst: float = 3.0
     repair_answer_unit: int = 1024 * 1024
 
     def __post_init__(self) -> None:

@@ -84,6 +84,8 @@ _KINDS: dict[str, frozenset[str]] = {
 
 #: How far ahead of our clock a presence's incarnation (an HLC) may be.
 MAX_INCARNATION_AHEAD_MS = 60_000
+#: The shortest interval between two re-publications of our overwritten presence.
+PRESENCE_HEAL_S = 2.0
 #: A full peer table evicts an online peer only after this long without a message.
 EVICT_SILENT_S = 60.0
 
@@ -276,6 +278,8 @@ class Replicator:
         self._observers: list[Callable[[Joined], None]] = []
         self._started = trio.Event()
         self._announced = trio.Event()  # our presence (and key) is at the broker
+        self._presence_sent = b""  # the payload of our latest presence
+        self._presence_heal = trio.Event()
         self._running = False
 
     # -- public API ---------------------------------------------------------------
@@ -434,6 +438,7 @@ class Replicator:
                         nursery.start_soon(self._receiver)
                         nursery.start_soon(self._connection_watch)
                         nursery.start_soon(self._ticker)
+                        nursery.start_soon(self._presence_keeper)
                         nursery.start_soon(self._publisher, self._delta_recv)
                         for _ in range(self.config.publishers):
                             nursery.start_soon(self._publisher, self._out_recv)
@@ -657,13 +662,7 @@ class Replicator:
                         await self.transport.subscribe(f"{self._prefix}{channel}", qos=1)
                     await self.transport.subscribe(f"{self._prefix}policy", qos=1)
                     subscribed = True
-                await self.transport.publish(
-                    presence_topic(self.mesh, self.node),
-                    self._seal("presence", self._presence_body(online=True)),
-                    qos=1,
-                    retain=True,
-                )
-                self._count_out("presence")
+                await self._publish_presence()
                 self._announced.set()
             except TransportError:
                 await trio.sleep(0.1)
@@ -672,6 +671,32 @@ class Replicator:
             self._wake.set()
             self._outbox_wake.set()
             await self.transport.wait_disconnected()
+
+    async def _publish_presence(self) -> None:
+        payload = self._seal("presence", self._presence_body(online=True))
+        self._presence_sent = payload
+        await self.transport.publish(
+            presence_topic(self.mesh, self.node), payload, qos=1, retain=True
+        )
+        self._count_out("presence")
+
+    async def _presence_keeper(self) -> None:
+        """Re-publish our presence when another one appears on our topic.
+
+        Without broker ACLs anybody can publish a retained presence on our
+        topic; peers that pinned our key refuse it, but a peer that restarts
+        would hear only that one. At most once per PRESENCE_HEAL_S.
+        """
+        while True:
+            await self._presence_heal.wait()
+            self._presence_heal = trio.Event()
+            if self._announced.is_set():
+                try:
+                    await self._publish_presence()
+                    self._counts["presence_restored"] += 1
+                except TransportError:
+                    pass  # the next connection publishes it anyway
+            await trio.sleep(PRESENCE_HEAL_S)
 
     async def _snapshotter(self) -> None:
         while True:
@@ -744,6 +769,11 @@ class Replicator:
         channel = parts[0]
         topic_node = parts[1] if len(parts) == 2 else None
         if topic_node == self.node and channel != "to":
+            if channel == "presence" and message.payload != self._presence_sent:
+                # Somebody else's presence on our topic (retained, it is what a
+                # peer that restarts hears first): put ours back.
+                self._counts["presence_overwritten"] += 1
+                self._presence_heal.set()
             return  # our own broadcast, echoed by the broker
         kinds = _KINDS.get(channel)
         if kinds is None or (channel == "policy") != (topic_node is None):
