@@ -17,7 +17,8 @@ Four things live in one file, each in its own table:
     j after seq n" is one range scan of the unique index
     ``(doc, origin, last_seq)``: ``last_seq > n``.
 ``meta``
-    small integers: the HLC ceiling (:class:`StoreHighWaterMark`) and counters.
+    small integers: the HLC ceiling (:class:`StoreHighWaterMark`), sequence
+    reservations (:meth:`Store.reserve_seqs`) and counters.
 ``outbox``
     the store-and-forward queue of messages waiting for the broker: FIFO by
     an autoincrement id, deleted only by :meth:`Store.ack` (after the
@@ -44,8 +45,9 @@ only after ``COMMIT`` returned. In WAL mode:
   process kill (``kill -9``: the kernel still holds and later writes the
   pages), but a power loss or kernel crash may lose the last commits; the
   database stays consistent either way. A commit that wrote the HLC ceiling
-  is always followed by an fsync of the WAL (what ``FULL`` does), because a
-  clock running backwards is worse than a lost update.
+  or a sequence reservation is always followed by an fsync of the WAL (what
+  ``FULL`` does), because a clock running backwards, or a counter used twice,
+  is worse than a lost update.
 
 The database is opened with ``locking_mode=EXCLUSIVE``: one process (one node)
 owns the file; a second opener gets a :class:`StoreError`.
