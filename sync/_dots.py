@@ -138,7 +138,10 @@ class OwnDots:
         self.claimed = False
         self._skips: dict[str, tuple[int, int]] = {}
         self._inflight: dict[str, list[Any]] = {}
-        self._minted: dict[str, Any] = {}
+        # (the state it was made from, that state joined with the first n
+        # deltas in flight, n): a burst of concurrent mints costs one join
+        # each, and a lone mint none.
+        self._base: dict[str, tuple[Any, Any, int]] = {}
 
     # -- the claim, before the first mint ----------------------------------------
 
@@ -205,9 +208,14 @@ class OwnDots:
     def base(self, doc: str, state: Any) -> Any:
         """The value a local mutation of ``doc`` is made against: ``state`` (what is
         committed), the deltas in flight, and the floor."""
-        minted = self._minted.get(doc)
-        if minted is not None:
-            state = state.merge(minted)
+        inflight = self._inflight.get(doc)
+        if inflight:
+            cached = self._base.get(doc)
+            joined, n = (cached[1], cached[2]) if cached and cached[0] is state else (state, 0)
+            for delta in inflight[n:]:
+                joined = joined.merge(delta)
+            self._base[doc] = (state, joined, len(inflight))
+            state = joined
         floor = self.floor.get(doc, 0)
         if state.context.max(self.node) < floor:
             # Counters up to the floor may be held by a peer that has not sent
@@ -217,21 +225,32 @@ class OwnDots:
 
     def add_inflight(self, doc: str, delta: Any) -> None:
         self._inflight.setdefault(doc, []).append(delta)
-        minted = self._minted.get(doc)
-        self._minted[doc] = delta if minted is None else minted.merge(delta)
+
+    def committed(self, doc: str, deltas: list[Any], before: Any, after: Any) -> None:
+        """``deltas`` committed and joined, in order: the state went from ``before`` to
+        ``after``. No longer in flight; the next mint's base is kept when it can be."""
+        inflight = self._inflight.get(doc, [])
+        cached = self._base.get(doc)
+        k = len(deltas)
+        self.drop_inflight(doc, deltas)
+        if (
+            cached is not None
+            and cached[0] is before
+            and cached[2] >= k
+            and all(a is b for a, b in zip(inflight, deltas, strict=False))
+        ):
+            # cached = before + inflight[:n] = after + inflight[k:n], the new [:n-k]
+            self._base[doc] = (after, cached[1], cached[2] - k)
 
     def drop_inflight(self, doc: str, deltas: Collection[Any]) -> None:
         """``deltas`` (by identity) committed or failed: no longer in flight."""
-        left = [d for d in self._inflight.get(doc, []) if all(d is not x for x in deltas)]
-        if not left:
+        self._base.pop(doc, None)
+        gone = {id(d) for d in deltas}
+        left = [d for d in self._inflight.get(doc, []) if id(d) not in gone]
+        if left:
+            self._inflight[doc] = left
+        else:
             self._inflight.pop(doc, None)
-            self._minted.pop(doc, None)
-            return
-        self._inflight[doc] = left
-        minted = left[0]
-        for delta in left[1:]:
-            minted = minted.merge(delta)
-        self._minted[doc] = minted
 
     def reservations(self, used: Iterable[tuple[str, int]]) -> dict[str, int]:
         """The reservations a commit using ``(doc, last counter)`` pairs must write."""

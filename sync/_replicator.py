@@ -411,15 +411,17 @@ class Replicator:
     def _release(self, batch: list[_Pending]) -> None:
         """Join committed deltas and hand them to the gossip core, in commit order."""
         now = trio.current_time()
+        failed: dict[str, list[Any]] = {}
+        joined: dict[str, tuple[Any, list[Any]]] = {}  # doc -> (state before, deltas)
         for entry in batch:
             entry.done = True
-            if entry.delta is not None:
-                self._dots.drop_inflight(entry.doc, [entry.delta])
-        for entry in batch:
             if entry.error is not None:
+                if entry.delta is not None:
+                    failed.setdefault(entry.doc, []).append(entry.delta)
                 continue
             document = self.docs[entry.doc]
             if entry.delta is not None and isinstance(document, CrdtDocument):
+                joined.setdefault(entry.doc, (document.state, []))[1].append(entry.delta)
                 document.mutate(_returning(entry.delta))
             self._changes[entry.doc] += 1
             if self.store is not None:
@@ -427,6 +429,12 @@ class Replicator:
                 last = max(seq, entry.last) if origin == entry.origin else entry.last
                 self._seq_cover[entry.doc] = (entry.origin, last)
             self.gossip.local_update(entry.doc, entry.data, now)
+        for doc, deltas in failed.items():
+            self._dots.drop_inflight(doc, deltas)
+        for doc, (before, deltas) in joined.items():
+            document = self.docs[doc]
+            assert isinstance(document, CrdtDocument)
+            self._dots.committed(doc, deltas, before, document.state)
         self._wake.set()
 
     async def publish_app(self, channel: str, body: Any, *, retain: bool) -> None:

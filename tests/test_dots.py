@@ -137,3 +137,24 @@ def test_own_dots_reservations_cover_a_batch_once() -> None:
     dots.reserved_through("mesh", 3)  # never goes down
     assert dots.reserved["mesh"] == 1 + RESERVE_AHEAD
     assert dots.reservations([("mesh", 3)]) == {}
+
+
+def test_own_dots_keeps_the_mint_base_across_a_commit_of_the_oldest_deltas() -> None:
+    dots = OwnDots("me")
+    state = put(ORMap(), "me", "a", 1)
+    first = put(dots.base("mesh", state), "me", "b", 2)
+    dots.add_inflight("mesh", first)
+    second = put(dots.base("mesh", state), "me", "c", 3)
+    dots.add_inflight("mesh", second)
+    base = dots.base("mesh", state)
+    after = state.merge(first)  # the first commits and joins the state
+    dots.committed("mesh", [first], state, after)
+    kept = dots.base("mesh", after)
+    assert kept is base  # no rebuild: it already held `after` and `second`
+    assert kept.same_value(after.merge(second))
+    # A state that changed otherwise (a remote join) is rebuilt from scratch.
+    remote = after.merge(put(ORMap(), "peer", "x", 9))
+    rebuilt = dots.base("mesh", remote)
+    assert rebuilt.same_value(remote.merge(second))
+    dots.committed("mesh", [second], remote, remote.merge(second))
+    assert dots.base("mesh", remote.merge(second)).context.max("me") == 3
