@@ -166,6 +166,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"node {node.get('id')}  mesh {node.get('mesh')}  zone {node.get('zone')}  "
         f"uptime {_num(node.get('uptime_s'), '{:.1f}')} s  safe mode "
         f"{'ON' if node.get('safe_mode') else 'off'}  hlc {node.get('hlc')}",
+        *_format_store(doc.get("store")),
         "",
         f"{'SUBSYSTEM':<10} {'TOKENS':>10} {'CAPACITY':>9} {'REFILL/S':>9} {'VARIETY':>8} "
         f"{'RECEIVED':>9} {'DROPPED':>8}",
@@ -234,6 +235,18 @@ def format_status(doc: dict[str, Any]) -> str:
     if "gateway" in doc:
         lines += ["", *_format_gateway(doc["gateway"])]
     return "\n".join(lines)
+
+
+def _format_store(store: Any) -> list[str]:
+    """One line when the store is faulted (local writes held), else nothing."""
+    if not isinstance(store, dict) or store.get("ok", True):
+        return []
+    fault = store.get("fault") or {}
+    return [
+        f"STORE FAULT ({fault.get('cause', '?')}) for {_num(fault.get('for_s'), '{:.1f}')} s "
+        f"in {fault.get('operation', '?')}: local writes held "
+        f"({store.get('readings_held', 0)} readings), retrying; {fault.get('message', '')}"
+    ]
 
 
 def _format_gateway(gw: Any) -> list[str]:

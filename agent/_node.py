@@ -17,7 +17,13 @@ discovery. The arrows between them:
   gateway's zone (``_security.IngressGuard``);
 * every inbound envelope -> the ingress guard and its gateway, before
   anything is merged; quarantines -> pain and the signed proposal
-  ``{node}/quarantine`` in the ``mesh`` document.
+  ``{node}/quarantine`` in the ``mesh`` document;
+* a store fault (disk full, I/O error) -> pain from source ``store`` (cleared
+  with a pleasure signal when the store takes writes again) and the ``store``
+  status section. While it lasts the readings are *held*: the latest value
+  of each reading (and the report and lease deltas) waits in memory, one
+  value per key, and is written when the store recovers; older values of a
+  held key are replaced, not queued (``store.readings_replaced`` counts them).
 
 The ``mesh`` document is an ORMap whose keys are ``{node}/report`` and
 ``{node}/r/{unit}.{reading}`` (each node writes only its own), and
@@ -57,6 +63,7 @@ from vsm_edge.sync import (
     Replicator,
     ReplicatorConfig,
     StoreError,
+    StoreFault,
     StoreHighWaterMark,
     SyncError,
     Timestamp,
@@ -91,6 +98,7 @@ REPORT_INTERVAL_S = 2.0
 LATENCY_SAMPLES = 4096
 MAX_ALARMS_HEARD = 256
 LEASE_PREFIX = "lease:"
+STORE_PAIN = 0.8  # a node that cannot persist is badly hurt, but not (yet) critical
 
 
 class Agent:
@@ -138,6 +146,8 @@ class Agent:
         self.store: AsyncStore | None = None
         self._latest: dict[str, tuple[float, int]] = {}  # key -> (value, wall ms)
         self._dirty_readings: set[str] = set()
+        self._readings_replaced = 0  # held values overwritten by a newer one during a store fault
+        self._writes_held = 0  # replication rounds skipped during store faults
         self._lease_out: dict[str, Lease] = {}  # lease deltas waiting to be replicated
         # (key, written wall ms, latency ms) of peers' readings joined here
         self.samples: deque[tuple[str, int, float]] = deque(maxlen=LATENCY_SAMPLES)
@@ -166,8 +176,13 @@ class Agent:
             raise AgentError(str(exc)) from None
         self.store = store
         try:
+            # Every event is stamped: a ceiling the full disk refuses must not
+            # stop the clock (the replicator turns it into a store fault).
             clock = HybridLogicalClock(
-                self.node, self._wall_clock, high_water=StoreHighWaterMark(store.sync)
+                self.node,
+                self._wall_clock,
+                high_water=StoreHighWaterMark(store.sync),
+                defer_ceiling_errors=True,
             )
             runtime = Runtime(
                 cfg,
@@ -211,6 +226,8 @@ class Agent:
             runtime.add_flush_hook(self._write_samples)
             runtime.set_status_section("gateway", self._gateway_status)
             runtime.set_status_section("replication", self._replication_status)
+            runtime.set_status_section("store", self._store_status)
+            replicator.observe_store_faults(self._on_store_fault)
             from ._web import install_agent_routes
 
             install_agent_routes(self, runtime)  # /metrics, /dashboard, /view.json
@@ -229,7 +246,12 @@ class Agent:
                 await nursery.start(replicator.run)
                 await nursery.start(run_runtime)
                 guard.policy_changed(runtime)  # s5.policy_file, loaded by the runtime
-                nursery.start_soon(guard.run, functools.partial(self._put, replicator))
+
+                async def put_proposal(key: str, value: Any) -> None:
+                    # Refused during a store fault: the proposal goes with its next change.
+                    await self._put(replicator, key, value)
+
+                nursery.start_soon(guard.run, put_proposal)
                 nursery.start_soon(self._algedonic_out, runtime, replicator)
                 nursery.start_soon(self._replicate_local, runtime, replicator)
                 if cfg.discovery.enabled:
@@ -250,7 +272,10 @@ class Agent:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await store.aclose()
+                try:
+                    await store.aclose()
+                except StoreError as exc:  # e.g. the final checkpoint on a full disk
+                    log.error("closing the store failed: %s", exc)  # noqa: TRY400 (no trace)
             self._finished.set()
 
     async def _write_samples(self, status: dict[str, Any]) -> None:
@@ -337,6 +362,35 @@ class Agent:
         out["alarms_s5_ms"] = self._alarms_s5_ms()
         return out
 
+    def _store_status(self) -> dict[str, Any]:
+        assert self.replicator is not None
+        fault = self.replicator.store_fault
+        stats = self.replicator.statistics()
+        return {
+            "ok": fault is None,
+            "fault": stats["store_fault"],
+            "faults": stats["store_faults"],
+            "recoveries": stats["store_recoveries"],
+            "writes_refused": stats["writes_refused"],
+            "readings_held": len(self._dirty_readings) if fault is not None else 0,
+            "readings_replaced": self._readings_replaced,
+            "rounds_held": self._writes_held,
+        }
+
+    def _on_store_fault(self, fault: StoreFault | None) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if fault is not None:
+            runtime.raise_signal(
+                "store",
+                STORE_PAIN,
+                f"store fault ({fault.cause}) in {fault.operation}: {fault.message}; "
+                "local writes are held until it takes writes again",
+            )
+        else:
+            runtime.clear_pain("store", "the store takes writes again")
+
     def _alarms_s5_ms(self) -> dict[str, float]:
         """Peer alarm id -> ms from its raise on the peer to our S5 taking it.
 
@@ -357,6 +411,8 @@ class Agent:
 
     def _on_reading(self, unit: str, reading: str, value: float, stamp: Timestamp) -> None:
         key = f"{self.node}/r/{unit}.{reading}"
+        if key in self._dirty_readings and self.replicator and self.replicator.store_fault:
+            self._readings_replaced += 1
         self._latest[key] = (float(value), self._wall_clock())
         self._dirty_readings.add(key)
 
@@ -364,32 +420,38 @@ class Agent:
         next_report = 0.0
         while True:
             await trio.sleep(REPLICATE_INTERVAL_S)
+            if replicator.store_fault is not None:
+                # Held (see the module docstring): the replicator refuses local
+                # writes until the store recovers; keep the latest values.
+                self._writes_held += 1
+                continue
             now = trio.current_time()
-            writes: list[tuple[str, Any]] = []
             written_ms = self._wall_clock()  # when the update enters the mesh
             for key in sorted(self._dirty_readings):
                 value, _reading_ms = self._latest[key]
-                writes.append((key, [value, written_ms]))
-            self._dirty_readings.clear()
-            if now >= next_report:
-                writes.append((f"{self.node}/report", runtime.local_report().to_cbor()))
+                self._dirty_readings.discard(key)
+                if not await self._put(replicator, key, [value, written_ms]):
+                    self._dirty_readings.add(key)  # held for the next round
+            if now >= next_report and await self._put(
+                replicator, f"{self.node}/report", runtime.local_report().to_cbor()
+            ):
                 next_report = now + REPORT_INTERVAL_S
-            for key, value in writes:
-                await self._put(replicator, key, value)
             leases, self._lease_out = self._lease_out, {}
             for resource, lease in sorted(leases.items()):
                 # A lease register is ordered by its grant stamp: the same
                 # "greatest grant wins" join as the lease CRDT itself.
-                await self._put(
+                if not await self._put(
                     replicator,
                     f"{LEASE_PREFIX}{resource}",
                     [lease.holder, lease.expires_ms],
                     stamp=lease.granted,
-                )
+                ):
+                    self._lease_out.setdefault(resource, lease)  # a newer delta wins
 
     async def _put(
         self, replicator: Replicator, key: str, value: Any, *, stamp: Timestamp | None = None
-    ) -> None:
+    ) -> bool:
+        """Write ``key`` into the mesh document; False when the store refused it."""
         node, clock = self.node, replicator.clock
 
         def mutate(state: ORMap) -> ORMap:
@@ -398,8 +460,15 @@ class Agent:
 
         try:
             await replicator.mutate(MESH_DOC, mutate)
-        except SyncError as exc:  # the store refused: counted by the store, logged here
+        except StoreError as exc:
+            # The replicator logged the fault once (ERROR) and refuses writes
+            # until it clears: one line per refused key would flood the log.
+            log.debug("could not replicate %s: %s", key, exc)
+            return False
+        except SyncError as exc:
             log.warning("could not replicate %s: %s", key, exc)
+            return False
+        return True
 
     def _on_mesh_change(self, doc: str, delta: Any, local: bool) -> None:
         if local or self.runtime is None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
     from ._status import StatusServer
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger("vsm_edge.agent.runtime")
 
 _new_event = tuple.__new__  # builds an Event without NamedTuple's Python-level __new__
 
@@ -354,7 +357,10 @@ class Runtime:
         status = self.status()
         if self.write_state:  # first: local and quick, so a slow hook cannot starve it
             data_dir = self.config.node.data_dir
-            await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
+            try:
+                await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
+            except OSError as exc:  # a full disk must not turn a clean stop into a crash
+                log.error("could not write %s: %s", data_dir / "vsm-state.json", exc)  # noqa: TRY400
         for hook in self._flush_hooks:
             try:
                 await hook(status)
@@ -365,8 +371,11 @@ class Runtime:
         if not self.write_state or self.status_port is None:
             return
         data_dir = self.config.node.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(data_dir / "status.port", f"{self.status_port}\n")
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _write_text(data_dir / "status.port", f"{self.status_port}\n")
+        except OSError as exc:  # a full disk: the endpoint still serves, unnamed
+            log.error("could not write %s: %s", data_dir / "status.port", exc)  # noqa: TRY400
 
     async def _watch_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -1160,15 +1169,23 @@ def _load(uc: UnitConfig) -> Unit:
 
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as f:
+            json.dump(obj, f, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written file only takes space
+        raise

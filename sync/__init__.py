@@ -63,6 +63,7 @@ from ._discovery_service import (
     MemoryDiscoveryNetwork,
 )
 from ._documents import ChangeObserver, CrdtDocument, YjsDocument
+from ._dots import MAX_DOT_JUMP, RESERVE_AHEAD
 from ._envelope import (
     IV_SIZE,
     KINDS,
@@ -82,6 +83,7 @@ from ._errors import (
     SignatureError,
     StoreCorruptError,
     StoreError,
+    StoreFaultError,
     StoreFullError,
     StoreVersionError,
     SyncError,
@@ -129,6 +131,7 @@ from ._replicator import (
     PeerInfo,
     Replicator,
     ReplicatorConfig,
+    StoreFault,
     presence_topic,
 )
 from ._store import (
@@ -180,12 +183,14 @@ __all__ = [
     "IV_SIZE",
     "KID_SIZE",
     "KINDS",
+    "MAX_DOT_JUMP",
     "MAX_LOGICAL",
     "MAX_WALL_MS",
     "MQTT_SERVICE_TYPE",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
     "REMOTE_ORIGIN",
+    "RESERVE_AHEAD",
     "SERVICE_TYPE",
     "AWSet",
     "Advertisement",
@@ -267,6 +272,8 @@ __all__ = [
     "StoreConfig",
     "StoreCorruptError",
     "StoreError",
+    "StoreFault",
+    "StoreFaultError",
     "StoreFullError",
     "StoreHighWaterMark",
     "StoreStatistics",

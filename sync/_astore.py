@@ -124,3 +124,12 @@ class AsyncStore:
 
     async def statistics(self) -> StoreStatistics:
         return await self.run_sync(self.sync.statistics)
+
+    async def reserved_seq(self, doc: str, origin: str) -> int:
+        return await self.run_sync(self.sync.reserved_seq, doc, origin)
+
+    async def reserve_seqs(self, doc: str, origin: str, through: int) -> None:
+        await self.run_sync(self.sync.reserve_seqs, doc, origin, through)
+
+    async def probe(self, room: int = 0) -> None:
+        await self.run_sync(self.sync.probe, room)

@@ -517,6 +517,22 @@ class CausalCRDT:
         return type(self)._from_parts(store, ctx, records)
 
     @classmethod
+    def skip(cls: type[T], node: str, first: int, last: int) -> T:
+        """A delta marking dots ``first..last`` of ``node`` as seen, holding nothing.
+
+        What a replica publishes for counters it reserved but will never use
+        (docs/protocol.md, "A dot is never reused"): receivers hold those dots
+        in their context, so the replica's later deltas are causally ready.
+        Like any context without entries it removes entries that carry those
+        dots, so only counters that nobody used may be skipped. Raises
+        ValueError for a bad node id or range.
+        """
+        check_node(node)
+        if not (type(first) is int and type(last) is int and 1 <= first <= last <= MAX_COUNTER):
+            raise ValueError(f"bad dot range {first!r}..{last!r}")
+        return cls._from_parts(cls._ROOT, CausalContext({node: (first, last)}))
+
+    @classmethod
     def _view(cls: type[T], store: Store, ctx: CausalContext) -> T:
         """This type embedded in a map: its store with the map's context."""
         return cls._from_parts(store, ctx)

@@ -14,7 +14,8 @@ Every failure to decode or verify bytes that came from outside raises a
     ├── StoreError                 the SQLite store failed (never a sqlite3 error)
     │   ├── StoreCorruptError      not a vsm-edge store, or damaged
     │   ├── StoreVersionError      written by a newer schema
-    │   └── StoreFullError         a bound was hit and the policy is to refuse
+    │   ├── StoreFullError         a bound was hit and the policy is to refuse
+    │   └── StoreFaultError        writes are refused while the store is faulted
     ├── DiscoveryError             mDNS discovery failed (never a zeroconf error)
     │   └── TxtRecordError         a TXT record too large or malformed
     └── TransportError             the broker connection failed (see _transport)
@@ -34,6 +35,7 @@ __all__ = [
     "SignatureError",
     "StoreCorruptError",
     "StoreError",
+    "StoreFaultError",
     "StoreFullError",
     "StoreVersionError",
     "SyncError",
@@ -95,14 +97,21 @@ class StoreError(SyncError):
     """The node's SQLite store failed; no sqlite3 exception leaks past it.
 
     A mutation that raised was not committed: nothing it wrote is visible.
+    ``cause`` names the kind of failure where it is known: ``"disk-full"``,
+    ``"io-error"``, ``"read-only"``, ``"busy"``, ``"corrupt"``, ``"closed"``,
+    else the lower-cased SQLite error name (empty when not from SQLite).
     """
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class StoreCorruptError(StoreError):
     """The database file is not a vsm-edge store or is damaged (``path`` says which)."""
 
     def __init__(self, message: str, path: str = "") -> None:
-        super().__init__(message)
+        super().__init__(message, cause="corrupt")
         self.path = path
 
 
@@ -122,11 +131,26 @@ class StoreFullError(StoreError):
     """A bound was hit and the configured policy is to refuse, or a blob is too large.
 
     ``limit`` names the bound (e.g. ``"outbox_max_bytes"``, ``"max_delta_bytes"``).
+    This is one of our bounds refusing one call, not a failing disk: the disk
+    filling up raises a plain :class:`StoreError` with ``cause == "disk-full"``.
     """
 
     def __init__(self, message: str, limit: str) -> None:
-        super().__init__(message)
+        super().__init__(message, cause="bound")
         self.limit = limit
+
+
+class StoreFaultError(StoreError):
+    """A local write was refused because the store is faulted (a write failed).
+
+    Raised before anything is changed, until the store accepts writes again
+    (the replicator retries with backoff). ``cause`` is the fault's cause
+    (e.g. ``"disk-full"``), ``since`` the wall-clock time (s) it began.
+    """
+
+    def __init__(self, message: str, *, cause: str, since: float) -> None:
+        super().__init__(message, cause=cause)
+        self.since = since
 
 
 class DiscoveryError(SyncError):

@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from ._dots import MAX_DOT_JUMP
 from ._errors import MalformedError, SyncError, WireError
 
 __all__ = [
@@ -91,12 +92,6 @@ KIND_DIGEST = "digest"
 KIND_REPAIR = "repair"
 KIND_CHUNK = "chunk"
 
-#: How far a delta may move a node's highest counter past what this replica
-#: knows of it (its own context, or what the node itself signed in a digest):
-#: docs/protocol.md §3.4. 35 years of 1,000 writes a second, and 2**23 times
-#: below the 2**63 - 1 counter limit, so that no member can exhaust another
-#: node's counters.
-MAX_DOT_JUMP = 1 << 40
 #: Nodes whose signed digests are remembered per document (oldest forgotten).
 MAX_SIGNED_NODES = 4096
 
@@ -516,6 +511,10 @@ class Gossip:
         for transfer in self._transfers.values():
             deadline = min(deadline, transfer.started + self.config.transfer_timeout)
         return deadline
+
+    def peer_digests(self) -> dict[str, dict[str, Any]]:
+        """The latest (parsed) digests heard from each live peer (a copy)."""
+        return {name: dict(p.digests) for name, p in self._peers.items()}
 
     def statistics(self) -> GossipStatistics:
         return GossipStatistics(

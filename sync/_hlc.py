@@ -42,6 +42,18 @@ persisting it. After a restart the clock starts from the stored ceiling, so
 every new stamp is above every stamp issued before. The cost is one durable
 write per ``reserve_ms`` of clock progress and, after a restart, a clock up to
 ``reserve_ms`` ahead of physical time (well inside ``max_offset_ms``).
+
+A ceiling that cannot be written (a full disk) makes :meth:`~HybridLogicalClock.now`
+raise by default. A process whose every event is stamped cannot live with that,
+so ``defer_ceiling_errors=True`` keeps the clock running instead: the failure is
+recorded (:attr:`~HybridLogicalClock.ceiling_error`, counted), the ceiling is
+raised in memory only, and the write is tried again at the next crossing (about
+every ``reserve_ms``) or by :meth:`~HybridLogicalClock.persist_ceiling`. The
+first write that succeeds stores a ceiling above every stamp issued meanwhile.
+Until then a crash, followed by a physical clock that restarts *behind* those
+stamps, could issue a stamp again: the caller must treat a pending ceiling as a
+store fault (the agent refuses local writes then, so no stored value carries
+such a stamp).
 """
 
 from __future__ import annotations
@@ -53,6 +65,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
+
+from ._errors import SyncError
 
 __all__ = [
     "MAX_LOGICAL",
@@ -211,6 +225,8 @@ class ClockStatistics:
     borrowed_ms: int
     ceiling_writes: int
     last: Timestamp
+    ceiling_failures: int = 0
+    ceiling_pending: bool = False  # a deferred ceiling write has not succeeded yet
 
 
 class HybridLogicalClock:
@@ -221,6 +237,9 @@ class HybridLogicalClock:
     persists the ceiling described in the module docstring (``reserve_ms``
     defaults to 1 s, or half of ``max_offset_ms`` when that is smaller);
     without one the clock is only monotonic for its own lifetime.
+    ``defer_ceiling_errors`` keeps the clock running when the mark cannot
+    store (an ``OSError`` or a ``SyncError`` such as ``StoreError``): see
+    the module docstring.
     """
 
     def __init__(
@@ -231,6 +250,7 @@ class HybridLogicalClock:
         max_offset_ms: int = 60_000,
         high_water: HighWaterMark | None = None,
         reserve_ms: int | None = None,
+        defer_ceiling_errors: bool = False,
     ) -> None:
         if max_offset_ms <= 0:
             raise ValueError("max_offset_ms must be positive")
@@ -254,6 +274,9 @@ class HybridLogicalClock:
         self._rejected = 0
         self._borrowed = 0
         self._ceiling_writes = 0
+        self._defer = defer_ceiling_errors
+        self._ceiling_error: Exception | None = None
+        self._ceiling_failures = 0
 
     # -- the two rules -------------------------------------------------------
 
@@ -306,12 +329,38 @@ class HybridLogicalClock:
             raise OverflowError("HLC wall time passed 2**48-1 ms")
         if wall >= self._ceiling and self._high_water is not None:
             ceiling = min(wall + self._reserve_ms, MAX_WALL_MS)
-            self._high_water.store(ceiling)  # durable before the stamp is used
+            try:
+                self._high_water.store(ceiling)  # durable before the stamp is used
+            except (OSError, SyncError) as exc:
+                if not self._defer:
+                    raise
+                self._ceiling_error = exc  # see the module docstring
+                self._ceiling_failures += 1
+            else:
+                self._ceiling_error = None
+                self._ceiling_writes += 1
             self._ceiling = ceiling
-            self._ceiling_writes += 1
         self._wall = wall
         self._logical = logical
         return _new_stamp(Timestamp, (wall, logical, self.node))  # valid by construction
+
+    @property
+    def ceiling_error(self) -> Exception | None:
+        """Why the latest ceiling write failed while deferred; None once one succeeded."""
+        return self._ceiling_error
+
+    def persist_ceiling(self) -> None:
+        """Store the in-memory ceiling now, after a deferred failure (else a no-op).
+
+        Raises what the high-water mark raises; on success
+        :attr:`ceiling_error` is None again and every stamp issued so far is
+        below the stored ceiling.
+        """
+        if self._ceiling_error is None or self._high_water is None:
+            return
+        self._high_water.store(self._ceiling)
+        self._ceiling_error = None
+        self._ceiling_writes += 1
 
     def physical_ms(self) -> int:
         """The physical clock's reading now (no effect on the HLC)."""
@@ -330,4 +379,6 @@ class HybridLogicalClock:
             borrowed_ms=self._borrowed,
             ceiling_writes=self._ceiling_writes,
             last=self.last,
+            ceiling_failures=self._ceiling_failures,
+            ceiling_pending=self._ceiling_error is not None,
         )

@@ -25,12 +25,27 @@ gateway) -> the receive rule of the HLC (a stamp too far ahead is refused)
 by reason and dropped; anti-entropy repairs what a drop loses.
 
 Durability: :meth:`Replicator.mutate` returns only after the delta is in the
-store's log (SQLite, committed), so an acknowledged update survives a kill -9;
-only then does the delta leave for the mesh. Remote updates are captured by
-periodic snapshots (after a crash, anti-entropy re-fetches the rest). Deltas
-that cannot be published (no broker) go to the store's outbox, bounded by
-count, bytes and age, and are sent again, re-signed, when the broker is back;
-what the bound drops, anti-entropy repairs.
+store's log (SQLite, committed), so an acknowledged update survives a kill -9.
+A local delta of a CRDT document joins the document (what digests and repairs
+read) and leaves for the mesh only after that commit: our own dots are never
+published before they are durable. Remote updates are captured by periodic
+snapshots (after a crash, anti-entropy re-fetches the rest). Deltas that
+cannot be published (no broker) go to the store's outbox, bounded by count,
+bytes and age, and are sent again, re-signed, when the broker is back; what
+the bound drops, anti-entropy repairs.
+
+Dots: before its first mint after a start the replicator claims its counters
+(reservation ahead plus what online peers hold of ours, see ``_dots``), so a
+store that lost its tail never mints a dot again.
+
+Store faults: a write that fails (disk full, I/O error; not one of the store's
+own bounds) puts the replicator in a *store fault*: logged once at ERROR,
+reported to :meth:`Replicator.observe_store_faults` observers, and local
+writes are refused (:class:`StoreFaultError`) before anything changes. A task
+retries a probe write, the clock's pending ceiling and the snapshots with
+backoff; when they succeed the fault clears and writes resume. Nothing in the
+fault path stops replication or the goodbye: peers still get our digests and
+repairs, and the "offline" presence still goes out at shutdown.
 """
 
 from __future__ import annotations
@@ -46,12 +61,15 @@ from typing import Any, Protocol
 import trio
 
 from ._astore import AsyncStore
+from ._backoff import Backoff
 from ._cbor import dumps, loads
 from ._documents import CrdtDocument, YjsDocument
+from ._dots import OwnDots
 from ._envelope import Envelope, decode_envelope, sign_envelope
-from ._errors import SignatureError, StoreFullError, SyncError, WireError
+from ._errors import SignatureError, StoreError, StoreFullError, SyncError, WireError
+from ._faults import StoreFault, StoreFaults
 from ._gossip import Broadcast, Direct, Gossip, GossipConfig, Joined
-from ._hlc import ClockDriftError, HybridLogicalClock
+from ._hlc import ClockDriftError, HybridLogicalClock, Timestamp
 from ._keys import MeshKey, NodeKey, derive_kid
 from ._store import Store
 from ._transport import Message, Transport, TransportError, Will
@@ -63,6 +81,7 @@ __all__ = [
     "PeerInfo",
     "Replicator",
     "ReplicatorConfig",
+    "StoreFault",
     "presence_topic",
 ]
 
@@ -88,6 +107,10 @@ MAX_INCARNATION_AHEAD_MS = 60_000
 PRESENCE_HEAL_S = 2.0
 #: A full peer table evicts an online peer only after this long without a message.
 EVICT_SILENT_S = 60.0
+
+# Bytes a faulted store must find room for before local writes resume: a few
+# group commits, so that a disk on the edge of full is not taken for a working one.
+PROBE_ROOM = 64 * 1024
 
 
 def presence_topic(mesh: str, node: str) -> str:
@@ -116,13 +139,24 @@ class ReplicatorConfig:
     cpu_burst: float = 1.0
     outbox_retry: float = 1.0
     goodbye_timeout: float = 1.0  # at shutdown, for the "offline" presence to be acknowledged
+    # Before the first mint: wait at most claim_timeout for online peers'
+    # digests (and the return of what they hold of ours); with no peer online,
+    # claim_settle after our presence is out (retained presences arrive first).
+    claim_timeout: float = 5.0
+    claim_settle: float = 0.5
+    fault_retry: Backoff = field(  # retries of a faulted store
+        default_factory=lambda: Backoff(initial=0.5, maximum=30.0, jitter=0.0)
+    )
 
     def __post_init__(self) -> None:
         for name, value in (("mesh", self.mesh), ("node", self.node)):
             if not value or any(c in value for c in "/+#") or len(value) > 64:
                 raise ValueError(f"{name} {value!r} must be 1..64 chars without / + #")
-        if self.snapshot_interval <= 0 or self.outbox_retry <= 0 or self.goodbye_timeout <= 0:
-            raise ValueError("snapshot_interval, outbox_retry and goodbye_timeout must be > 0")
+        for name in ("snapshot_interval", "outbox_retry", "goodbye_timeout", "claim_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.claim_settle <= self.claim_timeout:
+            raise ValueError("claim_settle must be in 0..claim_timeout")
         if not 0 < self.cpu_share <= 1 or self.cpu_burst <= 0:
             raise ValueError("cpu_share must be in (0, 1] and cpu_burst > 0")
         if self.publishers < 1 or self.outgoing_capacity < 1 or self.max_peers < 1:
@@ -237,6 +271,9 @@ class Replicator:
         self.mesh = config.mesh
         self._prefix = f"vsm/{config.mesh}/"
         self.incarnation = clock.now().packed  # grows across restarts (persisted HLC)
+        self._counts: Counter[str] = Counter()
+        self._faults = StoreFaults()
+        self._will_payload = self._seal("presence", self._presence_body(online=False))
         self.transport = transport_factory(self._will())
         self.gossip = Gossip(self.node, self.docs, config.gossip, now=0.0)
         self.peers: dict[str, PeerInfo] = {}
@@ -270,8 +307,12 @@ class Replicator:
         self._commit_queue: list[_Pending] = []
         self._committing = False
         self._commit_done = trio.Event()
+        self._dots = OwnDots(self.node)  # our counters, and the deltas in flight
+        self._claimed = trio.Event()
+        self._fault_wake = trio.Event()
+        self._recovered = trio.Event()
+        self._recovered.set()
         self._refused: Counter[str] = Counter()
-        self._counts: Counter[str] = Counter()
         # sender -> (CPU seconds left, at): see ReplicatorConfig.cpu_share
         self._cpu: dict[str, tuple[float, float]] = {}
         self._charge: list[str] = []  # the sender the message in hand is charged to
@@ -288,43 +329,99 @@ class Replicator:
         """Call ``observer`` for every delta joined from a peer."""
         self._observers.append(observer)
 
+    def observe_store_faults(self, observer: Callable[[StoreFault | None], None]) -> None:
+        """Call ``observer(fault)`` when a store fault begins, ``observer(None)`` when it ends."""
+        self._faults.observers.append(observer)
+
+    @property
+    def store_fault(self) -> StoreFault | None:
+        """The current store fault (local writes are refused), or None."""
+        return self._faults.fault
+
     async def mutate(self, doc: str, mutator: Callable[[Any], Any]) -> Any:
         """Apply a local mutation of ``doc``; return its delta once it is durable.
 
         ``mutator`` gets the document's state (a CRDT value, or the YDoc) and
         returns a delta (for a YDoc: edits it in place and returns None). The
-        delta is committed to the store's log before this returns and before
-        it leaves for the mesh; concurrent calls share one commit. Raises
-        SyncError for an unknown document, StoreError when the store cannot
-        commit (the update is then not acknowledged and not sent, though it
-        is visible locally until restart).
+        delta is committed to the store's log before this returns; a CRDT
+        delta joins the document, and any delta leaves for the mesh, only
+        after that commit. Concurrent calls share one commit. The first call
+        after a start waits for the dot claim (module docstring). Raises
+        SyncError for an unknown document; StoreFaultError, before changing
+        anything, while the store is faulted; StoreError when the commit
+        fails (a CRDT update is then not applied, not acknowledged and not
+        sent; a YDoc keeps the edit in memory); TypeError when a CRDT
+        mutator returns a value of another type.
         """
         document = self.docs.get(doc)
         if document is None:
             raise SyncError(f"unknown document {doc!r}")
         if isinstance(document, CrdtDocument):
-            delta, data = document.mutate(mutator)
-            seqs = document.own_seqs(delta, self.node)
-            origin = self.node
-        else:
-            before = document.ydoc.digest()[document.ydoc.client_id]
-            delta, data = document.mutate(mutator)
-            after = document.ydoc.digest()[document.ydoc.client_id]
-            seqs = (before + 1, after) if after > before else None
-            origin = f"{self.node}#{document.ydoc.client_id}"
-        if seqs is None:
+            return await self._mutate_crdt(doc, document, mutator)
+        self._faults.refuse_if_faulted()
+        before = document.ydoc.digest()[document.ydoc.client_id]
+        delta, data = document.mutate(mutator)
+        after = document.ydoc.digest()[document.ydoc.client_id]
+        if after <= before:
             await trio.lowlevel.checkpoint()
             return delta  # nothing changed
-        self._changes[doc] += 1
-        pending = _Pending(doc, origin, seqs[0], seqs[1], data)
-        if self.store is None:
-            self._release([pending])
-            await trio.lowlevel.checkpoint()  # an async call is a checkpoint, store or not
-        else:
-            await self._make_durable(pending)
+        origin = f"{self.node}#{document.ydoc.client_id}"
+        pending = _Pending(doc, origin, before + 1, after, data)
+        await self._commit(pending)
         if pending.error is not None:
             raise pending.error
         return delta
+
+    async def _mutate_crdt(
+        self, doc: str, document: CrdtDocument[Any], mutator: Callable[[Any], Any]
+    ) -> Any:
+        if not self._claimed.is_set():
+            await self._claimed.wait()
+        self._faults.refuse_if_faulted()
+        skip = self._dots.take_skip(doc)
+        queue: list[_Pending] = []
+        if skip is not None:  # counters nobody used: the first commit skips them (_dots)
+            value = document.kind.skip(self.node, *skip)
+            queue.append(_Pending(doc, self.node, *skip, dumps(value.to_cbor()), value))
+            self._dots.add_inflight(doc, value)
+        try:
+            delta = mutator(self._dots.base(doc, document.state))
+            if type(delta) is not document.kind:
+                kind = document.kind.__name__
+                raise TypeError(f"mutator returned {type(delta).__name__}, not {kind}")  # noqa: TRY301
+        except BaseException:
+            self._unskip(queue)
+            raise
+        seqs = document.own_seqs(delta, self.node)
+        if seqs is None:
+            self._unskip(queue)
+            await trio.lowlevel.checkpoint()
+            return delta  # nothing changed
+        pending = _Pending(doc, self.node, seqs[0], seqs[1], dumps(delta.to_cbor()), delta)
+        self._dots.add_inflight(doc, delta)
+        # Queued together, with no checkpoint between: one transaction holds both.
+        self._commit_queue.extend(queue)
+        await self._commit(pending)
+        for entry in queue:
+            if entry.error is not None:
+                self._dots.keep_skip(doc, (entry.first, entry.last))
+        if pending.error is not None:
+            raise pending.error
+        return delta
+
+    def _unskip(self, queue: list[_Pending]) -> None:
+        """The skip does not go with this mutation: the next one carries it."""
+        for entry in queue:
+            self._dots.drop_inflight(entry.doc, [entry.delta])
+            self._dots.keep_skip(entry.doc, (entry.first, entry.last))
+
+    async def _commit(self, pending: _Pending) -> None:
+        if self.store is None:
+            batch, self._commit_queue = [*self._commit_queue, pending], []
+            self._release(batch)
+            await trio.lowlevel.checkpoint()  # an async call is a checkpoint, store or not
+        else:
+            await self._make_durable(pending)
 
     async def _make_durable(self, pending: _Pending) -> None:
         """Commit ``pending`` to the store's log with whatever else is waiting (group commit).
@@ -346,8 +443,13 @@ class Replicator:
                 self._committing = True
                 error: SyncError | None = None
                 committed = False
+                reserve = self._dots.reservations(
+                    (e.doc, e.last) for e in batch if e.delta is not None
+                )
                 try:
-                    await self.store.run_sync(_append_all, self.store.sync, batch)
+                    await self.store.run_sync(
+                        _append_all, self.store.sync, batch, self.node, reserve
+                    )
                     committed = True
                 except SyncError as exc:
                     error = exc
@@ -358,19 +460,42 @@ class Replicator:
                     for entry in batch:
                         if error is not None and entry.error is None:
                             entry.error = error
+                    if committed:
+                        for doc, through in reserve.items():
+                            self._dots.reserved_through(doc, through)
                     self._release(batch)
                     done, self._commit_done = self._commit_done, trio.Event()
                     done.set()
+                if error is not None:
+                    self._store_failed(error, "commit")
 
     def _release(self, batch: list[_Pending]) -> None:
-        """Hand committed deltas to the gossip core, in commit order; mark all done."""
+        """Join committed deltas and hand them to the gossip core, in commit order."""
         now = trio.current_time()
+        failed: dict[str, list[Any]] = {}
+        joined: dict[str, tuple[Any, list[Any]]] = {}  # doc -> (state before, deltas)
         for entry in batch:
             entry.done = True
-            if entry.error is None:
-                if self.store is not None:
-                    self._seq_cover[entry.doc] = (entry.origin, entry.last)
-                self.gossip.local_update(entry.doc, entry.data, now)
+            if entry.error is not None:
+                if entry.delta is not None:
+                    failed.setdefault(entry.doc, []).append(entry.delta)
+                continue
+            document = self.docs[entry.doc]
+            if entry.delta is not None and isinstance(document, CrdtDocument):
+                joined.setdefault(entry.doc, (document.state, []))[1].append(entry.delta)
+                document.mutate(_returning(entry.delta))
+            self._changes[entry.doc] += 1
+            if self.store is not None:
+                origin, seq = self._seq_cover.get(entry.doc, (entry.origin, 0))
+                last = max(seq, entry.last) if origin == entry.origin else entry.last
+                self._seq_cover[entry.doc] = (entry.origin, last)
+            self.gossip.local_update(entry.doc, entry.data, now)
+        for doc, deltas in failed.items():
+            self._dots.drop_inflight(doc, deltas)
+        for doc, (before, deltas) in joined.items():
+            document = self.docs[doc]
+            assert isinstance(document, CrdtDocument)
+            self._dots.committed(doc, deltas, before, document.state)
         self._wake.set()
 
     async def publish_app(self, channel: str, body: Any, *, retain: bool) -> None:
@@ -411,6 +536,13 @@ class Replicator:
             "refused": dict(self._refused),
             "counts": dict(self._counts),
             "hlc": str(self.clock.last),
+            "store_fault": (
+                None if (f := self._faults.fault) is None else f.as_json(trio.current_time())
+            ),
+            "writes_refused": self._faults.refused,
+            "store_faults": self._faults.faults,
+            "store_recoveries": self._faults.recoveries,
+            "dot_floor": dict(self._dots.floor),
         }
 
     # -- the service ---------------------------------------------------------------
@@ -442,6 +574,8 @@ class Replicator:
                         nursery.start_soon(self._publisher, self._delta_recv)
                         for _ in range(self.config.publishers):
                             nursery.start_soon(self._publisher, self._out_recv)
+                        nursery.start_soon(self._store_watch)
+                        nursery.start_soon(self._claim_dots)
                         if self.store is not None:
                             nursery.start_soon(self._snapshotter)
                             nursery.start_soon(self._spiller)
@@ -450,8 +584,10 @@ class Replicator:
                         task_status.started()
                 finally:
                     with trio.CancelScope(shield=True):
-                        await self._goodbye()
-                        transport_scope.cancel()
+                        try:
+                            await self._goodbye()
+                        finally:  # whatever happened, the transport must not outlive us
+                            transport_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_snapshots()
@@ -460,13 +596,16 @@ class Replicator:
         """Publish our "offline" presence (retained), bounded by ``goodbye_timeout``."""
         if not self._announced.is_set():
             return  # never announced: nothing to retract
+        try:
+            payload = self._seal("presence", self._presence_body(online=False))
+        except (SyncError, OSError, ValueError) as exc:
+            # Signed at start, our last will says the same thing.
+            log.warning("cannot seal the offline presence (%s); sending the last will", exc)
+            payload = self._will_payload
         with trio.move_on_after(self.config.goodbye_timeout):
             try:
                 await self.transport.publish(
-                    presence_topic(self.mesh, self.node),
-                    self._seal("presence", self._presence_body(online=False)),
-                    qos=1,
-                    retain=True,
+                    presence_topic(self.mesh, self.node), payload, qos=1, retain=True
                 )
                 self._count_out("presence")
             except TransportError:
@@ -486,16 +625,91 @@ class Replicator:
                 document.apply(entry.delta)
             if isinstance(document, CrdtDocument):
                 self._seq_cover[name] = (self.node, document.state.digest().max(self.node))
+                self._dots.reserved[name] = await self.store.reserved_seq(name, self.node)
+
+    async def _claim_dots(self) -> None:
+        """Before the first mint: claim our counters (module ``_dots``), then let writes in."""
+        docs = {n: d for n, d in self.docs.items() if isinstance(d, CrdtDocument)}
+
+        def own() -> dict[str, int]:
+            return {name: d.state.digest().max(self.node) for name, d in docs.items()}
+
+        def online() -> list[str]:
+            return [name for name, p in self.peers.items() if p.online]
+
+        with trio.move_on_after(self.config.claim_timeout):
+            await self._announced.wait()
+            settle_at = trio.current_time() + self.config.claim_settle
+            # Polled: digests, repairs and presences (the ingress path) all move
+            # the condition, and only in the first seconds after a start.
+            while True:
+                peers = online()
+                if not peers and trio.current_time() >= settle_at:
+                    break
+                if peers and self._dots.settled(own(), self.gossip.peer_digests(), peers):
+                    break
+                await trio.sleep(0.05)
+        plans = self._dots.claim(own(), self.gossip.peer_digests(), online())
+        for name, plan in plans.items():
+            for peer in plan.refused:
+                self._counts["dot_claims_refused"] += 1
+                log.warning(
+                    "%s claims a counter of ours in %s beyond MAX_DOT_JUMP: ignored", peer, name
+                )
+            if plan.learned:
+                log.info("%s: minting above %d (learned %d from peers)", name, plan.floor,
+                         plan.learned)  # fmt: skip
+        self._claimed.set()
+
+    # -- store faults (module _faults) -------------------------------------------
+
+    def _store_failed(self, exc: BaseException, operation: str) -> None:
+        if self._faults.failed(exc, operation, trio.current_time(), self.clock.physical_ms()):
+            self._recovered = trio.Event()
+            self._fault_wake.set()
+
+    async def _store_watch(self) -> None:
+        """Notice the clock's failed ceiling writes; retry a faulted store until it works."""
+        attempt = 0
+        faulted = False
+        worked_since = trio.current_time()
+        while True:
+            if self._faults.fault is None:
+                error = self.clock.ceiling_error
+                if error is None:
+                    self._fault_wake = trio.Event()
+                    # The clock cannot wake us (it fails inside any caller): look each second.
+                    with trio.move_on_after(1.0):
+                        await self._fault_wake.wait()
+                    continue
+                self._store_failed(error, "hlc ceiling")
+            if not faulted:
+                faulted = True
+                # A store that fails again soon after it recovered (a disk on
+                # the edge of full) keeps backing off: no fast flapping.
+                relapse = trio.current_time() - worked_since < self.config.fault_retry.maximum
+                attempt = attempt + 1 if relapse else 0
+            await trio.sleep(self.config.fault_retry.ceiling(attempt))
+            try:
+                await self._try_writes()
+            except (SyncError, OSError) as exc:
+                self._store_failed(exc, "retry")
+                attempt += 1
+                continue
+            faulted = False
+            worked_since = trio.current_time()
+            self._faults.cleared(worked_since)
+            self._recovered.set()
+            self._outbox_wake.set()
+
+    async def _try_writes(self) -> None:
+        """What must work before the fault clears: the clock's ceiling, a write, snapshots."""
+        self.clock.persist_ceiling()  # on the loop, like every ceiling write
+        if self.store is not None:
+            await self.store.probe(room=PROBE_ROOM)
+            await self._flush_snapshots(strict=True)
 
     # -- outgoing ---------------------------------------------------------------
-
-    def _will(self) -> Will:
-        return Will(
-            topic=presence_topic(self.mesh, self.node),
-            payload=self._seal("presence", self._presence_body(online=False)),
-            qos=1,
-            retain=True,
-        )
 
     def _presence_body(self, *, online: bool) -> dict[str, Any]:
         return {
@@ -508,6 +722,22 @@ class Replicator:
             "broker": self.config.broker_url,
         }
 
+    def _will(self) -> Will:
+        return Will(
+            topic=presence_topic(self.mesh, self.node),
+            payload=self._will_payload,
+            qos=1,
+            retain=True,
+        )
+
+    def _stamp(self) -> Timestamp:
+        try:
+            return self.clock.now()
+        except (StoreError, OSError) as exc:  # a clock that does not defer ceiling errors
+            self._store_failed(exc, "hlc ceiling")
+            # Issued before, so below the stored ceiling; (kid, hlc, nonce) stays unique.
+            return self.clock.last
+
     def _seal(self, kind: str, body: Any) -> bytes:
         # Presence is never encrypted: it carries the public key that everyone,
         # outside tools included, verifies this node's envelopes with.
@@ -516,7 +746,7 @@ class Replicator:
         return sign_envelope(
             dumps(body),
             self.key,
-            hlc=self.clock.now(),
+            hlc=self._stamp(),
             kind=kind,
             nonce=self._randbytes(8),
             mesh_key=mesh_key,
@@ -563,9 +793,12 @@ class Replicator:
         async for topic, payload in self._spill_recv:
             try:
                 await self.store.enqueue(topic, payload, qos=1)
-            except SyncError as exc:
+            except SyncError as exc:  # the delta is in the log: anti-entropy repairs it
                 self._counts["outbox_errors"] += 1
-                log.warning("outbox enqueue failed: %s", exc)
+                if isinstance(exc, StoreFullError):
+                    log.warning("outbox enqueue refused: %s", exc)
+                else:
+                    self._store_failed(exc, "outbox")
             self._outbox_wake.set()
 
     async def _publisher(
@@ -595,8 +828,14 @@ class Replicator:
         assert self.store is not None
         limit = self.config.gossip.batch_max_bytes
         while True:
+            await self._recovered.wait()
             await self.transport.wait_connected()
-            batch = await self.store.peek(64)
+            try:
+                batch = await self.store.peek(64)  # writes: it deletes expired messages
+            except StoreError as exc:
+                self._store_failed(exc, "outbox")
+                await trio.sleep(self.config.outbox_retry)
+                continue
             if not batch:
                 self._outbox_wake = trio.Event()
                 with trio.move_on_after(self.config.outbox_retry):
@@ -611,7 +850,8 @@ class Replicator:
                     body = None
                 if not isinstance(body, list):  # a delta body is a list of [doc, data]
                     self._counts["outbox_unreadable"] += 1
-                    await self.store.ack(message.id)
+                    groups.append((message.topic, message.qos, [], [message.id]))
+                    size = self.config.max_envelope  # nothing joins it
                     continue
                 length = len(message.payload)
                 last = groups[-1] if groups else None
@@ -624,14 +864,19 @@ class Replicator:
                     size = length
             for topic, qos, body, ids in groups:
                 try:
-                    payload = self._seal("delta", body)
-                    await self.transport.publish(topic, payload, qos=qos)
+                    if body:  # an unreadable message is only acknowledged (dropped)
+                        payload = self._seal("delta", body)
+                        await self.transport.publish(topic, payload, qos=qos)
                 except TransportError:
                     await trio.sleep(self.config.outbox_retry)
                     break
                 except ValueError:  # past the envelope limit: only a lone oversized delta can be
                     self._counts["outbox_unreadable"] += 1
-                await self.store.ack(*ids)
+                try:
+                    await self.store.ack(*ids)
+                except StoreError as exc:  # sent, not acked: it goes again (receivers dedupe)
+                    self._store_failed(exc, "outbox")
+                    break
                 self._counts["outbox_sent"] += len(ids)
                 self._counts["outbox_batches"] += 1
 
@@ -703,8 +948,10 @@ class Replicator:
             await trio.sleep(self.config.snapshot_interval)
             await self._flush_snapshots()
 
-    async def _flush_snapshots(self) -> None:
-        if self.store is None:
+    async def _flush_snapshots(self, *, strict: bool = False) -> None:
+        """Snapshot every changed document. While the store is faulted only the
+        recovery task tries (``strict``: a failing write raises)."""
+        if self.store is None or (self._faults.fault is not None and not strict):
             return
         for name, document in self.docs.items():
             changes = self._changes[name]
@@ -726,8 +973,13 @@ class Replicator:
                 await self.store.put_snapshot(name, data, digest=digest, cover=cover)
             except SyncError as exc:
                 self._counts["snapshot_errors"] += 1
-                log.warning("snapshot of %s failed: %s", name, exc)
-                continue
+                if isinstance(exc, StoreFullError):  # a bound: the log keeps every delta
+                    log.warning("snapshot of %s refused: %s", name, exc)
+                    continue
+                if strict:
+                    raise
+                self._store_failed(exc, "snapshot")
+                return
             self._snapshotted[name] = changes
             self._counts["snapshots"] += 1
 
@@ -1023,6 +1275,11 @@ class Replicator:
             observer(event)
 
 
+def _returning(delta: Any) -> Callable[[Any], Any]:
+    """A mutator that returns a delta minted (and committed) already."""
+    return lambda _state: delta
+
+
 def _encode_state(state: Any) -> bytes:
     return dumps(state.to_cbor())
 
@@ -1036,12 +1293,13 @@ class _Pending:
     first: int
     last: int
     data: bytes
+    delta: Any = None  # the CRDT delta itself; None for a Yjs update
     done: bool = False
     error: SyncError | None = None
 
 
-def _append_all(store: Store, batch: list[_Pending]) -> None:
-    """Log every delta of ``batch`` in one transaction (in a worker thread).
+def _append_all(store: Store, batch: list[_Pending], node: str, reserve: dict[str, int]) -> None:
+    """Log ``batch`` and reserve ``node``'s counters in one transaction (worker thread).
 
     A delta the store refuses before writing anything (too large) fails
     alone; an SQLite error fails the whole transaction (raised).
@@ -1052,3 +1310,5 @@ def _append_all(store: Store, batch: list[_Pending]) -> None:
                 store.append_delta(entry.doc, entry.origin, entry.first, entry.last, entry.data)
             except StoreFullError as exc:
                 entry.error = exc
+        for doc, through in reserve.items():
+            store.reserve_seqs(doc, node, through)

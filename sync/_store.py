@@ -17,7 +17,8 @@ Four things live in one file, each in its own table:
     j after seq n" is one range scan of the unique index
     ``(doc, origin, last_seq)``: ``last_seq > n``.
 ``meta``
-    small integers: the HLC ceiling (:class:`StoreHighWaterMark`) and counters.
+    small integers: the HLC ceiling (:class:`StoreHighWaterMark`), sequence
+    reservations (:meth:`Store.reserve_seqs`) and counters.
 ``outbox``
     the store-and-forward queue of messages waiting for the broker: FIFO by
     an autoincrement id, deleted only by :meth:`Store.ack` (after the
@@ -44,8 +45,9 @@ only after ``COMMIT`` returned. In WAL mode:
   process kill (``kill -9``: the kernel still holds and later writes the
   pages), but a power loss or kernel crash may lose the last commits; the
   database stays consistent either way. A commit that wrote the HLC ceiling
-  is always followed by an fsync of the WAL (what ``FULL`` does), because a
-  clock running backwards is worse than a lost update.
+  or a sequence reservation is always followed by an fsync of the WAL (what
+  ``FULL`` does), because a clock running backwards, or a counter used twice,
+  is worse than a lost update.
 
 The database is opened with ``locking_mode=EXCLUSIVE``: one process (one node)
 owns the file; a second opener gets a :class:`StoreError`. A new store is
@@ -59,6 +61,7 @@ re-entrant lock, so the synchronous API is safe from any thread and
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sqlite3
@@ -143,6 +146,9 @@ _OUTBOX_DROPPED: Final = "outbox_dropped"
 _OUTBOX_DROPPED_BYTES: Final = "outbox_dropped_bytes"
 _OUTBOX_EXPIRED: Final = "outbox_expired"
 _LOG_TRIMMED: Final = "log_trimmed"
+_WRITE_PROBES: Final = "write_probes"
+# "reserved_seq:{origin}:{doc}" (an origin never contains ":")
+_RESERVED_SEQ: Final = "reserved_seq:"
 
 T = TypeVar("T")
 
@@ -533,7 +539,9 @@ class Store:
                 try:
                     self._fsync_wal()
                 except OSError as exc:
-                    raise StoreError(f"{self.path}: fsync of the WAL failed: {exc}") from None
+                    raise StoreError(
+                        f"{self.path}: fsync of the WAL failed: {exc}", cause=_os_cause(exc)
+                    ) from None
 
     def _rollback(self) -> None:
         self._fsync_after_commit = False
@@ -554,7 +562,7 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError(f"store {self.path} is closed")
+            raise StoreError(f"store {self.path} is closed", cause="closed")
 
     def _read(self, fn: Callable[[sqlite3.Connection], T], what: str) -> T:
         with self._lock:
@@ -873,6 +881,59 @@ class Store:
             # safety level cannot change inside a transaction).
             self._fsync_after_commit = self.config.synchronous != "FULL"
 
+    # -- sequence reservations ----------------------------------------------
+
+    def reserved_seq(self, doc: str, origin: str) -> int:
+        """The highest seq of ``origin`` in ``doc`` reserved so far (0 when none).
+
+        See :meth:`reserve_seqs`; docs/store.md, "Sequence reservations".
+        """
+        return self._meta_get(f"{_RESERVED_SEQ}{origin}:{doc}")
+
+    def reserve_seqs(self, doc: str, origin: str, through: int) -> None:
+        """Durably record that ``origin`` may use seqs of ``doc`` up to ``through``.
+
+        A reservation never goes down (a lower ``through`` is a no-op). Like the
+        HLC ceiling, the commit is fsynced whatever ``synchronous`` says (inside
+        :meth:`transaction`: when the outermost block has exited), because a
+        replica that restarts below a seq it already used would reuse it.
+        """
+        self._name(doc, "doc")
+        self._name(origin, "origin")
+        _seq(through, "through", minimum=0)
+        with self.transaction(), self._guard("reserve_seqs"):
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                (f"{_RESERVED_SEQ}{origin}:{doc}", through),
+            )
+            if self.config.synchronous != "FULL":
+                self._fsync_after_commit = True
+
+    def probe(self, room: int = 0) -> None:
+        """Commit a small write, after making sure that ``room`` more bytes fit.
+
+        The room check writes a ``room``-byte row and deletes it in the same
+        transaction (the pages it took stay in the file, free for the next
+        writes), so a nearly full disk that still takes a one-row commit does
+        not pass for a working one. Raises :class:`StoreError` when the store
+        cannot take the writes (``cause`` says why, e.g. ``"disk-full"``):
+        what a caller retries with backoff to find out that a faulted store
+        works again.
+        """
+        if room < 0:
+            raise ValueError("room must be >= 0")
+        with self.transaction(), self._guard("probe"):
+            if room:
+                # doc "" names no document (names are non-empty): nothing reads it.
+                cur = self._conn.execute(
+                    "INSERT INTO delta_log (doc, origin, first_seq, last_seq, size, delta) "
+                    "VALUES ('', '', 1, 1, ?, zeroblob(?))",
+                    (room, room),
+                )
+                self._conn.execute("DELETE FROM delta_log WHERE id = ?", (cur.lastrowid,))
+            self._meta_add(_WRITE_PROBES, 1)
+
     def _fsync_wal(self) -> None:
         try:
             fd = os.open(self.path + "-wal", os.O_RDONLY)
@@ -1059,6 +1120,30 @@ def _seq(value: int, what: str, *, minimum: int = 1) -> None:
 
 
 _CORRUPT_MARKERS: Final = ("malformed", "not a database", "corrupt", "file is encrypted")
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF) -> StoreError.cause
+_CAUSES: Final = {
+    13: "disk-full",  # SQLITE_FULL
+    10: "io-error",  # SQLITE_IOERR (and its extended codes)
+    8: "read-only",  # SQLITE_READONLY
+    5: "busy",  # SQLITE_BUSY
+    6: "busy",  # SQLITE_LOCKED
+    11: "corrupt",  # SQLITE_CORRUPT
+    26: "corrupt",  # SQLITE_NOTADB
+    14: "cannot-open",  # SQLITE_CANTOPEN
+}
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _CAUSES:
+        return _CAUSES[code & 0xFF]
+    name = getattr(exc, "sqlite_errorname", None)
+    return name.lower().removeprefix("sqlite_") if isinstance(name, str) else ""
+
+
+def _os_cause(exc: OSError) -> str:
+    return {errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EIO: "io-error",
+            errno.EROFS: "read-only"}.get(exc.errno or 0, "os-error")  # fmt: skip
 
 
 def _remove_database(path: str) -> None:
@@ -1078,8 +1163,13 @@ def _fsync(path: str) -> None:
 def _translate(exc: sqlite3.Error, path: str, what: str) -> StoreError:
     message = str(exc)
     lowered = message.lower()
-    if isinstance(exc, sqlite3.DatabaseError) and any(m in lowered for m in _CORRUPT_MARKERS):
+    cause = _cause(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        cause == "corrupt" or any(m in lowered for m in _CORRUPT_MARKERS)
+    ):
         return StoreCorruptError(f"{path}: {what}: database is damaged: {message}", path)
-    if "locked" in lowered or "busy" in lowered:
-        return StoreError(f"{path}: {what}: database is in use by another process ({message})")
-    return StoreError(f"{path}: {what}: {type(exc).__name__}: {message}")
+    if cause == "busy" or "locked" in lowered or "busy" in lowered:
+        return StoreError(
+            f"{path}: {what}: database is in use by another process ({message})", cause="busy"
+        )
+    return StoreError(f"{path}: {what}: {type(exc).__name__}: {message}", cause=cause)

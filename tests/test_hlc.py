@@ -12,6 +12,7 @@ from vsm_edge.sync import (
     FileHighWaterMark,
     HybridLogicalClock,
     MemoryHighWaterMark,
+    StoreError,
     Timestamp,
 )
 
@@ -202,3 +203,71 @@ def test_corrupt_high_water_file_is_an_error_not_a_reset(tmp_path) -> None:
     path.write_text("garbage")
     with pytest.raises(ValueError, match="corrupt"):
         HybridLogicalClock("a", FakeWall(1), high_water=FileHighWaterMark(path))
+
+
+class FailingMark(MemoryHighWaterMark):
+    """A mark whose store() fails while ``full`` (a full disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
+    def store(self, wall_ms: int) -> None:
+        if self.full:
+            raise StoreError("disk full", cause="disk-full")
+        super().store(wall_ms)
+
+
+def test_a_ceiling_that_cannot_be_stored_stops_the_clock_by_default() -> None:
+    mark, wall = FailingMark(), FakeWall(1_000)
+    clock = HybridLogicalClock("a", wall, high_water=mark, reserve_ms=100)
+    clock.now()  # stores the ceiling 1_100
+    mark.full = True
+    clock.now()  # below the stored ceiling: no write needed
+    wall.ms = 2_000
+    with pytest.raises(StoreError, match="disk full"):
+        clock.now()
+    assert clock.ceiling_error is None  # nothing deferred: the caller got the error
+
+
+def test_deferred_ceiling_errors_keep_the_clock_running_and_are_retried() -> None:
+    mark, wall = FailingMark(), FakeWall(1_000)
+    clock = HybridLogicalClock(
+        "a", wall, high_water=mark, reserve_ms=100, defer_ceiling_errors=True
+    )
+    issued = [clock.now()]  # stores the ceiling 1_100
+    stored = mark.value
+    mark.full = True
+    for ms in range(2_000, 2_400, 10):  # four crossings of the reserve
+        wall.ms = ms
+        issued.append(clock.now())
+    assert issued == sorted(issued)
+    assert isinstance(clock.ceiling_error, StoreError)
+    stats = clock.statistics()
+    assert stats.ceiling_pending
+    assert stats.ceiling_failures == 4  # one attempt per crossing, not per stamp
+    assert mark.value == stored
+    with pytest.raises(StoreError):
+        clock.persist_ceiling()  # still full
+    mark.full = False
+    clock.persist_ceiling()
+    assert clock.ceiling_error is None
+    assert mark.value > max(ts.wall for ts in issued)  # the invariant is back
+    clock.persist_ceiling()  # nothing pending: no write
+    assert mark.writes == 2
+
+
+def test_a_deferred_failure_clears_at_the_next_crossing_that_stores() -> None:
+    mark, wall = FailingMark(), FakeWall(1_000)
+    clock = HybridLogicalClock(
+        "a", wall, high_water=mark, reserve_ms=100, defer_ceiling_errors=True
+    )
+    mark.full = True
+    wall.ms = 2_000
+    clock.now()
+    assert clock.ceiling_error is not None
+    mark.full = False
+    wall.ms = 2_200
+    after = clock.now()
+    assert clock.ceiling_error is None
+    assert mark.value > after.wall

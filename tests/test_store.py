@@ -23,6 +23,7 @@ from vsm_edge.sync import (
     StoreConfig,
     StoreCorruptError,
     StoreError,
+    StoreFaultError,
     StoreFullError,
     StoreVersionError,
     SyncError,
@@ -190,6 +191,70 @@ def test_store_errors_are_sync_errors() -> None:
     assert issubclass(StoreCorruptError, StoreError)
     assert issubclass(StoreFullError, StoreError)
     assert issubclass(StoreVersionError, StoreError)
+    assert issubclass(StoreFaultError, StoreError)
+
+
+def cap_pages(store: Store, extra: int = 0) -> None:
+    """Let the database grow by ``extra`` pages at most: SQLite's own "disk is full"."""
+    (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
+    store._conn.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+
+def uncap_pages(store: Store) -> None:
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_a_full_disk_is_a_store_error_with_its_cause_not_a_bound(store: Store) -> None:
+    store.append_delta("d", "a", 1, 1, b"x")
+    cap_pages(store)
+    with pytest.raises(StoreError) as caught:
+        store.append_delta("d", "a", 2, 2, b"y" * 100_000)
+    assert caught.value.cause == "disk-full"
+    assert not isinstance(caught.value, StoreFullError)  # not one of our bounds
+    assert "full" in str(caught.value)
+    assert store.log_spans("d")["a"].last_seq == 1  # nothing of it committed
+    uncap_pages(store)
+    store.append_delta("d", "a", 2, 2, b"y" * 100_000)
+    with pytest.raises(StoreFullError) as bound:
+        store.append_delta("d", "a", 3, 3, b"z" * (store.config.max_delta_bytes + 1))
+    assert bound.value.cause == "bound"
+
+
+def test_probe_fails_on_a_disk_without_room_and_leaves_nothing(store: Store) -> None:
+    cap_pages(store, extra=2)
+    store.probe()  # one small row still fits
+    with pytest.raises(StoreError) as caught:
+        store.probe(room=64 * 1024)
+    assert caught.value.cause == "disk-full"
+    uncap_pages(store)
+    store.probe(room=64 * 1024)
+    assert store.documents() == []
+    assert store.log_spans("") == {}
+    with pytest.raises(ValueError, match="room"):
+        store.probe(room=-1)
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_seq_reservations_never_go_down_and_survive_reopen(
+    db: Path, synchronous: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(Store, "_fsync_wal", lambda self: calls.append(self.path))
+    cfg = StoreConfig(synchronous=synchronous)  # type: ignore[arg-type]
+    with Store.open(db, cfg) as s:
+        assert s.reserved_seq("mesh", "n1") == 0
+        s.reserve_seqs("mesh", "n1", 1024)
+        s.reserve_seqs("mesh", "n1", 10)  # lower: a no-op
+        s.reserve_seqs("other", "n1", 7)
+        s.reserve_seqs("mesh", "n2", 3)
+        # Like the HLC ceiling: fsynced even under NORMAL.
+        assert len(calls) == (4 if synchronous == "NORMAL" else 0)
+    with Store.open(db, cfg) as s:
+        assert s.reserved_seq("mesh", "n1") == 1024
+        assert s.reserved_seq("other", "n1") == 7
+        assert s.reserved_seq("mesh", "n2") == 3
+        with pytest.raises(ValueError, match="through"):
+            s.reserve_seqs("mesh", "n1", -1)
 
 
 def test_blob_and_name_bounds(db: Path) -> None:

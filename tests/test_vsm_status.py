@@ -299,3 +299,22 @@ def test_sigint_stops_an_agent_process_gracefully(tmp_path: Path) -> None:
         if agent.poll() is None:
             agent.kill()
         agent.communicate(timeout=10)
+
+
+def test_format_status_names_a_store_fault() -> None:
+    assert "STORE" not in format_status({"store": {"ok": True, "fault": None}})
+    text = format_status(
+        {
+            "store": {
+                "ok": False,
+                "readings_held": 3,
+                "fault": {
+                    "cause": "disk-full",
+                    "operation": "commit",
+                    "for_s": 4.2,
+                    "message": "node.db: commit: database or disk is full",
+                },
+            }
+        }
+    )
+    assert "STORE FAULT (disk-full) for 4.2 s in commit: local writes held (3 readings)" in text
