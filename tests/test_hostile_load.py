@@ -31,9 +31,9 @@ from vsm_edge.sync import save_node_key
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 HONEST = ["n1", "n2"]
-JUNK_MESSAGES = 500
+JUNK_MESSAGES = 1000
 JUNK_SIZE = 131_000  # bytes, about; under the 256 KiB envelope limit, so it is decoded
-JUNK_SECONDS = 6.0  # 500 x ~131 KB: ~11 MB/s at the victim's inbox
+JUNK_SECONDS = 10.0  # the reported rate, 100/s of ~131 KB: ~13 MB/s at the victim's inbox
 OUTAGE_S = 30.0  # 150 queued writes; at 15 s (75) the reported quarantine did not show
 WRITE_INTERVAL_S = 0.2  # the writer's 5 Hz
 
@@ -48,19 +48,22 @@ def keeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshKeeper]:
 
 
 def junk(i: int, honest_kid: bytes) -> bytes:
-    """~131 KB of unauthenticated CBOR, four shapes in turn.
+    """~131 KB of unauthenticated CBOR, in turn: the reported junk three times
+    in four, and one of three other shapes.
 
+    2: the reported junk, 65,535 x ``[0]`` (131,073 bytes, 131,071 items: the
+       costliest decode within the item limit; 66 ms each in the generic
+       decoder, which made the reported flood cost 20.9 CPU-seconds), not an
+       envelope;
     0: an envelope-shaped COSE_Sign1: a valid header naming a kid nobody
        announced, a random payload and signature;
     1: the same in an honest peer's name (its kid, a random signature): a
        forgery the receiver verifies, attributed to that peer;
-    2: an array of 65,000 small integers (many items: a costly decode within
-       the item limit), which is not an envelope;
     3: an envelope whose payload is nested 40 deep (past the depth limit).
     """
-    shape = i % 4
+    shape = 2 if i % 4 != 3 else (0, 1, 3)[(i // 4) % 3]
     if shape == 2:
-        return cbor2.dumps([24] * 65_000)
+        return cbor2.dumps([[0]] * 65_535)
     header = cbor2.dumps(
         {1: -8, 4: honest_kid if shape == 1 else os.urandom(16), -65537: 1,
          -65538: (int(time.time() * 1000) << 16), -65539: "delta", -65540: os.urandom(16)}
@@ -86,17 +89,24 @@ def test_junk_flood_at_one_inbox_quarantines_no_honest_node(keeper: MeshKeeper) 
     mesh = keeper.mesh()
     victim = "n1"
     before = refused_total(mesh, victim)
-    payloads = [junk(i, mesh.creds.keys["n2"].kid) for i in range(4)]
+    payloads = [junk(i, mesh.creds.keys["n2"].kid) for i in range(12)]
     sizes = sorted(len(p) for p in payloads)
     with Adversary(mesh.broker.port, MESH, "outsider", None) as outsider:
         topic = outsider.topic("to", victim)
         started = time.monotonic()
+        marker = ""
         for i in range(JUNK_MESSAGES):  # bounded in count, paced over JUNK_SECONDS
-            outsider.publish_many([(topic, payloads[i % 4])], qos=1)
+            outsider.publish_many([(topic, payloads[i % 12])], qos=1)
+            if i == JUNK_MESSAGES // 2:  # an honest write halfway through the flood
+                marker = mesh.raise_marker("n2")
             ahead = started + (i + 1) * JUNK_SECONDS / JUNK_MESSAGES - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
         sent_s = time.monotonic() - started
+        # Junk must not queue honest traffic behind it: n2's write, made with
+        # half the flood still to come, is at n1 before the flood is over (with
+        # 66 ms per junk message n1 was 23 s behind at this point).
+        heard_during_flood = mesh.sees_marker(victim, "n2", marker)
     wait_for(lambda: refused_total(mesh, victim) - before >= JUNK_MESSAGES, 30,
              f"{victim} to refuse the junk")  # fmt: skip
     took = time.monotonic() - started
@@ -106,6 +116,7 @@ def test_junk_flood_at_one_inbox_quarantines_no_honest_node(keeper: MeshKeeper) 
           f"to/{victim} in {sent_s:.1f} s; {victim} refused {refused} within {took:.1f} s; "
           f"converged {report.converged_s:.2f} s later, post-flood writes replicated in "
           f"{report.marker_s:.2f} s")  # fmt: skip
+    assert heard_during_flood, "n2's write made during the flood waited behind the junk at n1"
 
 
 def test_broker_outage_while_writing_quarantines_nobody_and_converges(
