@@ -107,6 +107,11 @@ ARBITRATOR_PAIN: Final = 0.5
 POLICY_FILE: Final = "policy.cbor"
 PINS_FILE: Final = "pins.cbor"
 MAX_PINS: Final = 4_096  # node -> key id pins kept (least recently bound forgotten)
+# Open mesh: new identities (node ids never pinned) bound at most at this rate
+# after a burst the size of the peer table, so that a writer rotating
+# identities to stay under the flood rule runs out of them.
+NEW_KEY_BURST: Final = 1_024.0
+NEW_KEY_RATE: Final = 1.0 / 60.0  # per second
 TICK_S: Final = 1.0
 _RETAINED_ALLOWED: Final = frozenset({"presence", "policy", "alg"})
 
@@ -164,6 +169,7 @@ class IngressGuard:
         self._pins: OrderedDict[str, bytes] = OrderedDict()
         self._pins_dirty = False
         self._rebind: Callable[[], None] | None = None
+        self._new_keys = (NEW_KEY_BURST, wall_clock())  # tokens, at (ms)
         self.gateway = Gateway(
             zone=OPEN_ZONE if self.mode == "open" else None,
             # the replay filters are this node's own: a fresh random key per
@@ -313,9 +319,11 @@ class IngressGuard:
         the node is pinned to is still in it (an admin rotates a node's key by
         removing the old one from the zone). With no zone: in mode ``open``,
         the first key seen for a node is pinned (trust on first use, kept in
-        ``data_dir/pins.cbor``) and no other is accepted; in mode ``policy``,
-        any key, unpinned, until the zone arrives (the gateway refuses every
-        other message meanwhile) and the replicator re-checks (``rebind``).
+        ``data_dir/pins.cbor``) and no other is accepted, and new node ids
+        are pinned at most at ``NEW_KEY_RATE`` after a burst of
+        ``NEW_KEY_BURST``; in mode ``policy``, any key, unpinned, until the
+        zone arrives (the gateway refuses every other message meanwhile) and
+        the replicator re-checks (``rebind``).
         """
         pinned = self._pins.get(node)
         if self.zone is not None:
@@ -327,6 +335,14 @@ class IngressGuard:
             return None
         elif pinned is not None and pinned != kid:
             return "key-pinned"
+        elif pinned is None:
+            now = self._wall_clock()
+            tokens, at = self._new_keys
+            tokens = min(NEW_KEY_BURST, tokens + max(0, now - at) / 1000 * NEW_KEY_RATE)
+            if tokens < 1:
+                self._new_keys = (tokens, now)
+                return "too-many-new-keys"
+            self._new_keys = (tokens - 1, now)
         if pinned != kid:
             self._pins[node] = kid
             self._pins_dirty = True

@@ -400,3 +400,15 @@ async def test_closed_mode_binds_only_keys_of_the_zone(tmp_path: Path) -> None:
     a2 = key("a2").kid
     install(guard, runtime, zone_document(2, [a2, b], epoch=2))
     assert guard.bind_key("a", a2, a) is None
+
+
+async def test_open_mode_mints_new_identities_only_at_a_bounded_rate(tmp_path: Path) -> None:
+    # A writer rotating identities to stay under the flood rule runs out of them.
+    from vsm_edge.agent import _security
+
+    guard, _, _ = make_guard(tmp_path, zone="open")
+    burst = int(_security.NEW_KEY_BURST)
+    for i in range(burst):
+        assert guard.bind_key(f"id{i}", key(f"k{i}").kid, None) is None
+    assert guard.bind_key("one-more", key("one-more").kid, None) == "too-many-new-keys"
+    assert guard.bind_key("id0", key("k0").kid, None) is None  # known ids are not limited
