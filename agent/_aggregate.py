@@ -61,6 +61,7 @@ from ._algedonic import Signal, decode_peer_signal
 from ._errors import AgentError
 from ._http import HttpResponse, ReadOnlyServer, json_response
 from ._metrics import view_families
+from ._schema import MESH_DOC
 from ._view import History, LagTracker, build_view, mesh_nodes
 from ._web import dashboard_response, metrics_response
 
@@ -68,7 +69,6 @@ __all__ = ["Aggregator", "AggregatorConfig", "add_aggregate_command", "cmd_aggre
 
 log = logging.getLogger("vsm_edge.agent.aggregate")
 
-MESH_DOC = "mesh"
 MAX_MESHES = 64
 SIGNALS_PER_NODE = 32
 MAX_SIGNAL_NODES = 4096

@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import trio
 
+from ._schema import reading_prefix
+
 __all__ = ["DEVICE_UNIT", "DemoDevice", "start_device"]
 
 DEVICE_UNIT = "bench"
@@ -57,7 +59,7 @@ pain_after_s = 3.0
         """
         entry = statuses.get(self.node, {}).get("s1", {}).get("units", {}).get(DEVICE_UNIT, {})
         detail = entry.get("detail") or {}
-        prefix = f"{self.node}/r/{DEVICE_UNIT}."
+        prefix = reading_prefix(self.node, DEVICE_UNIT)
         latencies: list[float] = []
         peers: list[str] = []
         for node, path in sorted(sample_files.items()):

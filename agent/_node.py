@@ -82,6 +82,15 @@ from ._errors import AgentError
 from ._lease import Lease, LeaseMap
 from ._runtime import Runtime
 from ._s4 import PeerReport, PeerReportError
+from ._schema import (
+    MESH_DOC,
+    lease_key,
+    parse_key,
+    parse_reading,
+    reading_key,
+    reading_value,
+    report_key,
+)
 from ._security import OPEN_ZONE, IngressGuard
 from ._units import Unit
 
@@ -92,12 +101,10 @@ __all__ = ["OPEN_ZONE", "Agent"]
 
 log = logging.getLogger("vsm_edge.agent.node")
 
-MESH_DOC = "mesh"
 REPLICATE_INTERVAL_S = 0.25
 REPORT_INTERVAL_S = 2.0
 LATENCY_SAMPLES = 4096
 MAX_ALARMS_HEARD = 256
-LEASE_PREFIX = "lease:"
 STORE_PAIN = 0.8  # a node that cannot persist is badly hurt, but not (yet) critical
 
 
@@ -410,7 +417,7 @@ class Agent:
     # -- the mesh document ---------------------------------------------------------------
 
     def _on_reading(self, unit: str, reading: str, value: float, stamp: Timestamp) -> None:
-        key = f"{self.node}/r/{unit}.{reading}"
+        key = reading_key(self.node, unit, reading)
         if key in self._dirty_readings and self.replicator and self.replicator.store_fault:
             self._readings_replaced += 1
         self._latest[key] = (float(value), self._wall_clock())
@@ -430,10 +437,10 @@ class Agent:
             for key in sorted(self._dirty_readings):
                 value, _reading_ms = self._latest[key]
                 self._dirty_readings.discard(key)
-                if not await self._put(replicator, key, [value, written_ms]):
+                if not await self._put(replicator, key, reading_value(value, written_ms)):
                     self._dirty_readings.add(key)  # held for the next round
             if now >= next_report and await self._put(
-                replicator, f"{self.node}/report", runtime.local_report().to_cbor()
+                replicator, report_key(self.node), runtime.local_report().to_cbor()
             ):
                 next_report = now + REPORT_INTERVAL_S
             leases, self._lease_out = self._lease_out, {}
@@ -442,7 +449,7 @@ class Agent:
                 # "greatest grant wins" join as the lease CRDT itself.
                 if not await self._put(
                     replicator,
-                    f"{LEASE_PREFIX}{resource}",
+                    lease_key(resource),
                     [lease.holder, lease.expires_ms],
                     stamp=lease.granted,
                 ):
@@ -475,33 +482,31 @@ class Agent:
             return
         now_ms = self._wall_clock()
         for key, frozen in delta.value().items():
-            if not isinstance(key, str):
+            info = parse_key(key)
+            if info is None:
                 continue
             value = thaw(frozen)
-            if key.startswith(LEASE_PREFIX):
-                self._on_remote_lease(delta, key, value)
+            if info.kind == "lease":
+                self._on_remote_lease(delta, key, info.name, value)
                 continue
-            if "/" not in key:
-                continue
-            origin, _, rest = key.partition("/")
-            if origin == self.node:
+            if info.origin == self.node:
                 continue  # our own entry, back in a peer's repair delta: not news
-            if rest == "report":
+            if info.kind == "report":
                 try:
                     self.runtime.update_peer(PeerReport.from_cbor(value))
                 except (PeerReportError, TypeError, ValueError):
-                    log.debug("bad report from %s", origin)
-            elif rest == "quarantine" and self.security is not None:
-                self.security.on_proposal(origin, value)
-            elif rest.startswith("r/") and isinstance(value, list) and len(value) == 2:
-                written = value[1]
-                if isinstance(written, int) and not isinstance(written, bool):
+                    log.debug("bad report from %s", info.origin)
+            elif info.kind == "quarantine" and self.security is not None:
+                self.security.on_proposal(info.origin, value)
+            elif info.kind == "reading":
+                reading = parse_reading(value)
+                if reading is not None:
+                    written = reading[1]
                     self.samples.append((key, written, max(0.0, float(now_ms - written))))
 
-    def _on_remote_lease(self, delta: ORMap, key: str, value: Any) -> None:
+    def _on_remote_lease(self, delta: ORMap, key: str, resource: str, value: Any) -> None:
         assert self.runtime is not None
         stamp = delta.get(key, CausalLWWRegister).timestamp
-        resource = key[len(LEASE_PREFIX) :]
         if (
             stamp is None
             or not (isinstance(value, list) and len(value) == 2)

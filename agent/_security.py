@@ -88,6 +88,7 @@ from vsm_edge.sync import (
 from ._algedonic import SignalError
 from ._config import AgentConfig
 from ._errors import AgentError
+from ._schema import quarantine_key
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -602,7 +603,7 @@ class IngressGuard:
             proposal = self.own_proposal()
             if proposal != self._own_proposal:
                 self._own_proposal = proposal
-                await put(f"{self.node}/quarantine", self.proposal_blob(proposal))
+                await put(quarantine_key(self.node), self.proposal_blob(proposal))
 
     # -- reporting ----------------------------------------------------------------------
 

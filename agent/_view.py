@@ -1,7 +1,7 @@
 """The mesh as the dashboard shows it: one JSON document for an agent or the aggregator.
 
 Both an agent and the aggregator hold the replicated ``mesh`` document (keys
-``{node}/report`` and ``{node}/r/{unit}.{reading}``, see ``_node.py``); the
+``{node}/report`` and ``{node}/r/{unit}.{reading}``, see ``_schema.py``); the
 view is computed from it the same way in both, so the dashboard has one
 shape to read (``GET /view.json``)::
 
@@ -24,6 +24,8 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from ._schema import parse_key, parse_reading
 
 __all__ = ["History", "LagTracker", "build_view", "mesh_nodes", "percentiles"]
 
@@ -63,15 +65,12 @@ class LagTracker:
         self.evicted = 0
 
     def observe(self, key: str, value: Any, now_ms: int) -> None:
-        """Note a joined register ``key`` = ``[value, written_ms]`` (anything else is ignored)."""
-        origin, sep, rest = key.partition("/")
-        if not sep or not rest.startswith("r/"):
+        """Note a joined reading register ``key`` (anything else is ignored)."""
+        info = parse_key(key)
+        reading = parse_reading(value)
+        if info is None or info.kind != "reading" or reading is None:
             return
-        if not (isinstance(value, list | tuple) and len(value) == 2):
-            return
-        written = value[1]
-        if isinstance(written, bool) or not isinstance(written, int):
-            return
+        origin, written = info.origin, reading[1]
         samples = self._samples.get(origin)
         if samples is None:
             if len(self._samples) >= self.max_nodes:
@@ -178,11 +177,12 @@ def mesh_nodes(
         return nodes[name]
 
     for key in sorted(k for k in values if isinstance(k, str)):
-        origin, sep, rest = key.partition("/")
-        if not sep or not origin:
+        info = parse_key(key)
+        if info is None or info.kind == "lease":
             continue
+        origin = info.origin
         value = values[key]
-        if rest == "report" and isinstance(value, Mapping):
+        if info.kind == "report" and isinstance(value, Mapping):
             e = entry(origin)
             e["health"] = _finite(value.get("health"))
             safe = value.get("safe")
@@ -194,11 +194,11 @@ def mesh_nodes(
             hlc = value.get("hlc")
             if isinstance(hlc, int) and not isinstance(hlc, bool):
                 e["report_age_s"] = round(max(0, now_ms - hlc) / 1000.0, 3)
-        elif rest.startswith("r/") and isinstance(value, list | tuple) and len(value) == 2:
+        elif info.kind == "reading" and (pair := parse_reading(value)) is not None:
             e = entry(origin)
-            reading = _finite(value[0])
+            reading = _finite(pair[0])
             if reading is not None and len(e["readings"]) < MAX_READINGS_PER_NODE:
-                e["readings"][rest[2:]] = reading
+                e["readings"][info.name] = reading
     for name, is_online in online.items():
         if name not in nodes and is_online:
             entry(name)  # present, not reported yet

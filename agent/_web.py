@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
 
 from ._http import HttpResponse, json_response
+from ._schema import MESH_DOC
 from ._view import History, LagTracker, build_view, mesh_nodes
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["dashboard_response", "install_agent_routes", "metrics_response"]
 
-MESH_DOC = "mesh"
 
 
 @functools.cache
