@@ -446,6 +446,7 @@ async def publish_policy(
         NodeKey,
         TransportError,
         cbor_dumps,
+        policy_topic,
         presence_topic,
         sign_envelope,
         wall_clock_ms,
@@ -497,7 +498,7 @@ async def publish_policy(
             if progress is not None:
                 progress.append("connected")
             await transport.publish(presence_topic(mesh, node), presence_env, qos=1, retain=True)
-            await transport.publish(f"vsm/{mesh}/policy", policy_env, qos=1, retain=True)
+            await transport.publish(policy_topic(mesh), policy_env, qos=1, retain=True)
             nursery.cancel_scope.cancel()
     except TransportError as exc:
         raise AgentError(f"broker {broker}: {exc}") from None

@@ -132,6 +132,7 @@ from ._replicator import (
     Replicator,
     ReplicatorConfig,
     StoreFault,
+    policy_topic,
     presence_topic,
 )
 from ._store import (
@@ -306,6 +307,7 @@ __all__ = [
     "load_node_key",
     "load_public_key",
     "open_envelope",
+    "policy_topic",
     "presence_topic",
     "resolve_name_claim",
     "save_mesh_key",

@@ -82,6 +82,7 @@ __all__ = [
     "Replicator",
     "ReplicatorConfig",
     "StoreFault",
+    "policy_topic",
     "presence_topic",
 ]
 
@@ -111,6 +112,11 @@ EVICT_SILENT_S = 60.0
 # Bytes a faulted store must find room for before local writes resume: a few
 # group commits, so that a disk on the edge of full is not taken for a working one.
 PROBE_ROOM = 64 * 1024
+
+
+def policy_topic(mesh: str) -> str:
+    """The retained admin-signed policy of ``mesh`` (docs/protocol.md §4.1)."""
+    return f"vsm/{mesh}/policy"
 
 
 def presence_topic(mesh: str, node: str) -> str:
@@ -507,7 +513,7 @@ class Replicator:
         if channel == "alg":
             topic = f"{self._prefix}alg/{self.node}"
         elif channel == "policy":
-            topic = f"{self._prefix}policy"
+            topic = policy_topic(self.mesh)
         else:
             raise ValueError(f"unknown application channel {channel!r}")
         await self.transport.publish(topic, self._seal(channel, body), qos=1, retain=retain)
