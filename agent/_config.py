@@ -8,6 +8,8 @@ documented in docs/configuration.md; examples/node.toml is a complete example.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import re
 import tomllib
@@ -423,12 +425,25 @@ def _per_subsystem(
 # -- sections -----------------------------------------------------------------
 
 
+@functools.cache
+def _defaults(cls: type) -> Any:
+    """The dataclass's own field defaults (each default is written once, in the
+    dataclass), as attributes; a required field has none."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return types.SimpleNamespace(**values)
+
+
 def _node(t: _Table, base: Path) -> NodeConfig:
     return NodeConfig(
         id=t.string("id", pattern=_ID),
-        mesh=t.string("mesh", "default", pattern=_ID),
-        zone=t.string("zone", "default", pattern=_ID),
-        key_file=t.path_("key_file", None, base),
+        mesh=t.string("mesh", _defaults(NodeConfig).mesh, pattern=_ID),
+        zone=t.string("zone", _defaults(NodeConfig).zone, pattern=_ID),
+        key_file=t.path_("key_file", _defaults(NodeConfig).key_file, base),
         data_dir=t.path_("data_dir", base / "vsm-data", base) or base / "vsm-data",
     )
 
@@ -450,12 +465,14 @@ def _broker(t: _Table, base: Path) -> BrokerConfig:
     return BrokerConfig(
         url=url,
         tls=tls,
-        ca_file=t.path_("ca_file", None, base),
-        cert_file=t.path_("cert_file", None, base),
-        key_file=t.path_("key_file", None, base),
+        ca_file=t.path_("ca_file", _defaults(BrokerConfig).ca_file, base),
+        cert_file=t.path_("cert_file", _defaults(BrokerConfig).cert_file, base),
+        key_file=t.path_("key_file", _defaults(BrokerConfig).key_file, base),
         username=t.opt_string("username"),
-        password_file=t.path_("password_file", None, base),
-        keepalive_s=t.integer("keepalive_s", 30, minimum=5, maximum=3600),
+        password_file=t.path_("password_file", _defaults(BrokerConfig).password_file, base),
+        keepalive_s=t.integer(
+            "keepalive_s", _defaults(BrokerConfig).keepalive_s, minimum=5, maximum=3600
+        ),
     )
 
 
@@ -474,7 +491,9 @@ def _discovery(t: _Table) -> DiscoveryConfig:
             t.key("service_type"), f"must look like _name._tcp.local., got {service!r}"
         )
     return DiscoveryConfig(
-        enabled=t.boolean("enabled", True), interfaces=interfaces, service_type=service
+        enabled=t.boolean("enabled", _defaults(DiscoveryConfig).enabled),
+        interfaces=interfaces,
+        service_type=service,
     )
 
 
@@ -487,10 +506,12 @@ def _status(t: _Table) -> StatusConfig:
     if not loopback:
         raise ConfigError(t.key("host"), f"must be a loopback address, got {host!r}")
     return StatusConfig(
-        enabled=t.boolean("enabled", True),
+        enabled=t.boolean("enabled", _defaults(StatusConfig).enabled),
         host=host,
-        port=t.integer("port", 7787, minimum=0, maximum=65535),
-        head_timeout_s=t.number("head_timeout_s", 5.0, above=0, maximum=300),
+        port=t.integer("port", _defaults(StatusConfig).port, minimum=0, maximum=65535),
+        head_timeout_s=t.number(
+            "head_timeout_s", _defaults(StatusConfig).head_timeout_s, above=0, maximum=300
+        ),
     )
 
 
@@ -507,8 +528,12 @@ def _bus(t: _Table) -> BusConfig:
     channels = _per_subsystem(t.table("channels"), DEFAULT_CHANNELS, _channel, tuple(Subsystem))
     return BusConfig(
         channels=channels,
-        dedup_capacity=t.integer("dedup_capacity", 4096, minimum=0, maximum=1 << 20),
-        bypass_intensity=t.number("bypass_intensity", 0.95, minimum=0, maximum=1),
+        dedup_capacity=t.integer(
+            "dedup_capacity", _defaults(BusConfig).dedup_capacity, minimum=0, maximum=1 << 20
+        ),
+        bypass_intensity=t.number(
+            "bypass_intensity", _defaults(BusConfig).bypass_intensity, minimum=0, maximum=1
+        ),
     )
 
 
@@ -523,8 +548,12 @@ def _runtime(t: _Table) -> RuntimeConfig:
     return RuntimeConfig(
         restart_initial_s=initial,
         restart_max_s=maximum,
-        restart_reset_after_s=t.number("restart_reset_after_s", 60.0, above=0),
-        shutdown_timeout_s=t.number("shutdown_timeout_s", 5.0, above=0, maximum=5.0),
+        restart_reset_after_s=t.number(
+            "restart_reset_after_s", _defaults(RuntimeConfig).restart_reset_after_s, above=0
+        ),
+        shutdown_timeout_s=t.number(
+            "shutdown_timeout_s", _defaults(RuntimeConfig).shutdown_timeout_s, above=0, maximum=5.0
+        ),
     )
 
 
@@ -537,27 +566,41 @@ def _budget(t: _Table, default: BudgetConfig) -> BudgetConfig:
 
 def _s2(t: _Table) -> S2Config:
     return S2Config(
-        oscillation_window_s=t.number("oscillation_window_s", 5.0, above=0),
-        min_conflicts=t.integer("min_conflicts", 3, minimum=2, maximum=100),
-        regularity=t.number("regularity", 0.25, above=0, maximum=1),
-        max_changes_per_minute=t.integer("max_changes_per_minute", 10, minimum=1),
-        damping=t.number("damping", 0.7, minimum=0, maximum=0.99),
-        hysteresis=t.number("hysteresis", 0.0, minimum=0),
-        hold_s=t.number("hold_s", 2.0, minimum=0),
-        quiet_s=t.number("quiet_s", 30.0, above=0),
-        lease_ttl_s=t.number("lease_ttl_s", 30.0, above=0),
+        oscillation_window_s=t.number(
+            "oscillation_window_s", _defaults(S2Config).oscillation_window_s, above=0
+        ),
+        min_conflicts=t.integer(
+            "min_conflicts", _defaults(S2Config).min_conflicts, minimum=2, maximum=100
+        ),
+        regularity=t.number("regularity", _defaults(S2Config).regularity, above=0, maximum=1),
+        max_changes_per_minute=t.integer(
+            "max_changes_per_minute", _defaults(S2Config).max_changes_per_minute, minimum=1
+        ),
+        damping=t.number("damping", _defaults(S2Config).damping, minimum=0, maximum=0.99),
+        hysteresis=t.number("hysteresis", _defaults(S2Config).hysteresis, minimum=0),
+        hold_s=t.number("hold_s", _defaults(S2Config).hold_s, minimum=0),
+        quiet_s=t.number("quiet_s", _defaults(S2Config).quiet_s, above=0),
+        lease_ttl_s=t.number("lease_ttl_s", _defaults(S2Config).lease_ttl_s, above=0),
     )
 
 
 def _s3(t: _Table) -> S3Config:
     return S3Config(
         budgets=_per_subsystem(t.table("budgets"), DEFAULT_BUDGETS, _budget, SUBSYSTEMS),
-        aggregate_interval_s=t.number("aggregate_interval_s", 1.0, above=0),
-        attenuation_pain=t.number("attenuation_pain", 0.6, minimum=0, maximum=1),
-        audit_interval_s=t.number("audit_interval_s", 10.0, above=0),
-        stale_after_s=t.number("stale_after_s", 30.0, above=0),
-        breaker_failures=t.integer("breaker_failures", 5, minimum=1),
-        breaker_reset_s=t.number("breaker_reset_s", 30.0, above=0),
+        aggregate_interval_s=t.number(
+            "aggregate_interval_s", _defaults(S3Config).aggregate_interval_s, above=0
+        ),
+        attenuation_pain=t.number(
+            "attenuation_pain", _defaults(S3Config).attenuation_pain, minimum=0, maximum=1
+        ),
+        audit_interval_s=t.number(
+            "audit_interval_s", _defaults(S3Config).audit_interval_s, above=0
+        ),
+        stale_after_s=t.number("stale_after_s", _defaults(S3Config).stale_after_s, above=0),
+        breaker_failures=t.integer(
+            "breaker_failures", _defaults(S3Config).breaker_failures, minimum=1
+        ),
+        breaker_reset_s=t.number("breaker_reset_s", _defaults(S3Config).breaker_reset_s, above=0),
     )
 
 
@@ -580,17 +623,27 @@ def _s4(t: _Table) -> S4Config:
         )
     return S4Config(
         timescales_s=types.MappingProxyType(scales),
-        anomaly_alpha=t.number("anomaly_alpha", 0.05, above=0, maximum=1),
-        anomaly_z=t.number("anomaly_z", 4.0, above=0),
-        anomaly_warmup=t.integer("anomaly_warmup", 30, minimum=2),
+        anomaly_alpha=t.number(
+            "anomaly_alpha", _defaults(S4Config).anomaly_alpha, above=0, maximum=1
+        ),
+        anomaly_z=t.number("anomaly_z", _defaults(S4Config).anomaly_z, above=0),
+        anomaly_warmup=t.integer("anomaly_warmup", _defaults(S4Config).anomaly_warmup, minimum=2),
         overflow_ratio=overflow,
         warning_ratio=warning,
-        min_system_variety_bits=t.number("min_system_variety_bits", 1.0, above=0),
-        evaluate_interval_s=t.number("evaluate_interval_s", 1.0, above=0),
-        max_categories=t.integer("max_categories", 1024, minimum=2, maximum=1 << 16),
-        peer_stale_s=t.number("peer_stale_s", 30.0, above=0),
-        clock_skew_s=t.number("clock_skew_s", 30.0, above=0),
-        cascade_window_s=t.number("cascade_window_s", 60.0, above=0),
+        min_system_variety_bits=t.number(
+            "min_system_variety_bits", _defaults(S4Config).min_system_variety_bits, above=0
+        ),
+        evaluate_interval_s=t.number(
+            "evaluate_interval_s", _defaults(S4Config).evaluate_interval_s, above=0
+        ),
+        max_categories=t.integer(
+            "max_categories", _defaults(S4Config).max_categories, minimum=2, maximum=1 << 16
+        ),
+        peer_stale_s=t.number("peer_stale_s", _defaults(S4Config).peer_stale_s, above=0),
+        clock_skew_s=t.number("clock_skew_s", _defaults(S4Config).clock_skew_s, above=0),
+        cascade_window_s=t.number(
+            "cascade_window_s", _defaults(S4Config).cascade_window_s, above=0
+        ),
     )
 
 
@@ -615,36 +668,63 @@ def _s5(t: _Table, base: Path) -> S5Config:
         )
     return S5Config(
         admin_keys=tuple(keys),
-        policy_file=t.path_("policy_file", None, base),
+        policy_file=t.path_("policy_file", _defaults(S5Config).policy_file, base),
         safe_mode_pain=enter,
-        safe_mode_after_s=t.number("safe_mode_after_s", 10.0, above=0),
+        safe_mode_after_s=t.number(
+            "safe_mode_after_s", _defaults(S5Config).safe_mode_after_s, above=0
+        ),
         safe_mode_exit_pain=leave,
-        safe_mode_exit_after_s=t.number("safe_mode_exit_after_s", 30.0, above=0),
-        s4_priority_z=t.number("s4_priority_z", 6.0, above=0),
+        safe_mode_exit_after_s=t.number(
+            "safe_mode_exit_after_s", _defaults(S5Config).safe_mode_exit_after_s, above=0
+        ),
+        s4_priority_z=t.number("s4_priority_z", _defaults(S5Config).s4_priority_z, above=0),
     )
 
 
 def _algedonic(t: _Table) -> AlgedonicConfig:
     return AlgedonicConfig(
-        baseline_alpha=t.number("baseline_alpha", 0.05, above=0, maximum=1),
-        salience=t.number("salience", 0.2, minimum=0, maximum=1),
-        critical=t.number("critical", 0.95, above=0, maximum=1),
-        storm_signals=t.integer("storm_signals", 20, minimum=2),
-        storm_window_s=t.number("storm_window_s", 1.0, above=0),
-        escalate_after_s=t.number("escalate_after_s", 30.0, above=0),
-        max_alarms=t.integer("max_alarms", 256, minimum=1, maximum=1 << 16),
-        outbound_capacity=t.integer("outbound_capacity", 256, minimum=1, maximum=1 << 16),
+        baseline_alpha=t.number(
+            "baseline_alpha", _defaults(AlgedonicConfig).baseline_alpha, above=0, maximum=1
+        ),
+        salience=t.number("salience", _defaults(AlgedonicConfig).salience, minimum=0, maximum=1),
+        critical=t.number("critical", _defaults(AlgedonicConfig).critical, above=0, maximum=1),
+        storm_signals=t.integer(
+            "storm_signals", _defaults(AlgedonicConfig).storm_signals, minimum=2
+        ),
+        storm_window_s=t.number(
+            "storm_window_s", _defaults(AlgedonicConfig).storm_window_s, above=0
+        ),
+        escalate_after_s=t.number(
+            "escalate_after_s", _defaults(AlgedonicConfig).escalate_after_s, above=0
+        ),
+        max_alarms=t.integer(
+            "max_alarms", _defaults(AlgedonicConfig).max_alarms, minimum=1, maximum=1 << 16
+        ),
+        outbound_capacity=t.integer(
+            "outbound_capacity",
+            _defaults(AlgedonicConfig).outbound_capacity,
+            minimum=1,
+            maximum=1 << 16,
+        ),
     )
 
 
 def _security(t: _Table, base: Path) -> SecurityConfig:
     return SecurityConfig(
-        zone=t.choice("zone", "open", ("open", "policy")),
-        mesh_secret_file=t.path_("mesh_secret_file", None, base),
-        previous_mesh_secret_file=t.path_("previous_mesh_secret_file", None, base),
-        mesh_key_file=t.path_("mesh_key_file", None, base),
-        arbitrator_model=t.path_("arbitrator_model", None, base),
-        quarantine_quorum=t.integer("quarantine_quorum", 2, minimum=0, maximum=64),
+        zone=t.choice("zone", _defaults(SecurityConfig).zone, ("open", "policy")),
+        mesh_secret_file=t.path_(
+            "mesh_secret_file", _defaults(SecurityConfig).mesh_secret_file, base
+        ),
+        previous_mesh_secret_file=t.path_(
+            "previous_mesh_secret_file", _defaults(SecurityConfig).previous_mesh_secret_file, base
+        ),
+        mesh_key_file=t.path_("mesh_key_file", _defaults(SecurityConfig).mesh_key_file, base),
+        arbitrator_model=t.path_(
+            "arbitrator_model", _defaults(SecurityConfig).arbitrator_model, base
+        ),
+        quarantine_quorum=t.integer(
+            "quarantine_quorum", _defaults(SecurityConfig).quarantine_quorum, minimum=0, maximum=64
+        ),
     )
 
 
@@ -655,9 +735,14 @@ def _homeassistant(t: _Table) -> HomeAssistantConfig:
             t.key("discovery_prefix"), f"must be a plain MQTT topic (no wildcards), got {prefix!r}"
         )
     return HomeAssistantConfig(
-        enabled=t.boolean("enabled", False),
+        enabled=t.boolean("enabled", _defaults(HomeAssistantConfig).enabled),
         discovery_prefix=prefix,
-        state_interval_s=t.number("state_interval_s", 5.0, minimum=0.5, maximum=3600),
+        state_interval_s=t.number(
+            "state_interval_s",
+            _defaults(HomeAssistantConfig).state_interval_s,
+            minimum=0.5,
+            maximum=3600,
+        ),
     )
 
 
