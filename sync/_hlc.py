@@ -43,6 +43,15 @@ every new stamp is above every stamp issued before. The cost is one durable
 write per ``reserve_ms`` of clock progress and, after a restart, a clock up to
 ``reserve_ms`` ahead of physical time (well inside ``max_offset_ms``).
 
+That durable write happens wherever :meth:`~HybridLogicalClock.now` runs,
+which for an agent is the event loop. So a caller with a worker thread keeps
+the stored ceiling ahead instead (:meth:`~HybridLogicalClock.ceiling_ahead`,
+``store_ceiling`` in its thread, ``ceiling_stored`` back on the loop: the
+replicator does, every 250 ms, up to ``4 * reserve_ms`` ahead), and stamping
+writes only at start and when that keeper fell behind; the stored ceiling
+never goes down, whichever write lands last. After a restart the clock may
+then be up to ``4 * reserve_ms`` ahead of physical time (4 s by default).
+
 A ceiling that cannot be written (a full disk) makes :meth:`~HybridLogicalClock.now`
 raise by default. A process whose every event is stamped cannot live with that,
 so ``defer_ceiling_errors=True`` keeps the clock running instead: the failure is
@@ -227,6 +236,7 @@ class ClockStatistics:
     last: Timestamp
     ceiling_failures: int = 0
     ceiling_pending: bool = False  # a deferred ceiling write has not succeeded yet
+    ceiling_ahead_writes: int = 0  # of ceiling_writes, those stored ahead off the loop
 
 
 class HybridLogicalClock:
@@ -277,6 +287,7 @@ class HybridLogicalClock:
         self._defer = defer_ceiling_errors
         self._ceiling_error: Exception | None = None
         self._ceiling_failures = 0
+        self._ahead_writes = 0
 
     # -- the two rules -------------------------------------------------------
 
@@ -362,6 +373,41 @@ class HybridLogicalClock:
         self._ceiling_error = None
         self._ceiling_writes += 1
 
+    def ceiling_ahead(self) -> int | None:
+        """A ceiling to store *off the event loop* now, or None when not needed yet.
+
+        :meth:`now` stores the ceiling itself when a stamp reaches it, which
+        is a durable write wherever ``now`` runs. A caller with a worker
+        thread (the replicator) keeps the stored ceiling ahead instead: when
+        the clock is within ``2 * reserve_ms`` of the ceiling, this returns
+        ``wall + 4 * reserve_ms``; the caller stores it with
+        :meth:`store_ceiling` in its thread, then reports it with
+        :meth:`ceiling_stored` on the loop. ``now`` then writes only if the
+        caller fell behind.
+        """
+        if self._high_water is None or self._ceiling_error is not None:
+            return None
+        wall = max(self._wall, self._physical())
+        if wall + 2 * self._reserve_ms < self._ceiling:
+            return None
+        return min(wall + 4 * self._reserve_ms, MAX_WALL_MS)
+
+    def store_ceiling(self, ceiling: int) -> None:
+        """Store ``ceiling`` (from :meth:`ceiling_ahead`) durably; any thread.
+
+        Touches only the high-water mark, never the clock's state: call
+        :meth:`ceiling_stored` afterwards, on the clock's own thread.
+        """
+        if self._high_water is not None:
+            self._high_water.store(ceiling)
+
+    def ceiling_stored(self, ceiling: int) -> None:
+        """``ceiling`` is durable (stored by :meth:`store_ceiling`)."""
+        if ceiling > self._ceiling:
+            self._ceiling = ceiling
+            self._ceiling_writes += 1
+            self._ahead_writes += 1
+
     def physical_ms(self) -> int:
         """The physical clock's reading now (no effect on the HLC)."""
         return self._physical()
@@ -381,4 +427,5 @@ class HybridLogicalClock:
             last=self.last,
             ceiling_failures=self._ceiling_failures,
             ceiling_pending=self._ceiling_error is not None,
+            ceiling_ahead_writes=self._ahead_writes,
         )

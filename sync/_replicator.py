@@ -104,6 +104,8 @@ _KINDS: dict[str, frozenset[str]] = {
 
 #: How far ahead of our clock a presence's incarnation (an HLC) may be.
 MAX_INCARNATION_AHEAD_MS = 60_000
+#: How often the replicator checks whether the clock's ceiling needs raising.
+CEILING_CHECK_S = 0.25
 #: The shortest interval between two re-publications of our overwritten presence.
 PRESENCE_HEAL_S = 2.0
 #: A full peer table evicts an online peer only after this long without a message.
@@ -582,6 +584,7 @@ class Replicator:
                             nursery.start_soon(self._publisher, self._out_recv)
                         nursery.start_soon(self._store_watch)
                         nursery.start_soon(self._claim_dots)
+                        nursery.start_soon(self._ceiling_keeper)
                         if self.store is not None:
                             nursery.start_soon(self._snapshotter)
                             nursery.start_soon(self._spiller)
@@ -708,9 +711,31 @@ class Replicator:
             self._recovered.set()
             self._outbox_wake.set()
 
+    async def _ceiling_keeper(self) -> None:
+        """Keep the clock's stored ceiling ahead, in the store's worker thread,
+        so that stamping (on the loop) does not write it (HLC.ceiling_ahead)."""
+        while True:
+            await trio.sleep(CEILING_CHECK_S)
+            ceiling = self.clock.ceiling_ahead()
+            if ceiling is None or self._faults.fault is not None:
+                continue
+            try:
+                if self.store is not None:
+                    await self.store.run_sync(self.clock.store_ceiling, ceiling)
+                else:
+                    await trio.to_thread.run_sync(self.clock.store_ceiling, ceiling)
+            except (SyncError, OSError) as exc:
+                self._store_failed(exc, "hlc ceiling")
+                continue
+            self.clock.ceiling_stored(ceiling)
+
     async def _try_writes(self) -> None:
         """What must work before the fault clears: the clock's ceiling, a write, snapshots."""
-        self.clock.persist_ceiling()  # on the loop, like every ceiling write
+        self.clock.persist_ceiling()  # a deferred failure of a stamp's own write
+        ahead = self.clock.ceiling_ahead()  # and the keeper's (_ceiling_keeper)
+        if ahead is not None:
+            self.clock.store_ceiling(ahead)
+            self.clock.ceiling_stored(ahead)
         if self.store is not None:
             await self.store.probe(room=PROBE_ROOM)
             await self._flush_snapshots(strict=True)

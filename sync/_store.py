@@ -316,12 +316,12 @@ class StoreHighWaterMark:
         self._store = store
 
     def load(self) -> int:
-        return self._store._meta_get(_HLC_CEILING)
+        return self._store.hlc_ceiling()
 
     def store(self, wall_ms: int) -> None:
         if not 0 <= wall_ms <= MAX_WALL_MS:
             raise ValueError(f"HLC ceiling {wall_ms!r} outside 0..2**48-1 ms")
-        self._store._write_hlc_ceiling(wall_ms)
+        self._store.write_hlc_ceiling(wall_ms)
 
 
 class Store:
@@ -871,10 +871,17 @@ class Store:
             (key, delta),
         )
 
-    def _write_hlc_ceiling(self, wall_ms: int) -> None:
+    def hlc_ceiling(self) -> int:
+        """The stored HLC ceiling in wall ms (0 when none): see ``StoreHighWaterMark``."""
+        return self._meta_get(_HLC_CEILING)
+
+    def write_hlc_ceiling(self, wall_ms: int) -> None:
+        """Store the HLC ceiling durably; it never goes down (two writers may race)."""
         with self.transaction(), self._guard("hlc ceiling"):
             self._conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_HLC_CEILING, wall_ms)
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                (_HLC_CEILING, wall_ms),
             )
             # Under synchronous=NORMAL the commit is not fsynced: ask the
             # outermost transaction to fsync the WAL after its COMMIT (the

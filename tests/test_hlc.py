@@ -271,3 +271,26 @@ def test_a_deferred_failure_clears_at_the_next_crossing_that_stores() -> None:
     after = clock.now()
     assert clock.ceiling_error is None
     assert mark.value > after.wall
+
+
+def test_the_ceiling_can_be_kept_ahead_so_that_stamping_does_not_write_it() -> None:
+    now = [1_000_000]
+    mark = MemoryHighWaterMark()
+    clock = HybridLogicalClock("n", lambda: now[0], high_water=mark, reserve_ms=1_000)
+    clock.now()  # the first stamp after start stores the ceiling itself
+    assert clock.statistics().ceiling_writes == 1
+    now[0] += 100
+    ahead = clock.ceiling_ahead()  # the stored ceiling is within 2 s: store one ahead
+    assert ahead == now[0] + 4_000
+    clock.store_ceiling(ahead)
+    clock.ceiling_stored(ahead)
+    assert mark.load() == ahead
+    for _ in range(30):  # 3 s of stamps: all below the ceiling kept ahead
+        now[0] += 100
+        clock.now()
+    stats = clock.statistics()
+    assert stats.ceiling_writes == 2
+    assert stats.ceiling_ahead_writes == 1
+    assert clock.ceiling_ahead() is not None  # within 2 s again: time to store the next
+    clock.ceiling_stored(ahead - 1)  # an older, lower write reported late changes nothing
+    assert clock.statistics().ceiling_ahead_writes == 1

@@ -187,6 +187,20 @@ async def test_a_sender_past_its_cpu_budget_is_refused_and_repairs_still_converg
         nursery.cancel_scope.cancel()
 
 
+async def test_the_clock_ceiling_is_kept_ahead_off_the_event_loop(tmp_path: Path) -> None:
+    broker = MemoryBroker(seed=6)
+    async with trio.open_nursery() as nursery:
+        async with open_node(nursery, "a", memory_factory(broker), data=tmp_path) as a:
+            for i in range(12):  # 3 s of writes: the ceiling must move at least twice
+                await a.put(f"k{i}", i)
+                await trio.sleep(0.25)
+            stats = a.rep.clock.statistics()
+            assert stats.ceiling_ahead_writes >= 1
+            assert a.store is not None
+            assert await a.store.run_sync(a.store.sync.hlc_ceiling) > a.rep.clock.last.wall
+        nursery.cancel_scope.cancel()
+
+
 async def test_partition_heals_through_anti_entropy() -> None:
     broker = MemoryBroker(seed=2)
     async with trio.open_nursery() as nursery:

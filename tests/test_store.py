@@ -341,6 +341,17 @@ def test_hlc_ceiling_survives_restart(db: Path, synchronous: str) -> None:
         assert HybridLogicalClock("n", lambda: wall[0], high_water=s.high_water).now() > last
 
 
+def test_hlc_ceiling_never_goes_down(db: Path) -> None:
+    # The replicator's worker thread keeps it ahead while a stamp on the loop
+    # may store one too: a late, lower write must not lower it.
+    with Store.open(db) as s:
+        s.write_hlc_ceiling(5_000)
+        s.write_hlc_ceiling(4_000)
+        assert s.hlc_ceiling() == 5_000
+    with Store.open(db) as s:
+        assert s.high_water.load() == 5_000
+
+
 def test_hlc_ceiling_is_fsynced_even_under_normal(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
