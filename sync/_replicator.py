@@ -1078,6 +1078,11 @@ class Replicator:
         if envelope.kind not in kinds:
             self._refuse("unexpected-kind")
             return
+        if message.retain and channel in ("d", "sv", "to"):
+            # The protocol retains presences, policies and the latest signal
+            # only: a retained delta, digest or repair is nobody's (§4.1).
+            self._refuse("retained:unexpected")
+            return
         now = trio.current_time()
         # Who sent it, and with which key?
         presence_body: dict[str, Any] | None = None
