@@ -27,6 +27,17 @@ once. Gone peers are remembered for ``forget_after`` and keep the node
 querying, which is how a healed partition is found again: the side that
 remembers the other queries, the other side answers.
 
+*A goodbye ends a run.* A node sends goodbyes only when it stops, and every
+run carries a fresh run stamp in its TXT record, so a record that arrives
+after the goodbye with the *same* stamp is late, never news: typically an
+answer the departing node had queued before its goodbye and sent after it.
+Receivers drop the goodbye's two repetitions as duplicates (python-zeroconf
+ignores a packet seen in the last 800 ms), so such a record would otherwise
+bring the peer back until ``gone_after``. The table remembers the run that
+said goodbye and ignores its records (counted as ``stale``); a restart has a
+new stamp and is heard at once. A peer without a run stamp cannot be told
+apart from its successor and is heard again, as before the stamp.
+
 *Events* are level-triggered: the table records which peers changed, and
 :meth:`PeerTable.next_event` reports the difference between what the consumer
 last saw and what is true now (appeared / updated / gone). A consumer that
@@ -323,6 +334,7 @@ class DiscoveryStatistics:
     queries: int
     skipped_queries: int
     goodbyes: int
+    stale: int  # records of a run that had said goodbye, ignored
     expired: int
     foreign_mesh: int
     rejected: int
@@ -336,6 +348,7 @@ class _Entry:
     peer: Peer
     last_seen: float
     gone_at: float | None = None
+    ended: RunStamp | None = None  # the run that said goodbye; its records are late
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +368,7 @@ class PeerTable:
         self._delivered: dict[str, Peer] = {}
         self._dirty: dict[str, None] = {}  # insertion-ordered set
         self._last_query: float | None = None
-        self._heard = self._queries = self._skipped = self._goodbyes = 0
+        self._heard = self._queries = self._skipped = self._goodbyes = self._stale = 0
         self._expired = self._foreign = self._rejected = self._overflow = self._events = 0
         self._last_error = ""
 
@@ -369,8 +382,11 @@ class PeerTable:
         if adv.mesh != self.own.mesh:
             self._foreign += 1
             return
-        self._heard += 1
         entry = self._entries.get(adv.node)
+        if entry is not None and entry.ended is not None and adv.run == entry.ended:
+            self._stale += 1
+            return
+        self._heard += 1
         if entry is None:
             if len(self._entries) >= self.timing.max_peers:
                 self._overflow += 1
@@ -398,10 +414,14 @@ class PeerTable:
         return True
 
     def goodbye(self, instance: str, now: float) -> None:
-        """The peer withdrew its service (TTL 0 records): it is gone now."""
+        """The peer withdrew its service (TTL 0 records): it is gone now, and
+        later records of the same run are ignored (see the module docstring)."""
         node = self._by_instance.get(instance)
         entry = self._entries.get(node) if node is not None else None
-        if node is None or entry is None or entry.gone_at is not None:
+        if node is None or entry is None:
+            return
+        entry.ended = entry.peer.advertisement.run
+        if entry.gone_at is not None:
             return
         self._goodbyes += 1
         entry.gone_at = now
@@ -487,6 +507,7 @@ class PeerTable:
             queries=self._queries,
             skipped_queries=self._skipped,
             goodbyes=self._goodbyes,
+            stale=self._stale,
             expired=self._expired,
             foreign_mesh=self._foreign,
             rejected=self._rejected,

@@ -27,15 +27,28 @@ only; the PTR and SRV records are the winner's too) and raises
 :class:`DiscoveryError`; when we win, we multicast our records again (at most
 once a second) so that the other run, and every cache, hears us.
 
+Leaving: zeroconf multicasts an answer 20-120 ms after the query (a second
+later for a record it multicast within the last second), from queues it
+does not empty when a service is unregistered, so an answer queued before
+the goodbye can go out after it. Receivers then cache our records again and
+drop the goodbye's two repetitions as duplicates of the first (zeroconf
+ignores a packet it saw in the last 800 ms), so nothing removes us again.
+So ``run`` withdraws on zeroconf's loop in one step: empty the answer
+queues, then unregister with goodbyes. (Receivers also ignore such late
+records by their run stamp: see ``_discovery.py``.)
+
 Zeroconf names used beyond its ``__all__``: ``DNSOutgoing``, ``DNSQuestion``
 and ``DNSText`` (``zeroconf._protocol.outgoing``, ``zeroconf._dns``), the
-documented way to send a hand-made query or answer; and ``ServiceRegistry.
-async_remove`` (called on zeroconf's loop) to forget a lost name without the
-goodbyes ``close`` would send. The tests exercise them.
+documented way to send a hand-made query or answer; ``ServiceRegistry.
+async_remove`` to forget a lost name without the goodbyes ``close`` would
+send; and the multicast answer queues ``Zeroconf.out_queue`` and
+``out_delay_queue`` (their ``queue`` deque), emptied when leaving. The
+tests exercise them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import ipaddress
@@ -89,6 +102,7 @@ _FLAGS_QUERY: Final = 0x0000
 _FLAGS_ANSWER: Final = 0x8400  # a response (QR), authoritative (AA)
 RESOLVE_TIMEOUT_MS: Final = 2000
 CLOSE_TIMEOUT_S: Final = 5.0
+WITHDRAW_TIMEOUT_S: Final = 2.0  # the goodbyes take 0.25 s on an idle loop
 # Own-name questions after registration: a responder multicasts a record at
 # most once a second (RFC 6762 §6), so three questions a second apart let a
 # rival answer at least twice.
@@ -352,26 +366,33 @@ class ZeroconfDiscovery(_TableService):
         for browser in browsers:
             with contextlib.suppress(Exception):
                 browser.cancel()
-        if lost:
+        if zc.loop is not None:
             with contextlib.suppress(Exception):
-                self._forget_lost_name(zc, lost)
+                withdrawing = asyncio.run_coroutine_threadsafe(self._withdraw(zc, lost), zc.loop)
+                withdrawing.result(WITHDRAW_TIMEOUT_S)
         with contextlib.suppress(Exception):
-            zc.close()  # sends goodbyes for the services still registered
+            zc.close()  # sends goodbyes for any service still registered (a timeout above)
 
     @staticmethod
-    def _forget_lost_name(zc: Zeroconf, lost: list[ServiceInfo]) -> None:
-        """Stop answering for a name another run won, without goodbyes for it.
+    async def _withdraw(zc: Zeroconf, lost: list[ServiceInfo]) -> None:
+        """Stop answering, then say goodbye (on zeroconf's loop).
 
-        Goodbyes for our PTR and SRV records (the same as the winner's) would
-        make every peer drop the winner; only our TXT record, which carries
-        our run stamp, is ours alone, so only it gets a goodbye. Runs before
-        ``close`` on zeroconf's loop (``call_soon_threadsafe`` keeps the order).
+        Emptying the answer queues and unregistering happen in one step of
+        the loop, so no answer of ours is queued in between or sent after the
+        first goodbye (see the module docstring). A name another run won
+        (``lost``) gets no goodbyes for our PTR and SRV records, the same as
+        the winner's (they would make every peer drop the winner): only our
+        TXT record, which carries our run stamp, is ours alone.
         """
-        assert zc.loop is not None
-        zc.loop.call_soon_threadsafe(zc.registry.async_remove, lost)
+        zc.out_queue.queue.clear()
+        zc.out_delay_queue.queue.clear()
+        if not lost:
+            await zc.async_unregister_all_services()
+            return
+        zc.registry.async_remove(lost)
         out = DNSOutgoing(_FLAGS_ANSWER, True)
         out.add_answer_at_time(lost[0].dns_text(override_ttl=0), 0)
-        zc.send(out)
+        zc.async_send(out)
 
     def _on_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -514,6 +535,7 @@ class ZeroconfDiscovery(_TableService):
                     if name.lower() == own:
                         continue
                     if kind == "removed":
+                        self._latest_txt.pop(name.lower(), None)  # withdrawn with the rest
                         self._table.goodbye(name, now)
                         self._notify()
                     elif kind != "seen" or not self._table.seen(name, now):

@@ -337,6 +337,55 @@ def test_goodbye_reports_gone_at_once() -> None:
     assert t.statistics().goodbyes == 1
 
 
+def test_records_of_a_run_that_said_goodbye_are_late_and_ignored() -> None:
+    # A node's answer queued before its goodbye and sent after it carries the
+    # same run stamp: it must not bring the peer back. A restart (new stamp) does.
+    old_run, new_run = RUN, RunStamp(RUN.started_ms + 5_000, bytes(8))
+    instance = "a@m._vsm-edge._tcp.local."
+    t = PeerTable(adv("me"), TIMING)
+    t.heard(peer("a", run=old_run), 0)
+    assert drain(t) == [("appeared", "a")]
+    t.goodbye(instance, 1)
+    t.heard(peer("a", run=old_run), 2)  # late
+    assert "a" not in t.peers()
+    assert not t.seen(instance, 2)
+    assert drain(t) == [("gone", "a")]
+    t.heard(peer("a", run=new_run), 3)  # the restart
+    t.heard(peer("a", run=old_run), 4)  # late, and older than what we have
+    assert t.peers()["a"].advertisement.run == new_run
+    assert drain(t) == [("appeared", "a")]
+    stats = t.statistics()
+    assert (stats.goodbyes, stats.stale, stats.heard) == (1, 2, 2)
+
+
+def test_a_goodbye_after_expiry_also_ends_the_run_and_expiry_alone_does_not() -> None:
+    instance = "a@m._vsm-edge._tcp.local."
+    t = PeerTable(adv("me"), TIMING)
+    t.heard(peer("a", run=RUN), 0)
+    assert drain(t) == [("appeared", "a")]
+    t.tick(TIMING.gone_after + 1)  # silent: gone, but the run may be alive (a partition)
+    assert drain(t) == [("gone", "a")]
+    t.heard(peer("a", run=RUN), 30)
+    assert drain(t) == [("appeared", "a")]
+    t.tick(60)
+    assert drain(t) == [("gone", "a")]
+    t.goodbye(instance, 61)  # already gone: no second event, not counted
+    t.heard(peer("a", run=RUN), 62)
+    assert "a" not in t.peers()
+    assert drain(t) == []
+    assert (t.statistics().goodbyes, t.statistics().stale) == (0, 1)
+
+
+def test_a_peer_without_run_stamp_is_heard_again_after_its_goodbye() -> None:
+    # it cannot be told apart from its successor (nodes that predate the stamp)
+    t = PeerTable(adv("me"), TIMING)
+    t.heard(peer("a"), 0)
+    t.goodbye("a@m._vsm-edge._tcp.local.", 1)
+    t.heard(peer("a"), 2)
+    assert "a" in t.peers()
+    assert t.statistics().stale == 0
+
+
 def test_events_are_coalesced_for_a_slow_consumer() -> None:
     t = PeerTable(adv("me"), TIMING)
     t.heard(peer("a"), 0)

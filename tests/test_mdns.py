@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 
 import pytest
 import trio
-from zeroconf import ServiceInfo, Zeroconf
+from zeroconf import IPVersion, RecordUpdate, RecordUpdateListener, ServiceInfo, Zeroconf
+from zeroconf._protocol.outgoing import DNSOutgoing
+from zeroconf._utils.time import current_time_millis
 
 from vsm_edge.sync import (
     Advertisement,
@@ -95,6 +98,93 @@ async def test_nodes_on_loopback_discover_each_other_and_a_broker() -> None:
     # a and b stop together: whether a saw b's goodbye first is a race, so only
     # check that nothing but b's departure can follow
     assert set(events[3:]) <= {(PeerEventKind.GONE.value, "b")}
+
+
+def records_of(info: ServiceInfo) -> DNSOutgoing:
+    """An answer with every record of ``info`` (TTL as registered)."""
+    out = DNSOutgoing(0x8400, True)  # a response, authoritative
+    for record in (info.dns_pointer(), info.dns_service(), info.dns_text(), *info.dns_addresses()):
+        out.add_answer_at_time(record, 0)
+    return out
+
+
+async def open_listener(record_listener: RecordUpdateListener | None = None) -> Zeroconf:
+    """A bare Zeroconf on 127.0.0.1: sends hand-made packets, caches what it hears."""
+    zc = await trio.to_thread.run_sync(lambda: Zeroconf(interfaces=LO, ip_version=IPVersion.V4Only))
+    if record_listener is not None:
+        zc.add_listener(record_listener, None)
+    return zc
+
+
+async def test_a_late_answer_of_a_departed_run_does_not_bring_it_back() -> None:
+    # The answer a node queued before its goodbye and sent after it (and the
+    # receivers drop the repeated goodbyes as duplicates): the same run stamp,
+    # so it is late news. A new run of the node is heard at once.
+    mesh = mesh_id()
+    a, c = node("a", mesh), node("c", mesh)
+    sender = await open_listener()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            async with trio.open_nursery() as c_nursery:
+                await c_nursery.start(c.run)
+                await wait_for(lambda: "c" in a.peers(), 20)
+                late = records_of(c._service_info())
+                c_nursery.cancel_scope.cancel()
+            await wait_for(lambda: "c" not in a.peers(), 3.0)
+            sender.send(late)
+            await wait_for(lambda: a.statistics().stale >= 1, 5)  # it arrived, and was ignored
+            assert "c" not in a.peers()
+            c_again = node("c", mesh)
+            nursery.start_soon(c_again.run)
+            await wait_for(lambda: "c" in a.peers(), 20)
+            assert a.peers()["c"].advertisement == c_again.advertisement
+            assert a.statistics().goodbyes == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(sender.close)
+
+
+class RecordLog(RecordUpdateListener):
+    """Notes (expired?) for every record under one instance name (zeroconf's loop)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name.lower()
+        self.notes: list[bool] = []
+
+    def async_update_records(self, zc: Zeroconf, now: float, records: list[RecordUpdate]) -> None:
+        for update in records:
+            record = update.new
+            if self.name in (record.name.lower(), getattr(record, "alias", "").lower()):
+                self.notes.append(record.is_expired(now))
+
+
+async def test_leaving_sends_no_queued_answer_after_the_goodbye() -> None:
+    # An answer zeroconf queued (multicast answers wait 20-120 ms, or a second)
+    # and due right after the goodbye is dropped, not sent.
+    mesh = mesh_id()
+    c = node("c", mesh)
+    log = RecordLog(c.advertisement.service_name)
+    listener = await open_listener(log)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.run)
+            await wait_for(lambda: bool(log.notes), 5)  # it caches c's announcement
+            zc, info = c._zc, c._service_info()
+            assert zc is not None
+            assert zc.loop is not None
+            answer = {info.dns_pointer(): {info.dns_service(), info.dns_text()}}
+            due = current_time_millis() + 100  # sent 120-220 ms from now
+            zc.loop.call_soon_threadsafe(zc.out_queue.async_add, due, answer)
+            leaving = time.monotonic()
+            nursery.cancel_scope.cancel()
+        assert time.monotonic() - leaving > 0.25  # the three goodbyes went out
+        await trio.sleep(0.3)
+        goodbye = log.notes.index(True)
+        assert not any(not expired for expired in log.notes[goodbye:]), log.notes
+    finally:
+        await trio.to_thread.run_sync(listener.close)
 
 
 async def test_same_node_in_same_mesh_is_a_name_conflict() -> None:
