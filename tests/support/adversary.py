@@ -52,7 +52,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from support.brokers import Mosquitto
-from support.mesh import AgentProcess, poll_statuses
+from support.mesh import AgentProcess, poll_statuses, wait_until
 from vsm_edge.agent import StatusClientError
 from vsm_edge.agent._cli import main as cli_main
 from vsm_edge.sync import (
@@ -409,14 +409,7 @@ class HostileMesh:
 
 def wait_for(predicate: Any, timeout: float, what: str, *, poll: float = 0.2) -> Any:
     """Poll ``predicate()`` until truthy; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
+    return wait_until(predicate, timeout, what, poll=poll)
 
 
 class MeshKeeper:
