@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, type check, then pytest (unit, property, fuzz and
-# integration tests against a real Mosquitto broker). Installs what it needs.
+# The whole test suite: lint, type check, import contracts, then pytest (unit,
+# property, fuzz and integration tests against a real Mosquitto broker).
+# Installs what it needs.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k hlc`.
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
@@ -46,6 +47,11 @@ ln -sfn ../../models "$TC/models"
 ln -sfn ../../firmware-bridge/python "$TC/bridge"
 (cd "$ROOT/.typecheck" && mypy --config-file "$ROOT/pyproject.toml" \
     -p vsm_edge.sync -p vsm_edge.models -p vsm_edge.bridge -p vsm_edge.agent)
+
+echo "==> lint-imports" >&2
+# The arrows between the parts ([tool.importlinter] in pyproject.toml), read
+# through the same tree of symlinks.
+(cd "$ROOT/.typecheck" && lint-imports --no-logo "$ROOT/pyproject.toml")
 
 echo "==> pytest" >&2
 exec python -m pytest "$@"
