@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import statistics as stats
@@ -70,6 +71,7 @@ from vsm_edge.sync import (
     Transport,
     TransportError,
     Will,
+    cbor_dumps,
     load_node_key,
     save_node_key,
     thaw,
@@ -627,8 +629,4 @@ def _percentiles(samples: list[float]) -> dict[str, float | int]:
 
 
 def _digest_fingerprint(state: ORMap) -> str:
-    import hashlib
-
-    from vsm_edge.sync._cbor import dumps
-
-    return hashlib.blake2b(dumps(state.digest().to_cbor()), digest_size=8).hexdigest()
+    return hashlib.blake2b(cbor_dumps(state.digest().to_cbor()), digest_size=8).hexdigest()

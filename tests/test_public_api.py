@@ -1,9 +1,16 @@
-"""The documented public surface imports, and the arrows between parts hold."""
+"""The documented public surface imports, and the arrows between parts hold.
+
+The arrows are the contracts in pyproject.toml's ``[tool.importlinter]``
+(checked by ``lint-imports`` in scripts/test.sh); the AST check below repeats
+them without the tool, and adds what import-linter does not say: the agent uses
+the other parts through their public surface only.
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +22,28 @@ PACKAGES = {
     "vsm_edge.bridge": ROOT / "firmware-bridge" / "python",
     "vsm_edge.agent": ROOT / "agent",
 }
-# Who may import whom (DESIGN.md "Arrows").
+# Who may import whom (the same arrows as the import-linter contracts).
 ALLOWED = {
     "vsm_edge.sync": set(),
     "vsm_edge.models": set(),
     "vsm_edge.bridge": set(),
     "vsm_edge.agent": {"vsm_edge.sync", "vsm_edge.models", "vsm_edge.bridge"},
 }
+
+
+def absolute_imports(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, dotted name) of every absolute import in ``path``.
+
+    ``from a.b import c`` yields ``a.b.c``: ``c`` may be a module.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
 
 
 @pytest.mark.parametrize("name", sorted(PACKAGES))
@@ -34,15 +56,21 @@ def test_public_names_import(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(PACKAGES))
 def test_arrows_between_parts(name: str) -> None:
     for path in PACKAGES[name].rglob("*.py"):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module]
-            for target in targets:
-                if not target.startswith("vsm_edge."):
-                    continue
-                part = ".".join(target.split(".")[:2])
-                assert part == name or part in ALLOWED[name], f"{path}: {name} imports {target}"
+        for line, target in absolute_imports(path):
+            if not target.startswith("vsm_edge."):
+                continue
+            part = ".".join(target.split(".")[:2])
+            assert part == name or part in ALLOWED[name], f"{path}:{line}: {name} imports {target}"
+
+
+def test_agent_uses_only_the_public_surface_of_the_other_parts() -> None:
+    found = []
+    for path in PACKAGES["vsm_edge.agent"].rglob("*.py"):
+        for line, target in absolute_imports(path):
+            # vsm_edge.<part>.<module or name>...: private when any piece past the part is
+            pieces = target.split(".")
+            if pieces[0] != "vsm_edge" or len(pieces) < 3 or pieces[1] == "agent":
+                continue
+            if any(piece.startswith("_") for piece in pieces[2:]):
+                found.append(f"{path.relative_to(ROOT)}:{line}: {target}")
+    assert not found, "the agent imports private modules or names:\n" + "\n".join(found)
