@@ -14,7 +14,7 @@ from ._client import StatusClient
 from ._config import AgentConfig, load_config, parse_config
 from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
 from ._event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
-from ._lease import Lease, LeaseError, LeaseHeldError, LeaseMap
+from ._lease import Lease, LeaseHeldError, LeaseMap
 from ._patterns import Pattern
 from ._runtime import Runtime
 from ._s2 import Coordination
@@ -74,7 +74,6 @@ __all__ = [
     "Identity",
     "Intelligence",
     "Lease",
-    "LeaseError",
     "LeaseHeldError",
     "LeaseMap",
     "MeshView",

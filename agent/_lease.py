@@ -16,10 +16,9 @@ with the greater stamp. So leases give eventual exclusivity, not linearizable
 mutual exclusion: the holder should re-check :meth:`LeaseMap.holder` after a
 round of gossip before a long or irreversible action.
 
-The digest maps each resource to the stamp of its lease (the map is small and
-bounded, and per-key last-writer-wins makes a per-node version vector
-unsound: a replica may hold a later stamp of a node without an earlier one);
-:meth:`LeaseMap.delta_since` returns the leases a peer with that digest lacks.
+The map itself does not travel: the node<->mesh seam replicates each lease as
+an LWW register of the mesh document and merges a lease heard there in as a
+one-entry map.
 """
 
 from __future__ import annotations
@@ -28,18 +27,12 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from vsm_edge.sync import Timestamp
 
-__all__ = ["Lease", "LeaseError", "LeaseHeldError", "LeaseMap"]
+__all__ = ["Lease", "LeaseHeldError", "LeaseMap"]
 
-MAX_LEASES = 4096
 _NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
-
-
-class LeaseError(ValueError):
-    """A lease state from outside is malformed (``from_cbor``)."""
 
 
 class LeaseHeldError(Exception):
@@ -60,11 +53,6 @@ class Lease:
 
     def held_at(self, wall_ms: int) -> bool:
         return wall_ms < self.expires_ms
-
-
-def _order(lease: Lease) -> tuple[int, str, str, int]:
-    """The lease's place in merge order (the same order as comparing Leases)."""
-    return (lease.granted.packed, lease.granted.node, lease.holder, lease.expires_ms)
 
 
 class LeaseMap:
@@ -131,63 +119,3 @@ class LeaseMap:
             if mine is None or lease > mine:
                 merged[resource] = lease
         return LeaseMap(merged)
-
-    def digest(self) -> dict[str, tuple[int, str, str, int]]:
-        """Per resource, the lease held: ``{resource: (packed stamp, node, holder, expires_ms)}``.
-
-        Per key rather than a version vector per node: merge is last-writer-wins
-        per resource, so a replica can hold a later stamp of node N without an
-        earlier one (delivered out of order, or superseded); a per-node maximum
-        would then hide what it misses.
-        """
-        return {r: _order(lease) for r, lease in self._entries.items()}
-
-    def delta_since(self, digest: Mapping[str, tuple[int, str, str, int]]) -> LeaseMap:
-        """The leases a replica with ``digest`` lacks or holds an older version of."""
-        out = {}
-        for r, lease in self._entries.items():
-            theirs = digest.get(r)
-            if theirs is None or _order(lease) > tuple(theirs):
-                out[r] = lease
-        return LeaseMap(out)
-
-    # -- CBOR ----------------------------------------------------------------------
-
-    def to_cbor(self) -> dict[str, list[Any]]:
-        return {
-            r: [lease.granted.packed, lease.granted.node, lease.holder, lease.expires_ms]
-            for r, lease in sorted(self._entries.items())
-        }
-
-    @classmethod
-    def from_cbor(cls, obj: object) -> LeaseMap:
-        """Strict inverse of :meth:`to_cbor`; raises :class:`LeaseError`."""
-        if not isinstance(obj, dict):
-            raise LeaseError("lease map must be a map")
-        if len(obj) > MAX_LEASES:
-            raise LeaseError(f"more than {MAX_LEASES} leases")
-        entries: dict[str, Lease] = {}
-        for resource, item in obj.items():
-            if not isinstance(resource, str) or not _NAME.match(resource):
-                raise LeaseError(f"invalid resource name {resource!r}")
-            if not (isinstance(item, list) and len(item) == 4):
-                raise LeaseError(f"lease {resource}: expected [hlc, node, holder, expires]")
-            packed, node, holder, expires = item
-            if not (
-                type(packed) is int
-                and type(expires) is int
-                and isinstance(node, str)
-                and isinstance(holder, str)
-                and 0 < len(node) <= 64
-                and 0 < len(holder) <= 64
-                and 0 <= expires < 1 << 48
-            ):
-                raise LeaseError(f"lease {resource}: malformed fields")
-            try:
-                granted = Timestamp.unpack(packed, node)
-            except ValueError as exc:
-                raise LeaseError(f"lease {resource}: {exc}") from None
-            if expires < granted.wall:
-                raise LeaseError(f"lease {resource}: expires before it was granted")
-            entries[resource] = Lease(granted, holder, expires)
-        return cls(entries)

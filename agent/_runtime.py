@@ -619,14 +619,6 @@ class Runtime:
             callback(delta)
         return delta
 
-    def release_lease(self, resource: str) -> LeaseMap:
-        delta = self.leases.release(resource, self.node, self.hlc.now())
-        self.leases = self.leases.merge(delta)
-        if delta.entries:
-            for callback in self.on_lease_delta:
-                callback(delta)
-        return delta
-
     def merge_leases(self, delta: LeaseMap) -> None:
         """Merge a lease delta or state received from the mesh."""
         self.leases = self.leases.merge(delta)

@@ -246,9 +246,6 @@ class Gateway:
         self._zone = zone
         self._zone_cache.clear()
 
-    def set_arbitrator(self, arbitrator: Arbiter | None) -> None:
-        self._arbitrator = arbitrator
-
     @property
     def arbitrator(self) -> Arbiter | None:
         return self._arbitrator

@@ -487,9 +487,6 @@ class PeerTable:
         """The live peers by node id (a read-only snapshot)."""
         return MappingProxyType({n: e.peer for n, e in self._entries.items() if e.gone_at is None})
 
-    def knows_instance(self, instance: str) -> bool:
-        return instance in self._by_instance
-
     def live_peer(self, instance: str) -> Peer | None:
         """The live peer advertised as ``instance``, or None (unknown or gone)."""
         node = self._by_instance.get(instance)

@@ -324,7 +324,6 @@ class Replicator:
         # sender -> (CPU seconds left, at): see ReplicatorConfig.cpu_share
         self._cpu: dict[str, tuple[float, float]] = {}
         self._charge: list[str] = []  # the sender the message in hand is charged to
-        self._observers: list[Callable[[Joined], None]] = []
         self._started = trio.Event()
         self._announced = trio.Event()  # our presence (and key) is at the broker
         self._presence_sent = b""  # the payload of our latest presence
@@ -332,10 +331,6 @@ class Replicator:
         self._running = False
 
     # -- public API ---------------------------------------------------------------
-
-    def observe_joins(self, observer: Callable[[Joined], None]) -> None:
-        """Call ``observer`` for every delta joined from a peer."""
-        self._observers.append(observer)
 
     def observe_store_faults(self, observer: Callable[[StoreFault | None], None]) -> None:
         """Call ``observer(fault)`` when a store fault begins, ``observer(None)`` when it ends."""
@@ -1307,8 +1302,6 @@ class Replicator:
 
     def _joined(self, event: Joined) -> None:
         self._changes[event.doc] += 1
-        for observer in self._observers:
-            observer(event)
 
 
 def _returning(delta: Any) -> Callable[[Any], Any]:

@@ -257,10 +257,6 @@ class ConnectionEvents:
         self._connected = trio.Event()
         self._disconnected = trio.Event()  # set when the current connection ends
 
-    @property
-    def is_connected(self) -> bool:
-        return self._connected.is_set()
-
     def mark_connected(self) -> None:
         self._disconnected = trio.Event()
         self._connected.set()
