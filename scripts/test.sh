@@ -7,7 +7,7 @@ source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
 # Every external program the tests run is listed, with its Debian package, in
-# tests/programs.txt. Install what is missing (as root); under CI=true a
+# scripts/programs.txt. Install what is missing (as root); under CI=true a
 # missing program is an error here, before any test runs.
 export PATH="$PATH:/usr/sbin:/sbin"
 missing_programs() {
@@ -17,7 +17,7 @@ missing_programs() {
         case "$program" in ''|'#'*) continue ;; esac
         [ "$needed" = always ] || [ "${CI:-}" = true ] || continue
         command -v "$program" >/dev/null 2>&1 || echo "$program $package"
-    done <"$ROOT/tests/programs.txt"
+    done <"$ROOT/scripts/programs.txt"
 }
 mapfile -t packages < <(missing_programs | cut -d' ' -f2 | sort -u)
 [ "${#packages[@]}" -eq 0 ] || apt_install "${packages[@]}" || true

@@ -21,10 +21,10 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
 
 
 def _missing_programs(ci: bool) -> list[str]:
-    """Programs from tests/programs.txt not on PATH (plus /usr/sbin, /sbin)."""
+    """Programs from scripts/programs.txt not on PATH (plus /usr/sbin, /sbin)."""
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     missing = []
-    for line in (Path(__file__).parent / "programs.txt").read_text().splitlines():
+    for line in (Path(__file__).parents[1] / "scripts" / "programs.txt").read_text().splitlines():
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue

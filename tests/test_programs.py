@@ -1,4 +1,4 @@
-"""Every external program a test looks up is listed in tests/programs.txt.
+"""Every external program a test looks up is listed in scripts/programs.txt.
 
 scripts/test.sh installs the Debian packages named there, and the session start
 check in conftest.py fails under CI=true when one is missing; a program a test
@@ -20,7 +20,7 @@ LOOKUP = re.compile(r"""(?:require_tool|shutil\.which)\(\s*["']([^"']+)["']""")
 
 def listed() -> dict[str, tuple[str, str]]:
     rows = {}
-    for line in (TESTS / "programs.txt").read_text().splitlines():
+    for line in (TESTS.parent / "scripts" / "programs.txt").read_text().splitlines():
         fields = line.split()
         if fields and not fields[0].startswith("#"):
             program, package, needed = fields

@@ -37,8 +37,8 @@ START_TIMEOUT = 10.0
 
 
 def debian_package(program: str) -> str:
-    """The Debian package that ships ``program``, from tests/programs.txt."""
-    for line in (Path(__file__).parents[1] / "programs.txt").read_text().splitlines():
+    """The Debian package that ships ``program``, from scripts/programs.txt."""
+    for line in (Path(__file__).parents[2] / "scripts" / "programs.txt").read_text().splitlines():
         fields = line.split()
         if len(fields) == 3 and fields[0] == program:
             return fields[1]
