@@ -8,20 +8,19 @@ points. See docs/architecture.md and docs/configuration.md.
 
 from typing import TYPE_CHECKING, Any
 
-from ._algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
-from ._bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer
-from ._client import StatusClient
-from ._config import AgentConfig, load_config, parse_config
 from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
-from ._event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
-from ._lease import Lease, LeaseHeldError, LeaseMap
-from ._patterns import Pattern
-from ._runtime import Runtime
-from ._s2 import Coordination
-from ._s3 import CircuitBreaker, Control, TokenBucket
-from ._s4 import DecayingEntropy, Intelligence, MeshView, PeerReport
-from ._s5 import Identity, Policy, PolicyEngine, Recommendation, sign_policy, verify_policy
-from ._units import (
+from .config.schema import AgentConfig, load_config, parse_config
+from .vsm.algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
+from .vsm.bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer
+from .vsm.event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
+from .vsm.lease import Lease, LeaseHeldError, LeaseMap
+from .vsm.patterns import Pattern
+from .vsm.runtime import Runtime
+from .vsm.s2 import Coordination
+from .vsm.s3 import CircuitBreaker, Control, TokenBucket
+from .vsm.s4 import DecayingEntropy, Intelligence, MeshView, PeerReport
+from .vsm.s5 import Identity, Policy, PolicyEngine, Recommendation, sign_policy, verify_policy
+from .vsm.unit import (
     Command,
     CommandResult,
     CommandSpec,
@@ -34,15 +33,16 @@ from ._units import (
     unit,
     unit_from_description,
 )
+from .web.client import StatusClient
 
 if TYPE_CHECKING:
-    from ._device_unit import FirmwareBridgeUnit
+    from .units.firmware import FirmwareBridgeUnit
 
 
 def __getattr__(name: str) -> Any:
     # The firmware bridge (~2 MB of RSS) is imported only by an agent that uses it.
     if name == "FirmwareBridgeUnit":
-        from ._device_unit import FirmwareBridgeUnit
+        from .units.firmware import FirmwareBridgeUnit
 
         globals()[name] = FirmwareBridgeUnit
         return FirmwareBridgeUnit

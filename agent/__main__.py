@@ -1,5 +1,5 @@
 """``python -m vsm_edge.agent`` is the ``vsm-edge`` command."""
 
-from ._cli import main
+from .cli.main import main
 
 raise SystemExit(main())

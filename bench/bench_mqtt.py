@@ -271,7 +271,7 @@ def main() -> None:
 
     import trio
 
-    from vsm_edge.agent._broker import EmbeddedBroker
+    from vsm_edge.agent.mesh.broker import EmbeddedBroker
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; payload {args.payload} B, "
           f"QoS 1, window {WINDOW}; {args.messages} messages, {args.pings} pings")  # fmt: skip

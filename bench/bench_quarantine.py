@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from vsm_edge.agent import parse_config
-from vsm_edge.agent._node import Agent
+from vsm_edge.agent.mesh.node import Agent
 from vsm_edge.sync import (
     CausalLWWRegister,
     CrdtDocument,

@@ -54,11 +54,11 @@ def test_a_running_agent_maps_neither_numpy_nor_the_tflite_runtime(
 
 def test_the_run_command_imports_only_its_own_modules() -> None:
     code = (
-        "import sys; from vsm_edge.agent._cli import build_parser; "
+        "import sys; from vsm_edge.agent.cli.main import build_parser; "
         "build_parser('run').parse_args(['run', '--config', 'x.toml']); "
-        "import vsm_edge.agent._node, vsm_edge.agent._web; "
-        "heavy = {'numpy', 'prometheus_client', 'vsm_edge.agent._aggregate', "
-        "'vsm_edge.agent._demo', 'vsm_edge.agent._admin', 'ai_edge_litert', "
+        "import vsm_edge.agent.mesh.node, vsm_edge.agent.web.routes; "
+        "heavy = {'numpy', 'prometheus_client', 'vsm_edge.agent.cli.aggregate', "
+        "'vsm_edge.agent.cli.demo', 'vsm_edge.agent.cli.admin', 'ai_edge_litert', "
         "'vsm_edge.bridge'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )

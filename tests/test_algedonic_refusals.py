@@ -17,7 +17,7 @@ import trio
 from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
 from support.security import Rogue, agent_config, running_agents, wait_until
 
-from vsm_edge.agent._algedonic import PAIN, Signal, SignalError, decode_peer_signal
+from vsm_edge.agent.vsm.algedonic import PAIN, Signal, SignalError, decode_peer_signal
 from vsm_edge.sync import MqttSettings, MqttTransport, NodeKey, Timestamp, Will
 
 STAMP = Timestamp(1_700_000_000_000, 0, "z")

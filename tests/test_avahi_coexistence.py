@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from support.netns import NetnsNetwork, netns_network
 
-from vsm_edge.agent._mdns_host import AVAHI_HINT, explain_mdns_error
+from vsm_edge.agent.mesh.mdns_host import AVAHI_HINT, explain_mdns_error
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.timeout(90)]
 

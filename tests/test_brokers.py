@@ -11,7 +11,7 @@ import trio
 from support.brokers import Mosquitto, MosquittoFactory, mosquitto_factory  # noqa: F401
 from support.transports import FAST, WAIT, connected
 
-from vsm_edge.agent._broker import BrokerStartError, EmbeddedBroker
+from vsm_edge.agent.mesh.broker import BrokerStartError, EmbeddedBroker
 from vsm_edge.sync import Message, MqttSettings, MqttTransport, Transport, Will
 
 pytestmark = pytest.mark.integration
@@ -159,7 +159,7 @@ async def test_embedded_broker_reports_a_taken_port() -> None:
 async def test_embedded_broker_child_exits_when_its_parent_goes() -> None:
     # The child watches its stdin: a parent that dies closes it.
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "vsm_edge.agent._broker", "--port", "0"],
+        [sys.executable, "-m", "vsm_edge.agent.mesh.broker", "--port", "0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from support.brokers import find_mosquitto, free_port, require_tool, wait_for_port
 
-from vsm_edge.agent._envconfig import ENV_VARS, RUN_ENV_VARS
+from vsm_edge.agent.config.env import ENV_VARS, RUN_ENV_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
 BALENA = ROOT / "deploy" / "balena"

@@ -17,7 +17,7 @@ from support.devices import PtyDevice, simulator_process
 from support.vsm import config, running
 
 from vsm_edge.agent import Runtime
-from vsm_edge.agent._cli import main as cli_main
+from vsm_edge.agent.cli.main import main as cli_main
 from vsm_edge.sync import MemoryBroker
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,7 @@ async def test_readings_commands_and_a_replug_through_the_runtime(tmp_path: Path
 
 
 async def test_device_readings_replicate_to_another_agent(tmp_path: Path) -> None:
-    from vsm_edge.agent._node import Agent
+    from vsm_edge.agent.mesh.node import Agent
 
     link = tmp_path / "ttyVSM2"
     broker = MemoryBroker()
@@ -172,8 +172,8 @@ async def test_a_device_renaming_its_channels_cannot_grow_the_mesh(tmp_path: Pat
     # A device re-sends HELLO with 16 new sensor names each time (8 times, 128
     # names); the unit declares at most max_channels (default 64) names in its
     # life, so at most 64 reading keys ever enter the replicated mesh document.
-    from vsm_edge.agent._device_unit import MAX_CHANNELS
-    from vsm_edge.agent._node import Agent
+    from vsm_edge.agent.mesh.node import Agent
+    from vsm_edge.agent.units.firmware import MAX_CHANNELS
     from vsm_edge.bridge import Channel, DeviceConfig
 
     def firmware(generation: int) -> DeviceConfig:

@@ -1,4 +1,4 @@
-"""VSM_* environment variables -> the agent's config (agent/_envconfig.py)."""
+"""VSM_* environment variables -> the agent's config (agent/config/env.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsm_edge.agent import ConfigError
-from vsm_edge.agent._envconfig import (
+from vsm_edge.agent.config.env import (
     ENV_VARS,
     RUN_ENV_VARS,
     config_from_env,
@@ -115,7 +115,7 @@ def test_discovery_interfaces_auto_takes_every_non_loopback_address() -> None:
 
 
 def test_interface_lookup_on_this_host() -> None:
-    from vsm_edge.agent._envconfig import interface_ipv4_addresses
+    from vsm_edge.agent.config.env import interface_ipv4_addresses
 
     assert "127.0.0.1" in interface_ipv4_addresses("lo")
     assert "127.0.0.1" not in interface_ipv4_addresses("*")

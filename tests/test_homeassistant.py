@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
 
 from vsm_edge.agent import ConfigError, parse_config
-from vsm_edge.agent._homeassistant import (
+from vsm_edge.agent.integrations.homeassistant import (
     ReadingInfo,
     availability_topic,
     discovery_messages,
@@ -23,7 +23,7 @@ from vsm_edge.agent._homeassistant import (
     state_payload,
     state_topic,
 )
-from vsm_edge.agent._node import Agent
+from vsm_edge.agent.mesh.node import Agent
 from vsm_edge.sync import MqttSettings, MqttTransport
 
 # HA: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids [a-zA-Z0-9_-]

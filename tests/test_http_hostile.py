@@ -1,7 +1,7 @@
 """Hostile HTTP clients against both h11 servers, over real sockets on loopback.
 
-The agent's status endpoint (agent/_status.py, in a runtime in this process
-and in a separate agent process) and the read-only server (agent/_http.py, the
+The agent's status endpoint (agent/web/status.py, in a runtime in this process
+and in a separate agent process) and the read-only server (agent/web/http.py, the
 aggregator's) share one connection layer: the head limit (431), the head
 deadline (408), the connection budget that slow clients cannot exhaust, and
 the lingering close that lets a client read an early answer instead of a reset.
@@ -24,9 +24,9 @@ import pytest
 import trio
 from support.vsm import config, running
 
-from vsm_edge.agent._client import StatusClient, StatusClientError
-from vsm_edge.agent._http import MAX_HEAD, ReadOnlyServer, ServerStatistics, json_response
-from vsm_edge.agent._json_input import MAX_DEPTH
+from vsm_edge.agent.web.client import StatusClient, StatusClientError
+from vsm_edge.agent.web.http import MAX_HEAD, ReadOnlyServer, ServerStatistics, json_response
+from vsm_edge.agent.web.json_input import MAX_DEPTH
 
 HERE = Path(__file__).resolve().parent
 WAIT = 20.0  # bound on any one wait

@@ -1,4 +1,4 @@
-"""The mesh schema (agent/_schema.py): builders and parsers agree, and the
+"""The mesh schema (agent/mesh/schema.py): builders and parsers agree, and the
 parsers never raise on what a peer wrote."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vsm_edge.agent._schema import (
+from vsm_edge.agent.mesh.schema import (
     MeshKeyInfo,
     lease_key,
     parse_key,

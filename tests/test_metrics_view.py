@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from vsm_edge.agent._http import HttpResponse, ReadOnlyServer, json_response
-from vsm_edge.agent._metrics import agent_families, render, view_families
-from vsm_edge.agent._view import LagTracker, build_view, mesh_nodes, percentiles
+from vsm_edge.agent.web.http import HttpResponse, ReadOnlyServer, json_response
+from vsm_edge.agent.web.metrics import agent_families, render, view_families
+from vsm_edge.agent.web.view import LagTracker, build_view, mesh_nodes, percentiles
 
 STATUS: dict[str, Any] = {
     "node": {"id": "n1", "mesh": "m", "zone": "z", "uptime_s": 12.5, "safe_mode": False},
@@ -216,7 +216,7 @@ async def test_read_only_server_routes_methods_and_failures() -> None:
 
 @pytest.mark.parametrize("path", ["/dashboard", "/"])
 def test_dashboard_page_is_self_contained(path: str) -> None:
-    from vsm_edge.agent._web import dashboard_response
+    from vsm_edge.agent.web.routes import dashboard_response
 
     page = dashboard_response().body.decode()
     assert page.startswith("<!doctype html>")
@@ -259,7 +259,7 @@ async def test_status_endpoint_serves_extra_routes_and_survives_a_broken_one(
 
 
 def test_history_keeps_one_point_a_second_bounded_per_node_and_in_nodes() -> None:
-    from vsm_edge.agent._view import History
+    from vsm_edge.agent.web.view import History
 
     history = History(points=3, interval_ms=1000, max_nodes=2)
 

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from support.brokers import free_port
 
 from vsm_edge.agent import ConfigError, Policy, PolicyError, parse_config, verify_policy
-from vsm_edge.agent._admin import describe_document, load_zone_file
-from vsm_edge.agent._cli import main
 from vsm_edge.agent._errors import AgentError
-from vsm_edge.agent._s5 import MAX_ZONE_BYTES, sign_policy
-from vsm_edge.agent._security import IngressGuard
+from vsm_edge.agent.cli.admin import describe_document, load_zone_file
+from vsm_edge.agent.cli.main import main
+from vsm_edge.agent.mesh.ingress import IngressGuard
+from vsm_edge.agent.vsm.s5 import MAX_ZONE_BYTES, sign_policy
 from vsm_edge.models import ZonePolicy, derive_key
 from vsm_edge.sync import NodeKey, load_mesh_key, save_node_key, save_public_key
 
@@ -257,7 +257,7 @@ def test_policy_publish_to_an_unreachable_broker_fails_clearly(
 
 
 def test_the_zone_may_hold_thousands_of_members_within_the_document_limit() -> None:
-    from vsm_edge.agent._admin import Member, ZoneFile, sign_zone_policy
+    from vsm_edge.agent.cli.admin import Member, ZoneFile, sign_zone_policy
 
     kids = [NodeKey(i.to_bytes(32, "big")).kid for i in range(1, 2001)]
     zone = ZoneFile("m", members=tuple(Member(f"n{i}", k) for i, k in enumerate(kids)))

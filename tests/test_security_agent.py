@@ -19,8 +19,8 @@ from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F40
 from support.security import Rogue, agent_config, mesh_keys, running_agents, wait_until
 
 import vsm_edge.models
-from vsm_edge.agent._cli import main
-from vsm_edge.agent._node import Agent
+from vsm_edge.agent.cli.main import main
+from vsm_edge.agent.mesh.node import Agent
 from vsm_edge.models import ReplayConfig, ReplayWindow
 from vsm_edge.sync import (
     MemoryBroker,

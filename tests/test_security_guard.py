@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from support.security import agent_config
 
 from vsm_edge.agent import Policy, Runtime, sign_policy
-from vsm_edge.agent._security import OPEN_ZONE, IngressGuard
+from vsm_edge.agent.mesh.ingress import OPEN_ZONE, IngressGuard
 from vsm_edge.models import ZonePolicy, derive_key
 from vsm_edge.sync import (
     HybridLogicalClock,
@@ -357,7 +357,7 @@ async def test_truncated_proposals_are_malformed(tmp_path: Path, truncate: int) 
 
 
 async def test_the_human_status_shows_zone_quarantines_and_problems(tmp_path: Path) -> None:
-    from vsm_edge.agent._cli import format_status
+    from vsm_edge.agent.cli.main import format_status
 
     guard, runtime, _ = make_guard(tmp_path, zone="policy", secrets=[])
     install(guard, runtime, zone_document(1, [key("a").kid]))  # unreadable: no secret
@@ -378,7 +378,7 @@ async def test_open_mode_pins_the_first_key_of_a_node_and_keeps_the_pin(tmp_path
     assert guard.bind_key("n2", stranger, real) == "key-pinned"
     assert guard.bind_key("n2", real, real) is None
     # the pins outlive the process (written by the guard's task, read by load())
-    from vsm_edge.agent._security import _read_pins, _write_atomic
+    from vsm_edge.agent.mesh.ingress import _read_pins, _write_atomic
 
     _write_atomic(guard._pins_path, cbor2.dumps(dict(guard._pins)))
     again, _, _ = make_guard(tmp_path, zone="open")
@@ -404,7 +404,7 @@ async def test_closed_mode_binds_only_keys_of_the_zone(tmp_path: Path) -> None:
 
 async def test_open_mode_mints_new_identities_only_at_a_bounded_rate(tmp_path: Path) -> None:
     # A writer rotating identities to stay under the flood rule runs out of them.
-    from vsm_edge.agent import _security
+    from vsm_edge.agent.mesh import ingress as _security
 
     guard, _, _ = make_guard(tmp_path, zone="open")
     burst = int(_security.NEW_KEY_BURST)

@@ -34,9 +34,9 @@ from vsm_edge.agent import (
     sign_policy,
     verify_policy,
 )
-from vsm_edge.agent._patterns import CascadeDetector, ClockSkewDetector, VarietyOverflowDetector
-from vsm_edge.agent._s3 import Admission
-from vsm_edge.agent._s4 import AnomalyDetector, PeerReportError
+from vsm_edge.agent.vsm.patterns import CascadeDetector, ClockSkewDetector, VarietyOverflowDetector
+from vsm_edge.agent.vsm.s3 import Admission
+from vsm_edge.agent.vsm.s4 import AnomalyDetector, PeerReportError
 from vsm_edge.sync import Timestamp
 
 CFG = parse_config({"node": {"id": "n1", "mesh": "m"}})
@@ -473,7 +473,7 @@ def test_math_sanity_of_the_variety_ratio() -> None:
 
 
 def test_adaptation_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vsm_edge.agent._algedonic as alg
+    import vsm_edge.agent.vsm.algedonic as alg
 
     monkeypatch.setattr(alg, "MAX_BASELINES", 8)
     core = AlgedonicCore(

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.vsm import config, running
 
-from vsm_edge.agent._cli import format_status
+from vsm_edge.agent.cli.main import format_status
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("node", "s1", "s2", "s3", "s4", "s5", "algedonic", "peers")
@@ -23,7 +23,7 @@ KEYS = ("node", "s1", "s2", "s3", "s4", "s5", "algedonic", "peers")
 
 def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vsm_edge.agent._cli", *args],
+        [sys.executable, "-m", "vsm_edge.agent.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

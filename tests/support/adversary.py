@@ -54,7 +54,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from support.brokers import Mosquitto
 from support.mesh import AgentProcess, poll_statuses, wait_until
 from vsm_edge.agent import StatusClientError
-from vsm_edge.agent._cli import main as cli_main
+from vsm_edge.agent.cli.main import main as cli_main
 from vsm_edge.sync import (
     NodeKey,
     ORMap,

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from vsm_edge.agent._node import _digest_fingerprint
+from vsm_edge.agent.mesh.node import _digest_fingerprint
 from vsm_edge.sync import (
     AsyncStore,
     CausalLWWRegister,

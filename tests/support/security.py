@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from vsm_edge.agent import AgentConfig, parse_config
-from vsm_edge.agent._node import Agent
+from vsm_edge.agent.mesh.node import Agent
 from vsm_edge.sync import (
     CausalLWWRegister,
     CrdtDocument,

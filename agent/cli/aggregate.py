@@ -1,0 +1,428 @@
+"""The aggregator role: ``vsm-edge aggregate --broker URL --mesh M [--mesh M2 ...]``.
+
+The aggregator joins each mesh as a peer that owns no S1 unit: per mesh a
+:class:`~vsm_edge.sync.Replicator` (its own node id and key, its own MQTT
+connection) with the agent's ingress gateway, replicating the ``mesh``
+document like any agent. So it verifies every envelope (signature, zone,
+replay, the arbitrator's MAYBE cases), merges the deltas, repairs gaps by
+anti-entropy and sees presence and algedonic signals; it writes nothing into
+the meshes but its presence. What it holds it serves, read-only, on
+``--http HOST:PORT`` (default 127.0.0.1:7790)::
+
+    GET /dashboard (and /)   the dashboard (the same page as an agent's)
+    GET /view.json           the merged view of every mesh (agent/web/view.py)
+    GET /metrics             Prometheus: per node and per mesh (agent/web/metrics.py)
+    GET /health              {"ok": true, "meshes": [...]}
+
+The server answers GET and HEAD only (agent/web/http.py), so it may listen on a
+LAN address for a wall display; it has no authentication, so give it one you
+would show to anyone on that network. It keeps no store: after a restart it
+re-learns the meshes from retained presence and anti-entropy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal as signal_module
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vsm_edge.models import Gateway, GatewayConfig, LazyArbitrator, ModelError
+from vsm_edge.models import Inbound as GatewayInbound
+from vsm_edge.sync import (
+    CrdtDocument,
+    Envelope,
+    HybridLogicalClock,
+    Inbound,
+    MqttSettings,
+    MqttTransport,
+    NodeKey,
+    ORMap,
+    Replicator,
+    ReplicatorConfig,
+    SyncError,
+    Transport,
+    Will,
+    load_node_key,
+    save_node_key,
+    thaw,
+    wall_clock_ms,
+)
+
+from .._errors import AgentError
+from ..mesh.schema import MESH_DOC
+from ..vsm.algedonic import Signal, decode_peer_signal
+from ..web.http import HttpResponse, ReadOnlyServer, json_response
+from ..web.metrics import view_families
+from ..web.routes import dashboard_response, metrics_response
+from ..web.view import History, LagTracker, build_view, mesh_nodes
+
+__all__ = ["Aggregator", "AggregatorConfig", "add_aggregate_command", "cmd_aggregate"]
+
+log = logging.getLogger("vsm_edge.agent.aggregate")
+
+MAX_MESHES = 64
+SIGNALS_PER_NODE = 32
+MAX_SIGNAL_NODES = 4096
+RECENT_ALARM_S = 600.0
+
+
+def _default_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return f"agg-{host}"[:64] or "aggregator"
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorConfig:
+    """Where to listen and what to join. Raises ValueError on a bad value."""
+
+    broker_url: str
+    meshes: tuple[str, ...] = ("default",)
+    node: str = field(default_factory=_default_id)
+    http_host: str = "127.0.0.1"
+    http_port: int = 7790
+    key_file: Path | None = None
+    protocol: str = "auto"
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        if "://" not in self.broker_url:
+            raise ValueError(f"broker must be mqtt[s]://HOST:PORT, got {self.broker_url!r}")
+        if not self.meshes or len(self.meshes) > MAX_MESHES:
+            raise ValueError(f"give 1 to {MAX_MESHES} meshes")
+        if len(set(self.meshes)) != len(self.meshes):
+            raise ValueError("a mesh is named twice")
+        for name in (*self.meshes, self.node):
+            if not name or len(name) > 64 or not all(c.isalnum() or c in "-_" for c in name):
+                raise ValueError(f"{name!r}: ids are 1-64 characters of A-Z a-z 0-9 _ -")
+        if not 0 <= self.http_port < 65536:
+            raise ValueError(f"http port {self.http_port} is not a TCP port")
+
+
+class _Mesh:
+    """One joined mesh: its replicator, gateway, document, lag and heard signals."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.doc: CrdtDocument[ORMap] = CrdtDocument(MESH_DOC, ORMap)
+        self.lag = LagTracker()
+        self.signals: dict[str, dict[str, Signal]] = {}  # node -> id -> latest signal
+        self.replicator: Replicator | None = None
+        self.gateway: Gateway | None = None
+
+
+class Aggregator:
+    """``await nursery.start(aggregator.run)`` returns the HTTP port; runs until cancelled.
+
+    ``transport_factory(mesh, will)`` overrides the MQTT transport (tests use
+    the in-memory broker). Raises AgentError for an unusable key or address.
+    """
+
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        *,
+        transport_factory: Callable[[str, Will], Transport] | None = None,
+        wall_clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.config = config
+        self.node = config.node
+        self._transport_factory = transport_factory
+        self._wall_clock = wall_clock
+        self.meshes = {name: _Mesh(name) for name in config.meshes}
+        self.server: ReadOnlyServer | None = None
+        self.port: int | None = None
+        self.history = History()
+
+    # -- the service -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        key = await trio.to_thread.run_sync(self._load_key)
+        clock = HybridLogicalClock(self.node, self._wall_clock)
+        async with trio.open_nursery() as nursery:
+            for mesh in self.meshes.values():
+                mesh.gateway = Gateway(
+                    zone=_OPEN_ZONE,
+                    replay_key=os.urandom(32),
+                    arbitrator=_lazy_arbitrator(),
+                    config=GatewayConfig(),
+                    now_ms=self._wall_clock(),
+                )
+                mesh.doc.observe(self._observer(mesh))
+                mesh.replicator = Replicator(
+                    ReplicatorConfig(mesh=mesh.name, node=self.node),
+                    key,
+                    clock,
+                    self._factory(mesh.name),
+                    {MESH_DOC: mesh.doc},
+                    ingress=self._ingress(mesh),
+                    on_app=self._on_app(mesh),
+                )
+                await nursery.start(mesh.replicator.run)
+            cfg = self.config
+            self.server = ReadOnlyServer(self.routes(), cfg.http_host, cfg.http_port)
+            self.port = await nursery.start(self.server.run)
+            nursery.start_soon(self._record_history)
+            task_status.started(self.port)
+
+    async def _record_history(self) -> None:
+        """One point a second, viewed or not: a page loaded later draws the past minutes."""
+        while True:
+            self.history.record(self.view())
+            await trio.sleep(self.history.interval_ms / 1000)
+
+    def routes(self) -> dict[str, Callable[[], HttpResponse]]:
+        return {
+            "/": dashboard_response,
+            "/dashboard": dashboard_response,
+            "/view.json": lambda: json_response(self.view(with_history=True)),
+            "/metrics": lambda: metrics_response(view_families(self.view())),
+            "/health": lambda: json_response(
+                {"ok": True, "node": self.node, "meshes": list(self.meshes)}
+            ),
+        }
+
+    def _load_key(self) -> NodeKey:
+        path = self.config.key_file
+        try:
+            if path is None:
+                return NodeKey.generate()  # a new identity per run: it owns no data
+            if not path.exists():
+                save_node_key(NodeKey.generate(), path)
+            return load_node_key(path)
+        except SyncError as exc:
+            raise AgentError(f"aggregator key: {exc}") from exc
+
+    def _factory(self, mesh: str) -> Callable[[Will], Transport]:
+        if self._transport_factory is not None:
+            factory = self._transport_factory
+            return lambda will: factory(mesh, will)
+        url = self.config.broker_url
+        options: dict[str, Any] = {
+            "keepalive": self.config.keepalive_s,
+            "protocol": self.config.protocol,
+        }
+
+        def make(will: Will) -> Transport:
+            # one connection per mesh: client ids must differ
+            client_id = f"{self.node}.{mesh}"[:128]
+            try:
+                settings = MqttSettings.from_url(url, client_id=client_id, will=will, **options)
+            except ValueError as exc:
+                raise AgentError(str(exc)) from None
+            return MqttTransport(settings)
+
+        return make
+
+    # -- ingress, as an agent does it ------------------------------------------------------
+
+    def _ingress(self, mesh: _Mesh) -> Callable[[Inbound], str | None]:
+        def check(inbound: Inbound) -> str | None:
+            gateway = mesh.gateway
+            assert gateway is not None
+            if inbound.retained:
+                # presence, the latest alarm, the policy: old by design
+                return None if inbound.signature_ok else "bad-signature"
+            envelope = inbound.envelope
+            decision = gateway.decide(
+                GatewayInbound(
+                    kid=envelope.kid,
+                    hlc=envelope.hlc,
+                    nonce=envelope.nonce,
+                    kind=envelope.kind,
+                    signature_ok=inbound.signature_ok,
+                    size=inbound.size,
+                    received_ms=inbound.received_ms,
+                    source=inbound.sender,
+                )
+            )
+            return None if decision.allowed else f"gateway:{decision.reason}"
+
+        return check
+
+    def _observer(self, mesh: _Mesh) -> Callable[[str, Any, bool], None]:
+        def joined(doc: str, delta: Any, local: bool) -> None:
+            if local:
+                return
+            now_ms = self._wall_clock()
+            for key, frozen in delta.value().items():
+                if isinstance(key, str):
+                    mesh.lag.observe(key, thaw(frozen), now_ms)
+
+        return joined
+
+    def _on_app(self, mesh: _Mesh) -> Callable[[str, str, Any, Envelope], str | None]:
+        def heard(channel: str, sender: str, body: Any, envelope: Envelope) -> str | None:
+            if channel != "alg":
+                return None  # a policy is for the agents to enforce
+            sig, refused = decode_peer_signal(sender, body)
+            if sig is None:
+                return refused  # counted by the replicator
+            per_node = mesh.signals.get(sender)
+            if per_node is None:
+                if len(mesh.signals) >= MAX_SIGNAL_NODES:
+                    del mesh.signals[next(iter(mesh.signals))]
+                per_node = mesh.signals[sender] = {}
+            per_node.pop(sig.id, None)
+            per_node[sig.id] = sig
+            while len(per_node) > SIGNALS_PER_NODE:
+                del per_node[next(iter(per_node))]
+            return None
+
+        return heard
+
+    # -- the merged view --------------------------------------------------------------------
+
+    def view(self, now_ms: int | None = None, *, with_history: bool = False) -> dict[str, Any]:
+        """The merged view of every joined mesh (the document of ``GET /view.json``)."""
+        now_ms = self._wall_clock() if now_ms is None else now_ms
+        meshes: list[dict[str, Any]] = []
+        nodes: list[dict[str, Any]] = []
+        alarms: list[dict[str, Any]] = []
+        for mesh in self.meshes.values():
+            replicator = mesh.replicator
+            online = (
+                {n: p.online for n, p in replicator.peers.items()} if replicator is not None else {}
+            )
+            online.pop(self.node, None)
+            values = {k: thaw(v) for k, v in mesh.doc.state.value().items()}
+            mesh_view = mesh_nodes(mesh.name, values, now_ms=now_ms, online=online, lag=mesh.lag)
+            nodes += mesh_view
+            active = {a for n in mesh_view for a in n["alarms"]}
+            reported = {n["node"] for n in mesh_view if n["health"] is not None}
+            for node, signals in mesh.signals.items():
+                for sig in signals.values():
+                    age_s = max(0.0, (now_ms - sig.hlc.wall) / 1000.0)
+                    # active per the node's report; before any report, recent signals
+                    if sig.id in active or (node not in reported and age_s < RECENT_ALARM_S):
+                        alarms.append(
+                            {
+                                "mesh": mesh.name,
+                                "node": node,
+                                "id": sig.id,
+                                "source": sig.source,
+                                "intensity": sig.intensity,
+                                "valence": sig.valence,
+                                "reason": sig.reason,
+                                "age_s": round(age_s, 3),
+                                "critical": sig.intensity >= 0.95 and sig.valence == "pain",
+                            }
+                        )
+            if replicator is not None:
+                gateway = mesh.gateway
+                meshes.append(
+                    {
+                        "mesh": mesh.name,
+                        "online_peers": [p for p in replicator.online_peers() if p != self.node],
+                        "replication": {
+                            **replicator.statistics(),
+                            "latency_ms": mesh.lag.all(),
+                            "keys": len(values),
+                            "vv": dict(mesh.doc.state.digest().vv),
+                        },
+                        "gateway": dict(gateway.statistics()) if gateway is not None else {},
+                    }
+                )
+        out = build_view("aggregator", self.node, now_ms, meshes, nodes, alarms)
+        if with_history:
+            out["history"] = self.history.export()
+        return out
+
+
+class _OpenZone:
+    """Admits every key: the aggregator observes, the agents enforce their zones."""
+
+    def __contains__(self, kid: object) -> bool:
+        return isinstance(kid, bytes)
+
+
+_OPEN_ZONE = _OpenZone()
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def add_aggregate_command(sub: Any) -> None:
+    from .run import add_log_options
+
+    agg = sub.add_parser(
+        "aggregate", help="join meshes as an observer; serve their merged view and a dashboard"
+    )
+    agg.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://...)")
+    agg.add_argument(
+        "--mesh",
+        action="append",
+        dest="meshes",
+        metavar="MESH",
+        help="a mesh to join (repeat for more; default: default)",
+    )
+    agg.add_argument("--id", default=None, help="the aggregator's node id (default agg-HOSTNAME)")
+    agg.add_argument(
+        "--http",
+        default="127.0.0.1:7790",
+        metavar="HOST:PORT",
+        help="where to serve the dashboard, /view.json and /metrics (read-only; "
+        "default 127.0.0.1:7790; port 0: any free port)",
+    )
+    agg.add_argument("--key", type=Path, help="keep the aggregator's key in this file")
+    agg.add_argument("--port-file", type=Path, help="write the bound HTTP port here")
+    agg.add_argument("--protocol", choices=("auto", "5", "3.1.1"), default="auto")
+    add_log_options(agg)
+    agg.set_defaults(handler=cmd_aggregate)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from .run import configure_logging
+
+    configure_logging(args)
+    host, _, port = args.http.rpartition(":")
+    try:
+        config = AggregatorConfig(
+            broker_url=args.broker,
+            meshes=tuple(args.meshes or ("default",)),
+            node=args.id or _default_id(),
+            http_host=host.strip("[]") or "127.0.0.1",
+            http_port=int(port),
+            key_file=args.key,
+            protocol=args.protocol,
+        )
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    trio.run(_serve, config, args.port_file)
+    return 0
+
+
+async def _serve(config: AggregatorConfig, port_file: Path | None) -> None:
+    aggregator = Aggregator(config)
+    with trio.open_signal_receiver(signal_module.SIGTERM, signal_module.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(aggregator.run)
+            if port_file is not None:
+                await trio.Path(port_file).write_text(f"{port}\n")
+            host = config.http_host if ":" not in config.http_host else f"[{config.http_host}]"
+            print(
+                f"vsm-edge: aggregator {config.node} on {', '.join(config.meshes)}; "
+                f"dashboard at http://{host}:{port}/dashboard",
+                file=sys.stderr,
+                flush=True,
+            )
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _lazy_arbitrator() -> LazyArbitrator | None:
+    """The shipped model, checked now and built on the first MAYBE; None (DENY) if unusable."""
+    try:
+        return LazyArbitrator()
+    except ModelError as exc:
+        log.warning("arbitrator unavailable (%s): %s; MAYBE decisions will DENY", exc.reason, exc)
+        return None

@@ -1,0 +1,632 @@
+"""One agent process: the local VSM joined to the mesh.
+
+:class:`Agent` composes the parts the house plan names: the SQLite store, the
+hybrid logical clock (its ceiling in the store), the node key, the VSM
+:class:`~vsm_edge.agent.vsm.runtime.Runtime`, the replicator (gossip over MQTT),
+the ingress gateway (zone, replay, behaviour, the int8 arbitrator) and mDNS
+discovery. The arrows between them:
+
+* readings admitted by S3 -> the latest value per reading, replicated into the
+  ``mesh`` document at most every ``REPLICATE_INTERVAL_S`` (variety attenuation
+  at the replication boundary) -> peers;
+* the node's VSM report (health, safe mode, variety ratio, alarms) -> the
+  ``mesh`` document -> every peer's S4 mesh view;
+* the algedonic port -> ``vsm/{mesh}/alg/{node}`` (QoS 1, retained, signed);
+  peers' signals -> the local algedonic channel (S5 directly);
+* ``vsm/{mesh}/policy`` -> S5 (accepted only when admin-signed) -> the
+  gateway's zone (``_security.IngressGuard``);
+* every inbound envelope -> the ingress guard and its gateway, before
+  anything is merged; quarantines -> pain and the signed proposal
+  ``{node}/quarantine`` in the ``mesh`` document;
+* a store fault (disk full, I/O error) -> pain from source ``store`` (cleared
+  with a pleasure signal when the store takes writes again) and the ``store``
+  status section. While it lasts the readings are *held*: the latest value
+  of each reading (and the report and lease deltas) waits in memory, one
+  value per key, and is written when the store recovers; older values of a
+  held key are replaced, not queued (``store.readings_replaced`` counts them).
+
+The ``mesh`` document is an ORMap whose keys are ``{node}/report`` and
+``{node}/r/{unit}.{reading}`` (each node writes only its own), and
+``lease:{resource}`` for S2's mesh-wide claims (any node; the register is
+stamped with the lease's grant, so the greatest grant wins, as in the lease
+CRDT), all HLC-ordered registers. A reading's register holds ``[value, wall_ms]`` so a
+receiver can measure replication latency (on one machine, or with synced
+clocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import statistics as stats
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from vsm_edge.models import Gateway
+from vsm_edge.sync import (
+    Advertisement,
+    AsyncStore,
+    CausalLWWRegister,
+    CrdtDocument,
+    Envelope,
+    HybridLogicalClock,
+    MqttSettings,
+    MqttTransport,
+    NodeKey,
+    ORMap,
+    Replicator,
+    ReplicatorConfig,
+    StoreError,
+    StoreFault,
+    StoreHighWaterMark,
+    SyncError,
+    Timestamp,
+    Transport,
+    TransportError,
+    Will,
+    cbor_dumps,
+    load_node_key,
+    save_node_key,
+    thaw,
+    wall_clock_ms,
+)
+
+from .._errors import AgentError
+from ..config.schema import AgentConfig
+from ..vsm.algedonic import decode_peer_signal
+from ..vsm.lease import Lease, LeaseMap
+from ..vsm.runtime import Runtime
+from ..vsm.s4 import PeerReport, PeerReportError
+from ..vsm.unit import Unit
+from .ingress import OPEN_ZONE, IngressGuard
+from .schema import (
+    MESH_DOC,
+    lease_key,
+    parse_key,
+    parse_reading,
+    reading_key,
+    reading_value,
+    report_key,
+)
+
+if TYPE_CHECKING:
+    from vsm_edge.sync import ZeroconfDiscovery
+
+__all__ = ["OPEN_ZONE", "Agent"]
+
+log = logging.getLogger("vsm_edge.agent.node")
+
+REPLICATE_INTERVAL_S = 0.25
+REPORT_INTERVAL_S = 2.0
+LATENCY_SAMPLES = 4096
+MAX_ALARMS_HEARD = 256
+STORE_PAIN = 0.8  # a node that cannot persist is badly hurt, but not (yet) critical
+
+
+class Agent:
+    """One node: ``await nursery.start(agent.run)``; stops on ``stop()`` or SIGTERM.
+
+    ``transport_factory(will)`` overrides the MQTT transport (tests use the
+    in-memory broker); ``broker_url`` overrides the config's broker (the demo
+    passes the embedded broker's URL); ``advertise_broker_port`` also
+    advertises a broker on this host as ``_mqtt._tcp`` (the embedded one).
+    ``open_zone`` overrides ``security.zone`` (True: "open", False: "policy").
+    Raises AgentError on a bad key file or an unusable broker setting.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport_factory: Callable[[Will], Transport] | None = None,
+        broker_url: str | None = None,
+        wall_clock: Callable[[], int] = wall_clock_ms,
+        units: Mapping[str, Unit] | None = None,
+        handle_signals: bool = False,
+        open_zone: bool | None = None,
+        protocol: str = "auto",
+        advertise_broker_port: int | None = None,
+    ) -> None:
+        if open_zone is not None:
+            zone = "open" if open_zone else "policy"
+            config = dataclasses.replace(
+                config, security=dataclasses.replace(config.security, zone=zone)
+            )
+        self.config = config
+        self.node = config.node.id
+        self._transport_factory = transport_factory
+        self._broker_url = broker_url
+        self._wall_clock = wall_clock
+        self._units = units
+        self._handle_signals = handle_signals
+        self._protocol = protocol
+        self._advertise_broker_port = advertise_broker_port
+        self.runtime: Runtime | None = None
+        self.replicator: Replicator | None = None
+        self.gateway: Gateway | None = None
+        self.security: IngressGuard | None = None
+        self.store: AsyncStore | None = None
+        self._latest: dict[str, tuple[float, int]] = {}  # key -> (value, wall ms)
+        self._dirty_readings: set[str] = set()
+        self._readings_replaced = 0  # held values overwritten by a newer one during a store fault
+        self._writes_held = 0  # replication rounds skipped during store faults
+        self._lease_out: dict[str, Lease] = {}  # lease deltas waiting to be replicated
+        # (key, written wall ms, latency ms) of peers' readings joined here
+        self.samples: deque[tuple[str, int, float]] = deque(maxlen=LATENCY_SAMPLES)
+        # peer alarm id -> ms from its raise to its arrival here (bounded, oldest out)
+        self.alarm_heard_latency_ms: dict[str, int] = {}
+        # peer alarm id -> trio time it entered the local algedonic channel, to time S5
+        self._alarm_offered: dict[str, float] = {}
+        self._stop = trio.Event()
+        self._started = trio.Event()
+        self._finished = trio.Event()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.runtime is not None:
+            self.runtime.stop()
+
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        data_dir = Path(cfg.node.data_dir)
+        key = await trio.to_thread.run_sync(self._load_key, data_dir)
+        try:
+            store = await AsyncStore.open(data_dir / "node.db")
+        except StoreError as exc:  # names the file and says what is wrong with it
+            raise AgentError(str(exc)) from None
+        self.store = store
+        try:
+            # Every event is stamped: a ceiling the full disk refuses must not
+            # stop the clock (the replicator turns it into a store fault).
+            clock = HybridLogicalClock(
+                self.node,
+                self._wall_clock,
+                high_water=StoreHighWaterMark(store.sync),
+                defer_ceiling_errors=True,
+            )
+            runtime = Runtime(
+                cfg,
+                wall_clock=self._wall_clock,
+                clock=clock,
+                units=self._units,
+                handle_signals=self._handle_signals,
+                public_key=key.public_key.hex(),
+            )
+            self.runtime = runtime
+            guard = await trio.to_thread.run_sync(
+                functools.partial(IngressGuard.load, cfg, key, wall_clock=self._wall_clock)
+            )
+            self.security, self.gateway = guard, guard.gateway
+            mesh_doc: CrdtDocument[ORMap] = CrdtDocument(MESH_DOC, ORMap)
+            mesh_doc.observe(self._on_mesh_change)
+            broker_url = self._broker_url or cfg.broker.url
+            replicator = Replicator(
+                ReplicatorConfig(
+                    mesh=cfg.node.mesh,
+                    node=self.node,
+                    zone=cfg.node.zone,
+                    broker_url=broker_url if "://" in broker_url else "",
+                ),
+                key,
+                clock,
+                self._make_transport_factory(broker_url),
+                {MESH_DOC: mesh_doc},
+                store=store,
+                ingress=guard.ingress,
+                blame=guard.blame,
+                key_binding=guard.bind_key,
+                on_app=self._on_app,
+                mesh_key=guard.mesh_key,
+            )
+            self.replicator = replicator
+            guard.attach(runtime, replicator.peers, replicator.clock.now, replicator.rebind)
+            guard.restore(runtime, await trio.to_thread.run_sync(guard.read_kept_policy))
+            runtime.on_reading.append(self._on_reading)
+            runtime.on_lease_delta.append(lambda delta: self._lease_out.update(delta.entries))
+            runtime.add_flush_hook(self._write_samples)
+            runtime.set_status_section("gateway", self._gateway_status)
+            runtime.set_status_section("replication", self._replication_status)
+            runtime.set_status_section("store", self._store_status)
+            replicator.observe_store_faults(self._on_store_fault)
+            from ..web.routes import install_agent_routes
+
+            install_agent_routes(self, runtime)  # /metrics, /dashboard, /view.json
+            runtime_done = trio.Event()
+
+            async def run_runtime(task_status: trio.TaskStatus[Runtime]) -> None:
+                # The runtime returns after stop() or SIGTERM/SIGINT, having
+                # flushed; then the agent stops too.
+                try:
+                    await runtime.run(task_status=task_status)
+                finally:
+                    runtime_done.set()
+                    self._stop.set()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replicator.run)
+                await nursery.start(run_runtime)
+                guard.policy_changed(runtime)  # s5.policy_file, loaded by the runtime
+
+                async def put_proposal(key: str, value: Any) -> None:
+                    # Refused during a store fault: the proposal goes with its next change.
+                    await self._put(replicator, key, value)
+
+                nursery.start_soon(guard.run, put_proposal)
+                nursery.start_soon(self._algedonic_out, runtime, replicator)
+                nursery.start_soon(self._replicate_local, runtime, replicator)
+                if cfg.discovery.enabled:
+                    nursery.start_soon(self._discovery, key, broker_url)
+                if cfg.homeassistant.enabled:
+                    from ..integrations.homeassistant import publisher_for_agent
+
+                    ha = publisher_for_agent(
+                        runtime, self._make_transport_factory(broker_url, client_suffix="-ha")
+                    )
+                    nursery.start_soon(ha.run)
+                self._started.set()
+                task_status.started(self)
+                await self._stop.wait()
+                runtime.stop()
+                with trio.move_on_after(cfg.runtime.shutdown_timeout_s):
+                    await runtime_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await store.aclose()
+                except StoreError as exc:  # e.g. the final checkpoint on a full disk
+                    log.error("closing the store failed: %s", exc)  # noqa: TRY400 (no trace)
+            self._finished.set()
+
+    async def _write_samples(self, status: dict[str, Any]) -> None:
+        """At shutdown: the replication latency samples, for `vsm-edge demo`."""
+        path = Path(self.config.node.data_dir) / "replication-samples.json"
+        data = json.dumps([list(s) for s in self.samples])
+        await trio.to_thread.run_sync(path.write_text, data)
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def stopped(self) -> None:
+        """Return once :meth:`run` has finished (after stop() or a signal)."""
+        await self._finished.wait()
+
+    def _load_key(self, data_dir: Path) -> NodeKey:
+        """The configured key, else data_dir/node.key (made on first start)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config.node.key_file
+        default = data_dir / "node.key"
+        try:
+            if path is None and not default.exists():
+                save_node_key(NodeKey.generate(), default)
+            return load_node_key(path if path is not None else default)
+        except SyncError as exc:
+            raise AgentError(f"node key: {exc}") from exc
+
+    def _make_transport_factory(
+        self, broker_url: str, client_suffix: str = ""
+    ) -> Callable[[Will], Transport]:
+        if self._transport_factory is not None:
+            return self._transport_factory
+        if "://" not in broker_url:
+            raise AgentError(
+                f"broker {broker_url!r}: give mqtt://host:port here; 'embedded' and 'mdns' "
+                "are resolved by `vsm-edge run` before the agent starts"
+            )
+        cfg = self.config.broker
+        options: dict[str, Any] = {
+            "keepalive": cfg.keepalive_s,
+            "protocol": self._protocol,
+        }
+        if cfg.username is not None:
+            options["username"] = cfg.username
+            if cfg.password_file is not None:
+                options["password"] = Path(cfg.password_file).read_text().strip()
+        if cfg.tls or broker_url.startswith("mqtts://"):
+            import ssl
+
+            context = ssl.create_default_context(
+                cafile=str(cfg.ca_file) if cfg.ca_file is not None else None
+            )
+            if cfg.cert_file is not None:
+                context.load_cert_chain(
+                    str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None
+                )
+            options["tls"] = context
+
+        def make(will: Will) -> Transport:
+            settings = MqttSettings.from_url(
+                broker_url, client_id=self.node + client_suffix, will=will, **options
+            )
+            return MqttTransport(settings)
+
+        return make
+
+    # -- status ------------------------------------------------------------------------
+
+    def _gateway_status(self) -> dict[str, Any]:
+        assert self.security is not None
+        return self.security.status()
+
+    def _replication_status(self) -> dict[str, Any]:
+        assert self.replicator is not None
+        out = self.replicator.statistics()
+        out["latency_ms"] = _percentiles(sorted(s[2] for s in self.samples))
+        out["online_peers"] = self.replicator.online_peers()
+        mesh = self.replicator.docs[MESH_DOC]
+        assert isinstance(mesh, CrdtDocument)
+        out["keys"] = len(mesh.state)
+        out["digest"] = _digest_fingerprint(mesh.state)
+        out["vv"] = mesh.state.digest().vv
+        out["alarms_heard_ms"] = dict(self.alarm_heard_latency_ms)
+        out["alarms_s5_ms"] = self._alarms_s5_ms()
+        return out
+
+    def _store_status(self) -> dict[str, Any]:
+        assert self.replicator is not None
+        fault = self.replicator.store_fault
+        stats = self.replicator.statistics()
+        return {
+            "ok": fault is None,
+            "fault": stats["store_fault"],
+            "faults": stats["store_faults"],
+            "recoveries": stats["store_recoveries"],
+            "writes_refused": stats["writes_refused"],
+            "readings_held": len(self._dirty_readings) if fault is not None else 0,
+            "readings_replaced": self._readings_replaced,
+            "rounds_held": self._writes_held,
+        }
+
+    def _on_store_fault(self, fault: StoreFault | None) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if fault is not None:
+            runtime.raise_signal(
+                "store",
+                STORE_PAIN,
+                f"store fault ({fault.cause}) in {fault.operation}: {fault.message}; "
+                "local writes are held until it takes writes again",
+            )
+        else:
+            runtime.clear_pain("store", "the store takes writes again")
+
+    def _alarms_s5_ms(self) -> dict[str, float]:
+        """Peer alarm id -> ms from its raise on the peer to our S5 taking it.
+
+        The arrival (HLC wall time of the raise -> our wall clock) plus the
+        local hop (algedonic channel -> S5's loop), for the alarms S5 heard
+        among its latest :data:`MAX_ALARMS_HEARD`.
+        """
+        assert self.runtime is not None
+        out: dict[str, float] = {}
+        for heard_at, signal in self.runtime.s5_heard:
+            offered = self._alarm_offered.get(signal.id)
+            arrival = self.alarm_heard_latency_ms.get(signal.id)
+            if offered is not None and arrival is not None:
+                out[signal.id] = round(arrival + max(0.0, heard_at - offered) * 1000.0, 2)
+        return out
+
+    # -- the mesh document ---------------------------------------------------------------
+
+    def _on_reading(self, unit: str, reading: str, value: float, stamp: Timestamp) -> None:
+        key = reading_key(self.node, unit, reading)
+        if key in self._dirty_readings and self.replicator and self.replicator.store_fault:
+            self._readings_replaced += 1
+        self._latest[key] = (float(value), self._wall_clock())
+        self._dirty_readings.add(key)
+
+    async def _replicate_local(self, runtime: Runtime, replicator: Replicator) -> None:
+        next_report = 0.0
+        while True:
+            await trio.sleep(REPLICATE_INTERVAL_S)
+            if replicator.store_fault is not None:
+                # Held (see the module docstring): the replicator refuses local
+                # writes until the store recovers; keep the latest values.
+                self._writes_held += 1
+                continue
+            now = trio.current_time()
+            written_ms = self._wall_clock()  # when the update enters the mesh
+            for key in sorted(self._dirty_readings):
+                value, _reading_ms = self._latest[key]
+                self._dirty_readings.discard(key)
+                if not await self._put(replicator, key, reading_value(value, written_ms)):
+                    self._dirty_readings.add(key)  # held for the next round
+            if now >= next_report and await self._put(
+                replicator, report_key(self.node), runtime.local_report().to_cbor()
+            ):
+                next_report = now + REPORT_INTERVAL_S
+            leases, self._lease_out = self._lease_out, {}
+            for resource, lease in sorted(leases.items()):
+                # A lease register is ordered by its grant stamp: the same
+                # "greatest grant wins" join as the lease CRDT itself.
+                if not await self._put(
+                    replicator,
+                    lease_key(resource),
+                    [lease.holder, lease.expires_ms],
+                    stamp=lease.granted,
+                ):
+                    self._lease_out.setdefault(resource, lease)  # a newer delta wins
+
+    async def _put(
+        self, replicator: Replicator, key: str, value: Any, *, stamp: Timestamp | None = None
+    ) -> bool:
+        """Write ``key`` into the mesh document; False when the store refused it."""
+        node, clock = self.node, replicator.clock
+
+        def mutate(state: ORMap) -> ORMap:
+            at = stamp if stamp is not None else clock.now()
+            return state.update(node, key, CausalLWWRegister, lambda r: r.set(node, at, value))
+
+        try:
+            await replicator.mutate(MESH_DOC, mutate)
+        except StoreError as exc:
+            # The replicator logged the fault once (ERROR) and refuses writes
+            # until it clears: one line per refused key would flood the log.
+            log.debug("could not replicate %s: %s", key, exc)
+            return False
+        except SyncError as exc:
+            log.warning("could not replicate %s: %s", key, exc)
+            return False
+        return True
+
+    def _on_mesh_change(self, doc: str, delta: Any, local: bool) -> None:
+        if local or self.runtime is None:
+            return
+        now_ms = self._wall_clock()
+        for key, frozen in delta.value().items():
+            info = parse_key(key)
+            if info is None:
+                continue
+            value = thaw(frozen)
+            if info.kind == "lease":
+                self._on_remote_lease(delta, key, info.name, value)
+                continue
+            if info.origin == self.node:
+                continue  # our own entry, back in a peer's repair delta: not news
+            if info.kind == "report":
+                try:
+                    self.runtime.update_peer(PeerReport.from_cbor(value))
+                except (PeerReportError, TypeError, ValueError):
+                    log.debug("bad report from %s", info.origin)
+            elif info.kind == "quarantine" and self.security is not None:
+                self.security.on_proposal(info.origin, value)
+            elif info.kind == "reading":
+                reading = parse_reading(value)
+                if reading is not None:
+                    written = reading[1]
+                    self.samples.append((key, written, max(0.0, float(now_ms - written))))
+
+    def _on_remote_lease(self, delta: ORMap, key: str, resource: str, value: Any) -> None:
+        assert self.runtime is not None
+        stamp = delta.get(key, CausalLWWRegister).timestamp
+        if (
+            stamp is None
+            or not (isinstance(value, list) and len(value) == 2)
+            or not isinstance(value[0], str)
+            or type(value[1]) is not int
+        ):
+            log.debug("malformed lease %s", key)
+            return
+        try:
+            lease = Lease(stamp, value[0], value[1])
+            self.runtime.merge_leases(LeaseMap({resource: lease}))
+        except (ValueError, TypeError):
+            log.debug("malformed lease %s", key)
+
+    # -- algedonic and policy -----------------------------------------------------------
+
+    async def _algedonic_out(self, runtime: Runtime, replicator: Replicator) -> None:
+        port = runtime.algedonic_port
+        while True:
+            signal = await port.receive()
+            delay = 0.05
+            while True:
+                try:
+                    await replicator.publish_app("alg", signal.to_cbor(), retain=True)
+                    break
+                except TransportError:
+                    await trio.sleep(delay)  # re-sent until the broker takes it
+                    delay = min(delay * 2, 2.0)
+
+    def _on_app(self, channel: str, sender: str, body: Any, envelope: Envelope) -> str | None:
+        """The replicator's application handler: a refusal reason (counted there), or None."""
+        runtime = self.runtime
+        if runtime is None:
+            return None
+        if channel == "alg":
+            signal, refused = decode_peer_signal(sender, body)
+            if signal is None:
+                return refused
+            alarm = runtime.inject_remote_signal(signal)
+            if signal.id not in self.alarm_heard_latency_ms:
+                # from the raise (the signal's HLC wall time) to hearing it here
+                self.alarm_heard_latency_ms[signal.id] = self._wall_clock() - signal.hlc.wall
+                if alarm is not None:
+                    self._alarm_offered[signal.id] = alarm.raised_at
+                while len(self.alarm_heard_latency_ms) > MAX_ALARMS_HEARD:
+                    oldest = next(iter(self.alarm_heard_latency_ms))
+                    del self.alarm_heard_latency_ms[oldest]
+                    self._alarm_offered.pop(oldest, None)
+        elif channel == "policy":
+            if not isinstance(body, bytes):
+                return "policy:malformed"
+            # S5 verifies the document and counts its own refusals
+            if runtime.accept_policy(body, raise_errors=False) and self.security is not None:
+                self.security.policy_changed(runtime, body)
+        return None
+
+    # -- discovery --------------------------------------------------------------------
+
+    async def _discovery(self, key: NodeKey, broker_url: str) -> None:
+        from vsm_edge.sync import ZeroconfDiscovery
+
+        cfg = self.config
+        try:
+            advert = Advertisement(
+                node=self.node,
+                key_id=key.kid,
+                mesh=cfg.node.mesh,
+                zone=cfg.node.zone,
+                broker=broker_url if "://" in broker_url else None,
+            )
+            status_port = (self.runtime.status_port if self.runtime else None) or 0
+            discovery = ZeroconfDiscovery(
+                advert,
+                interfaces=list(cfg.discovery.interfaces),
+                port=status_port,
+                broker_port=self._advertise_broker_port,  # the embedded broker, if any
+            )
+            self.discovery = discovery
+            if self.runtime is not None:
+                self.runtime.set_status_section("discovery", lambda: _discovery_status(discovery))
+            await discovery.run()
+        except SyncError as exc:
+            from .mdns_host import explain_mdns_error
+
+            log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
+
+
+def _discovery_status(discovery: ZeroconfDiscovery) -> dict[str, Any]:
+    """Peers found by mDNS (node -> addresses, status port, broker) and the table's counters."""
+    return {
+        "peers": {
+            node: {
+                "addresses": list(peer.addresses),
+                "port": peer.port,
+                "zone": peer.advertisement.zone,
+                "broker": peer.advertisement.broker,
+            }
+            for node, peer in sorted(discovery.peers().items())
+        },
+        "statistics": dataclasses.asdict(discovery.statistics()),
+    }
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | int]:
+    if not samples:
+        return {"count": 0}
+
+    def pick(q: float) -> float:
+        return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
+
+    return {
+        "count": len(samples),
+        "p50": pick(0.50),
+        "p99": pick(0.99),
+        "max": round(samples[-1], 2),
+        "mean": round(stats.fmean(samples), 2),
+    }
+
+
+def _digest_fingerprint(state: ORMap) -> str:
+    return hashlib.blake2b(cbor_dumps(state.digest().to_cbor()), digest_size=8).hexdigest()

@@ -1,0 +1,118 @@
+"""The agent's web routes: Prometheus metrics, the dashboard and its JSON view.
+
+:func:`install_agent_routes` adds to the agent's loopback status endpoint::
+
+    GET /metrics     Prometheus text format (agent/web/metrics.py)
+    GET /view.json   the mesh as this agent sees it (agent/web/view.py)
+    GET /dashboard   the dashboard page (also GET /)
+
+The aggregator serves the same page and the same two documents from its own
+read-only server (agent/cli/aggregate.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
+
+from ..mesh.schema import MESH_DOC
+from .http import HttpResponse, json_response
+from .view import History, LagTracker, build_view, mesh_nodes
+
+if TYPE_CHECKING:
+    from ..mesh.node import Agent
+    from ..vsm.runtime import Runtime
+
+__all__ = ["dashboard_response", "install_agent_routes", "metrics_response"]
+
+
+
+@functools.cache
+def _page() -> bytes:
+    return resources.files("vsm_edge.agent").joinpath("dashboard.html").read_bytes()
+
+
+def dashboard_response() -> HttpResponse:
+    """The dashboard page (plain HTML + JS, no external resource)."""
+    return HttpResponse(200, "text/html; charset=utf-8", _page())
+
+
+def metrics_response(families: Any) -> HttpResponse:
+    from .metrics import CONTENT_TYPE, render
+
+    return HttpResponse(200, CONTENT_TYPE, render(families))
+
+
+def _agent_metrics(runtime: Runtime) -> HttpResponse:
+    # prometheus_client (~1.5 MB of RSS) is imported on the first scrape, not at start.
+    from .metrics import agent_families
+
+    return metrics_response(agent_families(runtime.status()))
+
+
+def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dict[str, Any]:
+    """The view document of one agent: itself and the peers in its mesh document."""
+    now_ms = wall_clock_ms() if now_ms is None else now_ms
+    status = runtime.status()
+    mesh = runtime.identity.mesh
+    replicator = agent.replicator
+    lag = LagTracker()
+    for key, written, _latency in list(agent.samples):
+        # the latency measured when the delta was joined, not now
+        lag.observe(key, [0, written], written + int(_latency))
+    values: dict[str, Any] = {}
+    online: dict[str, bool] = {}
+    meshes: list[dict[str, Any]] = []
+    if replicator is not None:
+        doc = replicator.docs.get(MESH_DOC)
+        if isinstance(doc, CrdtDocument):
+            values = {k: thaw(v) for k, v in doc.state.value().items()}
+        online = {name: peer.online for name, peer in replicator.peers.items()}
+        meshes.append(
+            {
+                "mesh": mesh,
+                "online_peers": replicator.online_peers(),
+                "replication": status.get("replication", {}),
+                "gateway": status.get("gateway", {}),
+            }
+        )
+    nodes = mesh_nodes(mesh, values, now_ms=now_ms, online=online, lag=lag, self_node=agent.node)
+    alarms = [
+        {
+            "mesh": mesh,
+            "node": a.get("node"),
+            "id": str(a.get("id")),
+            "source": a.get("source"),
+            "intensity": a.get("intensity"),
+            "valence": a.get("valence", "pain"),
+            "reason": a.get("reason", ""),
+            "age_s": a.get("age_s"),
+            "critical": bool(a.get("critical")),
+        }
+        for a in status.get("algedonic", {}).get("alarms", [])
+        if isinstance(a, dict) and not a.get("acked")
+    ]
+    return build_view("agent", agent.node, now_ms, meshes, nodes, alarms)
+
+
+def install_agent_routes(agent: Agent, runtime: Runtime) -> None:
+    """Register /metrics, /view.json, /dashboard and / on the agent's status endpoint.
+
+    The agent keeps its plots' history only while someone looks (a point per
+    second at most, when /view.json is asked for): it runs no task for it.
+    """
+    history = History()
+
+    def view() -> HttpResponse:
+        doc = agent_view(agent, runtime)
+        history.record(doc)
+        doc["history"] = history.export()
+        return json_response(doc)
+
+    runtime.http_routes["/metrics"] = functools.partial(_agent_metrics, runtime)
+    runtime.http_routes["/view.json"] = view
+    runtime.http_routes["/dashboard"] = dashboard_response
+    runtime.http_routes["/"] = dashboard_response

@@ -1,0 +1,127 @@
+"""The local status endpoint: HTTP/1.1 + JSON on a loopback address.
+
+h11 (sans-I/O HTTP/1.1) does the parsing and :class:`~._http.HttpServer` the
+connections; this module is only the routes. One request per connection
+(``Connection: close``); heads are limited to 16 KiB (431) and must be
+complete within ``[status] head_timeout_s`` (5 s; 408), bodies to 8 KiB (413)
+and JSON bodies to 32 levels of nesting (400); at most 16 connections at
+once, where a new connection takes the place of the oldest one still waiting
+for its client, so slow clients cannot lock honest ones out (503 only when all
+16 are busy answering). Bound to loopback only (the config refuses anything
+else): there is no authentication, the trust boundary is the machine.
+
+Routes::
+
+    GET  /status             the status document (top-level node, s1..s5, algedonic, peers)
+    GET  /health             {"ok": true}
+    POST /alarm              {"intensity": 0..1, "source": NAME, "reason"?: TEXT}
+                             -> {"id", "delivered"}
+    POST /alarm/{id}/ack     -> {"id", "acked": true} (404 for an unknown id)
+    GET  <runtime.http_routes>   routes added by the agent (/metrics, /dashboard, /view.json)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from ..vsm.algedonic import SignalError
+from .http import (
+    HEAD_TIMEOUT_S,
+    BodyReader,
+    HttpError,
+    HttpResponse,
+    HttpServer,
+    json_response,
+)
+from .json_input import JsonInputError, decode_json
+
+if TYPE_CHECKING:
+    from ..vsm.runtime import Runtime
+
+__all__ = ["StatusServer"]
+
+MAX_BODY = 8 * 1024
+MAX_CONNECTIONS = 16
+_ACK = re.compile(r"^/alarm/([0-9a-fA-F]{6,32})/ack$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class StatusServer(HttpServer):
+    """The routes above on ``host:port`` (see :class:`~._http.HttpServer` for ``run``)."""
+
+    what = "status endpoint"
+
+    def __init__(
+        self, runtime: Runtime, host: str, port: int, *, head_timeout_s: float = HEAD_TIMEOUT_S
+    ) -> None:
+        super().__init__(host, port, max_connections=MAX_CONNECTIONS, head_timeout_s=head_timeout_s)
+        self.runtime = runtime
+
+    async def handle(self, request: h11.Request, read_body: BodyReader) -> HttpResponse:
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace").split("?", 1)[0]
+        runtime = self.runtime
+        if target == "/status":
+            _allow(method, "GET")
+            return json_response(runtime.status())
+        if target == "/health":
+            _allow(method, "GET")
+            return json_response({"ok": True, "node": runtime.node})
+        if target == "/alarm":
+            _allow(method, "POST")
+            try:
+                obj = decode_json(await read_body(MAX_BODY))
+            except JsonInputError as exc:
+                raise HttpError(400, str(exc)) from None
+            return self._raise(obj)
+        match = _ACK.match(target)
+        if match:
+            _allow(method, "POST")
+            alarm = runtime.ack_alarm(match.group(1).lower())
+            if alarm is None:
+                raise HttpError(404, f"no alarm {match.group(1)}")
+            return json_response({"id": alarm.signal.id, "acked": True})
+        extra = self.runtime.http_routes.get(target)
+        if extra is not None:
+            _allow(method, "GET")
+            return extra()  # one that raises answers 500 (HttpServer)
+        raise HttpError(404, f"no route {target}")
+
+    def _raise(self, obj: Any) -> HttpResponse:
+        if not isinstance(obj, dict):
+            raise HttpError(400, "expected a JSON object")
+        unknown = set(obj) - {"intensity", "source", "reason"}
+        if unknown:
+            raise HttpError(400, f"unknown field {sorted(unknown)[0]!r}")
+        intensity, source, reason = obj.get("intensity"), obj.get("source"), obj.get("reason", "")
+        if (
+            isinstance(intensity, bool)
+            or not isinstance(intensity, int | float)
+            or not 0 <= intensity <= 1
+        ):
+            raise HttpError(400, "intensity must be a number in [0, 1]")
+        if not isinstance(source, str) or not _NAME.match(source):
+            raise HttpError(400, "source must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        if not isinstance(reason, str) or len(reason) > 512:
+            raise HttpError(400, "reason must be text of at most 512 characters")
+        try:
+            alarm = self.runtime.raise_signal(
+                f"operator.{source}", float(intensity), reason or "operator alarm"
+            )
+        except SignalError as exc:
+            raise HttpError(400, str(exc)) from None
+        if alarm is None:
+            return json_response(
+                {"id": None, "delivered": False, "reason": "adapted or folded into a storm"}, 202
+            )
+        return json_response(
+            {"id": alarm.signal.id, "delivered": True, "critical": alarm.critical}, 201
+        )
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"method {method} not allowed (use {allowed})")
