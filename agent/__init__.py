@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
 from .config.schema import AgentConfig, load_config, parse_config
+from .units.simulated import SimulatedActuator, SimulatedSensor
 from .vsm.algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
 from .vsm.bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer
 from .vsm.event import HIGH, LOW, NORMAL, Event, Subsystem, content_id
@@ -25,8 +26,6 @@ from .vsm.unit import (
     CommandResult,
     CommandSpec,
     ReadingSpec,
-    SimulatedActuator,
-    SimulatedSensor,
     Unit,
     UnitContext,
     load_unit,

@@ -39,7 +39,8 @@ from ._gateway import (
     Inbound,
     Verdict,
 )
-from ._loader import CLASSES, DEFAULT_RUNTIMES, LazyArbitrator
+from ._lazy import LazyArbitrator
+from ._loader import CLASSES, DEFAULT_RUNTIMES
 from ._replay import ReplayConfig, ReplayVerdict, ReplayWindow
 from ._zombie import (
     FEATURE_NAMES,

@@ -33,6 +33,14 @@ find_python() {
     return 1
 }
 
+extras_cover() {
+    # Whether the comma-separated extras $1 include every one of $2.
+    local e
+    for e in ${2//,/ }; do
+        case ",$1," in *",$e,"*) ;; *) return 1 ;; esac
+    done
+}
+
 ensure_venv() {
     # The venv holds exactly the versions in requirements.lock (made by
     # scripts/lock.sh). When pyproject.toml, the lock or the extras change, the
@@ -47,9 +55,10 @@ ensure_venv() {
     want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -d' ' -f1) $extras"
     local have
     have="$(cat "$stamp" 2>/dev/null || true)"
-    # A venv with the extras installed serves a command that needs none (the
+    # A venv with more extras installed serves a command that needs fewer (the
     # demo after the tests): only what is missing makes a new one.
-    if [ "$have" != "$want" ] && ! { [ -z "$extras" ] && [ "${have%% *}" = "${want%% *}" ]; }; then
+    if [ "$have" != "$want" ] && ! { [ "${have%% *}" = "${want%% *}" ] \
+            && extras_cover "${have#* }" "$extras"; }; then
         echo "==> creating $VENV with vsm-edge${extras:+[$extras]} from requirements.lock (a minute or two)" >&2
         if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
             echo "error: $VENV exists and is not a virtual environment; move it aside" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refresh requirements.lock: the exact versions of every Python package the two
-# README commands install (runtime + the [dev] extra), for every platform and
+# README commands install (runtime + the [dev] and [demo] extras), for every platform and
 # Python >= 3.11 (uv's universal resolution writes markers where they differ).
 # Run it after changing a dependency range in pyproject.toml, then run
 # `bash scripts/test.sh` and commit the lock only if the suite passes with it.
@@ -15,6 +15,6 @@ python3 -m venv "$TOOL/venv"
 cd "$ROOT"
 "$TOOL/venv/bin/uv" pip compile pyproject.toml scripts/build-requirements.in \
     --constraint scripts/lock-constraints.txt \
-    --extra dev --universal --python-version 3.11 \
+    --extra dev --extra demo --universal --python-version 3.11 \
     --custom-compile-command "bash scripts/lock.sh" \
     -o requirements.lock "$@"

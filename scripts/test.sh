@@ -31,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "warning: the tests that need the programs above will be skipped" >&2
 fi
 
-ensure_venv dev
+ensure_venv dev,demo
 
 echo "==> ruff" >&2
 ruff check .
@@ -52,6 +52,9 @@ echo "==> lint-imports" >&2
 # The arrows between the parts ([tool.importlinter] in pyproject.toml), read
 # through the same tree of symlinks.
 (cd "$ROOT/.typecheck" && lint-imports --no-logo "$ROOT/pyproject.toml")
+
+echo "==> import cycles" >&2
+(cd "$ROOT/.typecheck" && python "$ROOT/scripts/check_cycles.py")
 
 echo "==> pytest" >&2
 exec python -m pytest "$@"

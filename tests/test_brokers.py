@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -170,3 +171,24 @@ async def test_embedded_broker_child_exits_when_its_parent_goes() -> None:
         await proc.stdin.aclose()
         assert await proc.wait() == 0
     await proc.stdout.aclose()
+
+
+def test_without_amqtt_an_embedded_broker_is_one_clear_line(tmp_path: Path) -> None:
+    # A device installed without the [demo] extra, left on the default broker.
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nid = "n1"\ndata_dir = "{tmp_path / "data"}"\n[discovery]\nenabled = false\n'
+    )
+    code = (
+        "import sys; sys.modules['amqtt'] = None  # as if not installed\n"
+        "from vsm_edge.agent.cli.main import main\n"
+        f"sys.exit(main(['run', '--config', {str(config)!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "needs amqtt" in lines[0]
+    assert "vsm-edge[demo]" in lines[0]

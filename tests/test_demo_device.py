@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from vsm_edge.agent import parse_config
-from vsm_edge.agent.units.demo_device import DemoDevice, start_device
+from vsm_edge.agent.cli.demo_device import DemoDevice, start_device
 
 pytestmark = pytest.mark.integration
 

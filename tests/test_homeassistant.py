@@ -20,6 +20,7 @@ from vsm_edge.agent.integrations.homeassistant import (
     discovery_messages,
     is_birth,
     object_id,
+    serve_homeassistant,
     state_payload,
     state_topic,
 )
@@ -178,7 +179,8 @@ async def test_agent_announces_entities_and_republishes_on_birth(
         await watcher.subscribe("homeassistant/#", qos=1)
         await watcher.subscribe("vsm-edge/#", qos=1)
         nursery.start_soon(collect)
-        agent = Agent(config, broker_url=mosquitto.url)
+        # composed as `vsm-edge run` composes it (cli/run.py)
+        agent = Agent(config, broker_url=mosquitto.url, extensions=(serve_homeassistant,))
         await nursery.start(agent.run)
         await until(lambda: len(configs) == 5, "5 configs")  # 1 reading + 4 node entities
         await until(lambda: any(s["readings"].get("temp.celsius") for s in states), "a reading")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trio
-from support.vsm import config, running
+from support.vsm import STATUS_SERVERS, config, running
 
 from vsm_edge.agent.web.client import StatusClient, StatusClientError
 from vsm_edge.agent.web.http import MAX_HEAD, ReadOnlyServer, ServerStatistics, json_response
@@ -45,9 +45,9 @@ async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "status":
         cfg = config({"status": {"head_timeout_s": 0.5}}, status=True, data_dir=tmp_path)
         async with running(cfg) as rt:
-            assert rt.status_server is not None
+            server = STATUS_SERVERS[rt]
             assert rt.status_port is not None
-            yield Server("status", rt.status_port, rt.status_server.statistics)
+            yield Server("status", rt.status_port, server.statistics)
     else:
         routes = {"/health": lambda: json_response({"ok": True})}
         ro = ReadOnlyServer(routes, "127.0.0.1", 0, head_timeout_s=0.5)

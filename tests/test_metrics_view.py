@@ -230,6 +230,7 @@ async def test_status_endpoint_serves_extra_routes_and_survives_a_broken_one(
     tmp_path: Any,
 ) -> None:
     from vsm_edge.agent import Runtime, parse_config
+    from vsm_edge.agent.web.status import serve_status
 
     def broken() -> HttpResponse:
         raise RuntimeError("boom")
@@ -238,8 +239,9 @@ async def test_status_endpoint_serves_extra_routes_and_survives_a_broken_one(
         {"node": {"id": "r1", "data_dir": str(tmp_path)}, "status": {"port": 0}}
     )
     runtime = Runtime(config, write_state=False)
-    runtime.http_routes["/text"] = lambda: HttpResponse(200, "text/plain", b"hi")
-    runtime.http_routes["/broken"] = broken
+    server = serve_status(runtime, config.status, None)
+    server.routes["/text"] = lambda: HttpResponse(200, "text/plain", b"hi")
+    server.routes["/broken"] = broken
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
         port = runtime.status_port

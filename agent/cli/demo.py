@@ -42,8 +42,8 @@ import trio
 
 from .._errors import AgentError, StatusClientError
 from ..mesh.broker import EmbeddedBroker
-from ..units.demo_device import DemoDevice, start_device
 from ..web.client import StatusClient
+from .demo_device import DemoDevice, start_device
 
 __all__ = ["add_demo_command", "cmd_demo"]
 

@@ -21,8 +21,10 @@ from vsm_edge.sync import (
 
 from .._errors import AgentError
 from ..config.schema import AgentConfig, load_config
+from ..integrations.homeassistant import serve_homeassistant
 from ..mesh.broker import EmbeddedBroker
 from ..mesh.node import Agent
+from ..web.routes import serve_agent
 from .logs import LOG_FORMATS, setup_logging
 
 __all__ = ["add_run_commands", "cmd_keygen", "cmd_run", "run_agent"]
@@ -144,6 +146,7 @@ async def run_agent(config: AgentConfig, broker: str | None, protocol: str) -> N
             handle_signals=True,
             protocol=protocol,
             advertise_broker_port=advertise,
+            extensions=(serve_agent, serve_homeassistant),
         )
         await nursery.start(agent.run)
         print(f"vsm-edge: node {config.node.id} running (mesh {config.node.mesh})", file=sys.stderr)

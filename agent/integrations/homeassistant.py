@@ -42,6 +42,7 @@ __all__ = [
     "discovery_messages",
     "is_birth",
     "object_id",
+    "serve_homeassistant",
     "state_payload",
     "state_topic",
 ]
@@ -294,6 +295,19 @@ class HomeAssistantPublisher:
         state = state_payload(values, alarms, safe_mode=safe_mode, variety_ratio=ratio)
         await self.transport.publish(state_topic(self.mesh, self.node), state, qos=1, retain=True)
         self.states_published += 1
+
+
+def serve_homeassistant(agent: Any, runtime: Any) -> HomeAssistantPublisher | None:
+    """An ``Agent`` extension: publish to Home Assistant if ``[homeassistant] enabled``.
+
+    The publisher runs as the runtime's service ``homeassistant``, on its own
+    MQTT client (``{node}-ha``) to the agent's broker.
+    """
+    if not agent.config.homeassistant.enabled:
+        return None
+    publisher = publisher_for_agent(runtime, agent.transport_factory(client_suffix="-ha"))
+    runtime.add_service("homeassistant", publisher.run)
+    return publisher
 
 
 def publisher_for_agent(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -27,12 +28,14 @@ from pathlib import Path
 
 import trio
 
+from .._errors import AgentError
+
 __all__ = ["BrokerStartError", "EmbeddedBroker"]
 
 _MODULE = "vsm_edge.agent.mesh.broker"
 
 
-class BrokerStartError(RuntimeError):
+class BrokerStartError(AgentError):
     """The embedded broker did not start (port taken, amqtt missing, too slow)."""
 
 
@@ -85,6 +88,11 @@ class EmbeddedBroker:
         """
         if self.running:
             raise BrokerStartError(f"the embedded broker is already running on {self.url}")
+        if importlib.util.find_spec("amqtt") is None:
+            raise BrokerStartError(
+                "the embedded broker needs amqtt, which only the demo installs: "
+                "pip install 'vsm-edge[demo]', or set [broker] url = \"mqtt://HOST:PORT\""
+            )
         attempts = 3 if self.port == 0 and self._starts == 0 else 1
         for attempt in range(attempts):
             if self.port == 0 or (attempt > 0):

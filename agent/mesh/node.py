@@ -43,7 +43,7 @@ import json
 import logging
 import statistics as stats
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,10 @@ __all__ = ["OPEN_ZONE", "Agent"]
 
 log = logging.getLogger("vsm_edge.agent.node")
 
+# Called with (agent, runtime) once the runtime is built, before it starts: how
+# the composition root adds what the mesh room does not know (the web face).
+Extension = Callable[["Agent", Runtime], object]
+
 REPLICATE_INTERVAL_S = 0.25
 REPORT_INTERVAL_S = 2.0
 LATENCY_SAMPLES = 4096
@@ -133,6 +137,7 @@ class Agent:
         open_zone: bool | None = None,
         protocol: str = "auto",
         advertise_broker_port: int | None = None,
+        extensions: Sequence[Extension] = (),
     ) -> None:
         if open_zone is not None:
             zone = "open" if open_zone else "policy"
@@ -147,6 +152,7 @@ class Agent:
         self._units = units
         self._handle_signals = handle_signals
         self._protocol = protocol
+        self._extensions = tuple(extensions)
         self._advertise_broker_port = advertise_broker_port
         self.runtime: Runtime | None = None
         self.replicator: Replicator | None = None
@@ -237,9 +243,8 @@ class Agent:
             runtime.set_status_section("replication", self._replication_status)
             runtime.set_status_section("store", self._store_status)
             replicator.observe_store_faults(self._on_store_fault)
-            from ..web.routes import install_agent_routes
-
-            install_agent_routes(self, runtime)  # /metrics, /dashboard, /view.json
+            for extend in self._extensions:  # e.g. the web face: cli/run.py composes it
+                extend(self, runtime)
             runtime_done = trio.Event()
 
             async def run_runtime(task_status: trio.TaskStatus[Runtime]) -> None:
@@ -265,13 +270,6 @@ class Agent:
                 nursery.start_soon(self._replicate_local, runtime, replicator)
                 if cfg.discovery.enabled:
                     nursery.start_soon(self._discovery, key, broker_url)
-                if cfg.homeassistant.enabled:
-                    from ..integrations.homeassistant import publisher_for_agent
-
-                    ha = publisher_for_agent(
-                        runtime, self._make_transport_factory(broker_url, client_suffix="-ha")
-                    )
-                    nursery.start_soon(ha.run)
                 self._started.set()
                 task_status.started(self)
                 await self._stop.wait()
@@ -311,6 +309,12 @@ class Agent:
             return load_node_key(path if path is not None else default)
         except SyncError as exc:
             raise AgentError(f"node key: {exc}") from exc
+
+    def transport_factory(self, client_suffix: str = "") -> Callable[[Will], Transport]:
+        """Transports to this agent's broker for a companion client (Home Assistant: ``-ha``)."""
+        return self._make_transport_factory(
+            self._broker_url or self.config.broker.url, client_suffix
+        )
 
     def _make_transport_factory(
         self, broker_url: str, client_suffix: str = ""

@@ -20,8 +20,9 @@ Seams for the agent process (the mesh, the store, the gateway):
 * :meth:`Runtime.set_status_section` — extra status keys (``gateway``);
 * :meth:`Runtime.execute_command` — a command and, for units that confirm
   commands (a device behind the firmware bridge), the unit's outcome;
-* ``http_routes`` — extra GET routes of the status endpoint (``/metrics``,
-  ``/dashboard``), each returning an :class:`~vsm_edge.agent.web.http.HttpResponse`.
+* :meth:`Runtime.add_service` — a task started with the subsystems (the status
+  endpoint, composed by whoever builds the process: the runtime does no network
+  I/O of its own).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import signal as signal_module
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -45,7 +46,6 @@ from vsm_edge.sync import ClockDriftError, HybridLogicalClock, Timestamp, wall_c
 
 from .._errors import PolicyError, UnitError
 from ..config.schema import AgentConfig, UnitConfig
-from ..web.http import Route
 from .algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
 from .bus import Channel, EventBus
 from .event import HIGH, Event, Scalar, Subsystem
@@ -63,9 +63,6 @@ from .s4 import Anomaly, Intelligence, MeshView, PeerReport
 from .s5 import Identity, PolicyEngine, Recommendation
 from .supervisor import Crash, Supervisor
 from .unit import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
-
-if TYPE_CHECKING:
-    from ..web.status import StatusServer
 
 __all__ = ["Runtime"]
 
@@ -86,6 +83,8 @@ PATTERN_PAIN = {
     "clock-skew": 0.5,
 }
 FlushHook = Callable[[dict[str, Any]], Awaitable[None]]
+# started with ``nursery.start``: reports a value (or None) through task_status
+Service = Callable[..., Awaitable[None]]
 
 
 class _UnitRecord:
@@ -262,7 +261,8 @@ class Runtime:
         self.units: dict[str, _UnitRecord] = {}
         self._flush_hooks: list[FlushHook] = []
         self._status_sections: dict[str, Callable[[], Any]] = {}
-        self.http_routes: dict[str, Route] = {}  # path -> handler, served by StatusServer
+        self._services: list[tuple[str, Service]] = []
+        self.service_values: dict[str, Any] = {}  # name -> what the service reported started
         self._stop = trio.Event()
         self._started = trio.Event()
         self._alarm_wakeup = trio.lowlevel.ParkingLot()
@@ -270,8 +270,6 @@ class Runtime:
         self.first_event_at: float | None = None
         self.algedonic_latencies: deque[float] = deque(maxlen=4096)
         self.s5_heard: deque[tuple[float, Signal]] = deque(maxlen=256)
-        self.status_port: int | None = None
-        self.status_server: StatusServer | None = None
         self._command_ids = 0
         self._episodes_seen = 0
         self._now: Callable[[], float] = trio.current_time
@@ -319,16 +317,8 @@ class Runtime:
                     ("s1", self._s1_subsystem),
                 ):
                     await root.start(self._subsystem, name, body)
-                if self.config.status.enabled:
-                    from ..web.status import StatusServer
-
-                    status = self.config.status
-                    server = StatusServer(
-                        self, status.host, status.port, head_timeout_s=status.head_timeout_s
-                    )
-                    self.status_server = server
-                    self.status_port = await root.start(server.run)
-                    self._write_port_file()
+                for name, start in self._services:
+                    self.service_values[name] = await root.start(start)
                 self._started.set()
                 task_status.started(self)
                 await self._stop.wait()
@@ -349,6 +339,20 @@ class Runtime:
         """``await hook(status)`` at shutdown (the store connects here)."""
         self._flush_hooks.append(hook)
 
+    def add_service(self, name: str, start: Service) -> None:
+        """Start ``await nursery.start(start)`` with the subsystems (before :meth:`run`).
+
+        What the service reports started is kept in ``service_values[name]``
+        (the status endpoint: its port).
+        """
+        self._services.append((name, start))
+
+    @property
+    def status_port(self) -> int | None:
+        """The port of the status endpoint, once a service named ``status`` runs."""
+        port = self.service_values.get("status")
+        return port if isinstance(port, int) else None
+
     def set_status_section(self, key: str, provider: Callable[[], Any]) -> None:
         """Add a top-level status key (e.g. ``gateway``) computed by ``provider()``."""
         self._status_sections[key] = provider
@@ -366,16 +370,6 @@ class Runtime:
                 await hook(status)
             except Exception as exc:  # one broken hook must not stop the others
                 status.setdefault("flush_errors", []).append(repr(exc))
-
-    def _write_port_file(self) -> None:
-        if not self.write_state or self.status_port is None:
-            return
-        data_dir = self.config.node.data_dir
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            _write_text(data_dir / "status.port", f"{self.status_port}\n")
-        except OSError as exc:  # a full disk: the endpoint still serves, unnamed
-            log.error("could not write %s: %s", data_dir / "status.port", exc)  # noqa: TRY400
 
     async def _watch_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -1157,16 +1151,6 @@ def _stats(c: Any) -> dict[str, Any]:
 
 def _load(uc: UnitConfig) -> Unit:
     return load_unit(uc.name, uc.kind, uc.options)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_json(path: Path, obj: Any) -> None:

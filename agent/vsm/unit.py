@@ -39,7 +39,7 @@ describes itself in a handshake) declares them then with
 A firmware-bridge unit plugs in here: the bridge describes each device's
 capabilities as plain readings and commands, which become a unit's
 :class:`ReadingSpec` and :class:`CommandSpec` (see :func:`unit_from_description`;
-the built-in ``firmware-bridge`` kind is in ``_device_unit.py``).
+the built-in kinds are in agent/units/: simulated.py, firmware.py).
 """
 
 from __future__ import annotations
@@ -48,12 +48,9 @@ import importlib
 import importlib.metadata
 import math
 import random
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
-
-import trio
 
 from .._errors import UnitError
 from .event import HIGH, LOW, NORMAL, Scalar
@@ -63,8 +60,6 @@ __all__ = [
     "CommandResult",
     "CommandSpec",
     "ReadingSpec",
-    "SimulatedActuator",
-    "SimulatedSensor",
     "Unit",
     "UnitContext",
     "load_unit",
@@ -268,166 +263,34 @@ def unit_from_description(
     return _FunctionUnit(run, readings, commands)
 
 
-# -- built-in units -----------------------------------------------------------
-
-
-def _opt(options: Mapping[str, Any], key: str, default: float, name: str) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnitError(f"unit {name}: option {key} must be a number, got {value!r}")
-    return float(value)
-
-
-class SimulatedSensor:
-    """A seeded noisy sensor: ``mean + drift*t + gauss(0, noise)`` every ``period_s``.
-
-    Flood mode (``flood_rate`` > 0, from ``flood_after_s``) emits ``flood_rate``
-    readings a second with ``flood_noise`` instead, as a faulty sensor would,
-    at low priority (``flood_priority``) so S3 may drop them.
-
-    Options: reading ("value"), unit, period_s (1.0), mean (20.0), noise (0.5),
-    drift (0.0 per second), resolution (1.0), seed (from the name), flood_rate
-    (0), flood_after_s (0), flood_noise (25.0), flood_priority ("low").
-    """
-
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        known = {
-            "reading",
-            "unit",
-            "period_s",
-            "mean",
-            "noise",
-            "drift",
-            "resolution",
-            "seed",
-            "flood_rate",
-            "flood_after_s",
-            "flood_noise",
-            "flood_priority",
-        }
-        unknown = set(options) - known
-        if unknown:
-            raise UnitError(f"unit {name}: unknown option {sorted(unknown)[0]!r}")
-        self.reading = str(options.get("reading", "value"))
-        self.period_s = _opt(options, "period_s", 1.0, name)
-        self.mean = _opt(options, "mean", 20.0, name)
-        self.noise = _opt(options, "noise", 0.5, name)
-        self.drift = _opt(options, "drift", 0.0, name)
-        resolution = _opt(options, "resolution", 1.0, name)
-        self.flood_rate = _opt(options, "flood_rate", 0.0, name)
-        self.flood_after_s = _opt(options, "flood_after_s", 0.0, name)
-        self.flood_noise = _opt(options, "flood_noise", 25.0, name)
-        priority = options.get("flood_priority", "low")
-        if priority not in PRIORITIES:
-            raise UnitError(f"unit {name}: flood_priority must be low, normal or high")
-        self.flood_priority = PRIORITIES[priority]
-        if self.period_s <= 0 or self.flood_rate < 0 or resolution <= 0:
-            raise UnitError(f"unit {name}: period_s and resolution must be > 0, flood_rate >= 0")
-        seed = options.get("seed", zlib.crc32(name.encode()))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise UnitError(f"unit {name}: seed must be an integer")
-        self.rng = random.Random(seed)  # noqa: S311 - simulation, not crypto
-        self.readings: tuple[ReadingSpec, ...] = (
-            ReadingSpec(
-                self.reading, str(options.get("unit", "")), resolution, period_s=self.period_s
-            ),
-        )
-        self.commands: tuple[CommandSpec, ...] = ()
-        self.emitted = 0
-
-    def sample(self, t: float, flooding: bool) -> float:
-        noise = self.flood_noise if flooding else self.noise
-        return self.mean + self.drift * t + self.rng.gauss(0.0, noise)
-
-    async def run(self, ctx: UnitContext) -> None:
-        start = trio.current_time()
-        next_normal = start
-        while True:
-            now = trio.current_time()
-            flooding = self.flood_rate > 0 and now - start >= self.flood_after_s
-            if flooding:
-                # 100 ticks a second, each with its share of the flood
-                per_tick = self.flood_rate / 100
-                n = int(per_tick) + (1 if self.rng.random() < per_tick % 1 else 0)
-                for _ in range(n):
-                    ctx.emit(
-                        self.reading, self.sample(now - start, True), priority=self.flood_priority
-                    )
-                self.emitted += n
-                await trio.sleep(0.01)
-                continue
-            if now >= next_normal:
-                ctx.emit(self.reading, self.sample(now - start, False))
-                self.emitted += 1
-                next_normal += self.period_s
-            wake = next_normal
-            if self.flood_rate > 0:
-                wake = min(wake, start + self.flood_after_s)
-            await trio.sleep_until(wake)
-
-
-class SimulatedActuator:
-    """An actuator with one numeric command (``set``) that reports its state.
-
-    Options: command ("set"), reading ("state"), minimum, maximum, initial (0.0).
-    ``history`` keeps ``(trio time, applied value, issuer)`` for inspection.
-    """
-
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - {"command", "reading", "minimum", "maximum", "initial"}
-        if unknown:
-            raise UnitError(f"unit {name}: unknown option {sorted(unknown)[0]!r}")
-        self.command_name = str(options.get("command", "set"))
-        self.reading = str(options.get("reading", "state"))
-        lo = options.get("minimum")
-        hi = options.get("maximum")
-        self.commands: tuple[CommandSpec, ...] = (
-            CommandSpec(
-                self.command_name,
-                "number",
-                None if lo is None else _opt(options, "minimum", 0, name),
-                None if hi is None else _opt(options, "maximum", 0, name),
-            ),
-        )
-        self.readings: tuple[ReadingSpec, ...] = (ReadingSpec(self.reading),)
-        self.value = _opt(options, "initial", 0.0, name)
-        self.history: list[tuple[float, float, str]] = []
-
-    async def run(self, ctx: UnitContext) -> None:
-        ctx.emit(self.reading, self.value)
-        async for command in ctx.commands():
-            assert isinstance(command.value, int | float)
-            self.value = float(command.value)
-            self.history.append((trio.current_time(), self.value, command.issuer))
-            ctx.emit(self.reading, self.value)
-
-
-def _firmware_bridge(name: str, options: Mapping[str, Any]) -> Unit:
-    from ..units.firmware import FirmwareBridgeUnit  # the bridge loads only when used
-
-    return FirmwareBridgeUnit(name, options)
-
-
-BUILTIN: dict[str, Callable[[str, Mapping[str, Any]], Unit]] = {
-    "simulated-sensor": SimulatedSensor,
-    "simulated-actuator": SimulatedActuator,
-    "firmware-bridge": _firmware_bridge,
+# Built-in kinds by import path, resolved like any ``module:attribute`` kind:
+# the unit API names them, the implementations live in agent/units/ (which
+# imports this module, never the other way), and the firmware bridge (~2 MB
+# of RSS) is imported only by an agent that uses it.
+BUILTIN_KINDS: Mapping[str, str] = {
+    "simulated-sensor": "vsm_edge.agent.units.simulated:SimulatedSensor",
+    "simulated-actuator": "vsm_edge.agent.units.simulated:SimulatedActuator",
+    "firmware-bridge": "vsm_edge.agent.units.firmware:FirmwareBridgeUnit",
 }
 
 
+def _import(kind: str, path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnitError(f"unit kind {kind!r}: cannot import {module_name}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UnitError(f"unit kind {kind!r}: {module_name} has no {attr}") from None
+
+
 def _resolve(kind: str) -> Any:
-    if kind in BUILTIN:
-        return BUILTIN[kind]
+    if kind in BUILTIN_KINDS:
+        return _import(kind, BUILTIN_KINDS[kind])
     if ":" in kind:
-        module_name, _, attr = kind.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnitError(f"unit kind {kind!r}: cannot import {module_name}: {exc}") from None
-        try:
-            return getattr(module, attr)
-        except AttributeError:
-            raise UnitError(f"unit kind {kind!r}: {module_name} has no {attr}") from None
+        return _import(kind, kind)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == kind:
             try:
@@ -435,7 +298,7 @@ def _resolve(kind: str) -> Any:
             except Exception as exc:  # a broken plugin must not take the agent down
                 raise UnitError(f"unit kind {kind!r}: entry point failed to load: {exc}") from None
     raise UnitError(
-        f"unknown unit kind {kind!r} (built-in: {', '.join(BUILTIN)}; or a "
+        f"unknown unit kind {kind!r} (built-in: {', '.join(BUILTIN_KINDS)}; or a "
         f"'{ENTRY_POINT_GROUP}' entry point, or module:attribute)"
     )
 

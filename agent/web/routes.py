@@ -13,6 +13,7 @@ read-only server (agent/cli/aggregate.py).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
 
 from ..mesh.schema import MESH_DOC
 from .http import HttpResponse, json_response
+from .status import StatusServer, serve_status
 from .view import History, LagTracker, build_view, mesh_nodes
 
 if TYPE_CHECKING:
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
     from ..vsm.runtime import Runtime
 
 __all__ = ["dashboard_response", "install_agent_routes", "metrics_response"]
-
 
 
 @functools.cache
@@ -98,8 +99,23 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
     return build_view("agent", agent.node, now_ms, meshes, nodes, alarms)
 
 
-def install_agent_routes(agent: Agent, runtime: Runtime) -> None:
-    """Register /metrics, /view.json, /dashboard and / on the agent's status endpoint.
+def serve_agent(agent: Agent, runtime: Runtime) -> StatusServer | None:
+    """The agent's web face (an ``Agent`` extension): its status endpoint, if enabled,
+    with /metrics, /view.json, /dashboard and /."""
+    config = agent.config
+    if not config.status.enabled:
+        return None
+    server = serve_status(
+        runtime, config.status, config.node.data_dir if runtime.write_state else None
+    )
+    install_agent_routes(agent, runtime, server.routes)
+    return server
+
+
+def install_agent_routes(
+    agent: Agent, runtime: Runtime, routes: dict[str, Callable[[], HttpResponse]]
+) -> None:
+    """Register /metrics, /view.json, /dashboard and / in ``routes`` (a status endpoint's).
 
     The agent keeps its plots' history only while someone looks (a point per
     second at most, when /view.json is asked for): it runs no task for it.
@@ -112,7 +128,7 @@ def install_agent_routes(agent: Agent, runtime: Runtime) -> None:
         doc["history"] = history.export()
         return json_response(doc)
 
-    runtime.http_routes["/metrics"] = functools.partial(_agent_metrics, runtime)
-    runtime.http_routes["/view.json"] = view
-    runtime.http_routes["/dashboard"] = dashboard_response
-    runtime.http_routes["/"] = dashboard_response
+    routes["/metrics"] = functools.partial(_agent_metrics, runtime)
+    routes["/view.json"] = view
+    routes["/dashboard"] = dashboard_response
+    routes["/"] = dashboard_response

@@ -17,15 +17,25 @@ Routes::
     POST /alarm              {"intensity": 0..1, "source": NAME, "reason"?: TEXT}
                              -> {"id", "delivered"}
     POST /alarm/{id}/ack     -> {"id", "acked": true} (404 for an unknown id)
-    GET  <runtime.http_routes>   routes added by the agent (/metrics, /dashboard, /view.json)
+    GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
+
+:func:`serve_status` composes it with a runtime: the server starts as one of
+the runtime's services (``Runtime.add_service``), so it is up before the
+runtime reports started, and writes its port to ``status.port`` in the data
+directory (how ``vsm-edge status`` finds a node on an ephemeral port).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import h11
+import trio
 
 from ..vsm.algedonic import SignalError
 from .http import (
@@ -39,9 +49,12 @@ from .http import (
 from .json_input import JsonInputError, decode_json
 
 if TYPE_CHECKING:
+    from ..config.schema import StatusConfig
     from ..vsm.runtime import Runtime
 
-__all__ = ["StatusServer"]
+__all__ = ["StatusServer", "serve_status"]
+
+log = logging.getLogger("vsm_edge.agent.web")
 
 MAX_BODY = 8 * 1024
 MAX_CONNECTIONS = 16
@@ -59,6 +72,22 @@ class StatusServer(HttpServer):
     ) -> None:
         super().__init__(host, port, max_connections=MAX_CONNECTIONS, head_timeout_s=head_timeout_s)
         self.runtime = runtime
+        self.routes: dict[str, Callable[[], HttpResponse]] = {}  # extra GET routes
+        self.bound_port: int | None = None
+
+    async def serve(
+        self,
+        port_file: Path | None = None,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """:meth:`run`, then write the bound port to ``port_file`` (if given)."""
+        async with trio.open_nursery() as nursery:
+            port: int = await nursery.start(self.run)
+            self.bound_port = port
+            if port_file is not None:
+                _write_port_file(port_file, port)
+            task_status.started(port)
 
     async def handle(self, request: h11.Request, read_body: BodyReader) -> HttpResponse:
         method = request.method.decode("ascii", "replace")
@@ -84,7 +113,7 @@ class StatusServer(HttpServer):
             if alarm is None:
                 raise HttpError(404, f"no alarm {match.group(1)}")
             return json_response({"id": alarm.signal.id, "acked": True})
-        extra = self.runtime.http_routes.get(target)
+        extra = self.routes.get(target)
         if extra is not None:
             _allow(method, "GET")
             return extra()  # one that raises answers 500 (HttpServer)
@@ -125,3 +154,29 @@ class StatusServer(HttpServer):
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
         raise HttpError(405, f"method {method} not allowed (use {allowed})")
+
+
+def serve_status(runtime: Runtime, config: StatusConfig, data_dir: Path | None) -> StatusServer:
+    """Serve ``runtime``'s status endpoint as its service ``status``.
+
+    ``data_dir`` receives ``status.port`` once the server listens (None: no file).
+    """
+    server = StatusServer(runtime, config.host, config.port, head_timeout_s=config.head_timeout_s)
+    port_file = None if data_dir is None else data_dir / "status.port"
+
+    async def start(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        await server.serve(port_file, task_status=task_status)
+
+    runtime.add_service("status", start)
+    return server
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk: the endpoint still serves, unnamed
+        tmp.unlink(missing_ok=True)
+        log.error("could not write %s: %s", path, exc)  # noqa: TRY400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import trio
 
 from vsm_edge.agent import AgentConfig, Runtime, Unit, parse_config
+from vsm_edge.agent.web.status import StatusServer, serve_status
 
 EPOCH_MS = 1_700_000_000_000
 
@@ -36,11 +38,17 @@ def config(
     return parse_config(data)
 
 
+# runtime -> its status endpoint, for the tests that look at the server itself
+STATUS_SERVERS: weakref.WeakKeyDictionary[Runtime, StatusServer] = weakref.WeakKeyDictionary()
+
+
 @asynccontextmanager
 async def running(
     cfg: AgentConfig, units: Mapping[str, Unit] | None = None, **kwargs: Any
 ) -> AsyncIterator[Runtime]:
     runtime = Runtime(cfg, wall_clock=wall_clock, units=units, write_state=False, **kwargs)
+    if cfg.status.enabled:  # composed as `vsm-edge run` does (cli/run.py)
+        STATUS_SERVERS[runtime] = serve_status(runtime, cfg.status, None)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
         try:

@@ -12,10 +12,14 @@ import sys
 import trio
 
 from vsm_edge.agent import Runtime, load_config
+from vsm_edge.agent.web.status import serve_status
 
 
 async def main(path: str) -> None:
-    runtime = Runtime(load_config(path), handle_signals=True)
+    config = load_config(path)
+    runtime = Runtime(config, handle_signals=True)
+    if config.status.enabled:  # composed as `vsm-edge run` does (cli/run.py)
+        serve_status(runtime, config.status, config.node.data_dir)
     await runtime.run()
 
 
