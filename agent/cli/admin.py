@@ -7,17 +7,8 @@ the mesh secret is. ``vsm-edge policy sign`` builds the zone filters from it
 and signs it with an admin key; ``policy show`` decodes and checks one;
 ``policy publish`` puts it on ``vsm/{mesh}/policy`` (retained).
 
-The zone file is JSON (written 0600, atomically)::
-
-    {"format": "vsm-edge-zone", "version": 1, "mesh": "plant", "epoch": 3,
-     "policy_version": 1718000000, "secrets": ["mesh.secret"],
-     "members": [{"name": "n1", "kid": "<32 hex>", "public_key": "<64 hex>"}]}
-
-``epoch`` grows on every removal (a Bloom filter cannot forget, so a removal
-is a rebuild that must win over older filters); additions keep it.
-``policy_version`` is the last version signed from this file, so the next one
-is newer. ``secrets`` are paths relative to the zone file. Every problem is
-an :class:`AgentError` naming the file and what is wrong.
+The zone file's format and its reader are in :mod:`.zone_file`. Every problem
+is an :class:`AgentError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -27,14 +18,52 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
+
+import nacl.signing
+import trio
+
+from vsm_edge.models import FilterFormatError, ZonePolicy, derive_key
+from vsm_edge.sync import (
+    HybridLogicalClock,
+    MeshKey,
+    MqttSettings,
+    MqttTransport,
+    NodeKey,
+    SyncError,
+    TransportError,
+    WireError,
+    cbor_dumps,
+    cbor_loads,
+    derive_kid,
+    load_mesh_key,
+    load_node_key,
+    load_public_key,
+    policy_topic,
+    presence_topic,
+    save_mesh_key,
+    sign_envelope,
+    wall_clock_ms,
+)
 
 from .._errors import AgentError, PolicyError
+from ..vsm.s5 import MAX_POLICY_BYTES, MAX_ZONE_BYTES, Policy, sign_policy, verify_policy
+from .zone_file import (
+    DEFAULT_FP_RATE,
+    DEFAULT_SECRET,
+    DEFAULT_ZONE_FILE,
+    HEX_DIGITS,
+    Member,
+    ZoneFile,
+    is_id,
+    load_zone_file,
+    save_zone_file,
+    write_private,
+)
 
 __all__ = [
     "Member",
@@ -46,198 +75,6 @@ __all__ = [
     "sign_zone_policy",
 ]
 
-FORMAT: Final = "vsm-edge-zone"
-FORMAT_VERSION: Final = 1
-MAX_ZONE_FILE: Final = 4 << 20
-MAX_MEMBERS: Final = 20_000
-DEFAULT_ZONE_FILE: Final = "zone.json"
-DEFAULT_SECRET: Final = "mesh.secret"  # noqa: S105 - a file name
-DEFAULT_FP_RATE: Final = 1e-9
-_HEX = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One admitted node key: a name for people, the kid for the filter."""
-
-    name: str
-    kid: bytes
-    public_key: bytes | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kid": self.kid.hex(),
-            "public_key": self.public_key.hex() if self.public_key is not None else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ZoneFile:
-    """The admin's zone: mesh, epoch, last policy version, secret paths, members."""
-
-    mesh: str
-    epoch: int = 1
-    policy_version: int = 0
-    secrets: tuple[str, ...] = (DEFAULT_SECRET,)
-    members: tuple[Member, ...] = ()
-
-    def find(self, name_or_kid: str) -> Member | None:
-        text = name_or_kid.strip().lower()
-        for m in self.members:
-            if m.name == name_or_kid or m.kid.hex() == text:
-                return m
-        return None
-
-    def add(self, member: Member) -> ZoneFile:
-        """Add a member (same epoch). Raises AgentError for a duplicate name or kid."""
-        for m in self.members:
-            if m.kid == member.kid:
-                raise AgentError(f"kid {member.kid.hex()} is already in the zone as {m.name!r}")
-            if m.name == member.name:
-                raise AgentError(f"a member is already named {member.name!r} (choose --name)")
-        if len(self.members) >= MAX_MEMBERS:
-            raise AgentError(f"the zone already has {MAX_MEMBERS} members")
-        return replace(self, members=(*self.members, member))
-
-    def remove(self, name_or_kid: str) -> tuple[ZoneFile, Member]:
-        """Remove a member; the epoch grows. Raises AgentError when there is no such member."""
-        member = self.find(name_or_kid)
-        if member is None:
-            raise AgentError(f"no member named {name_or_kid!r} or with that kid (see zone list)")
-        rest = tuple(m for m in self.members if m is not member)
-        return replace(self, members=rest, epoch=self.epoch + 1), member
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "mesh": self.mesh,
-            "epoch": self.epoch,
-            "policy_version": self.policy_version,
-            "secrets": list(self.secrets),
-            "members": [m.as_json() for m in self.members],
-        }
-
-
-# -- the zone file -------------------------------------------------------------------
-
-
-def _hex(text: object, size: int, what: str) -> bytes:
-    if not isinstance(text, str) or len(text) != 2 * size or not set(text) <= _HEX:
-        raise ValueError(f"{what} must be {2 * size} lowercase hex digits")
-    return bytes.fromhex(text)
-
-
-def _is_id(text: object) -> bool:
-    return (
-        isinstance(text, str)
-        and 0 < len(text) <= 64
-        and all(c.isascii() and (c.isalnum() or c in "_-") for c in text)
-    )
-
-
-def _parse_zone(data: object) -> ZoneFile:
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object")  # noqa: TRY004 - one error type for the file
-    if data.get("format") != FORMAT:
-        raise ValueError(f'"format" must be {FORMAT!r}')
-    if data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unsupported version {data.get('version')!r} (expected 1)")
-    known = {"format", "version", "mesh", "epoch", "policy_version", "secrets", "members"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}")
-    mesh = data.get("mesh")
-    if not isinstance(mesh, str) or not _is_id(mesh):
-        raise ValueError('"mesh" must be 1-64 characters of A-Z a-z 0-9 _ -')
-    numbers: list[int] = []
-    for name in ("epoch", "policy_version"):
-        value = data.get(name)
-        if type(value) is not int or not 0 <= value < 1 << 63:
-            raise ValueError(f'"{name}" must be a non-negative integer')
-        numbers.append(value)
-    secrets = data.get("secrets", [])
-    if not (
-        isinstance(secrets, list)
-        and len(secrets) <= 4
-        and all(isinstance(s, str) and s for s in secrets)
-    ):
-        raise ValueError('"secrets" must be a list of at most 4 paths')
-    raw_members = data.get("members", [])
-    if not isinstance(raw_members, list) or len(raw_members) > MAX_MEMBERS:
-        raise ValueError(f'"members" must be a list of at most {MAX_MEMBERS}')
-    zone = ZoneFile(mesh, numbers[0], numbers[1], tuple(secrets))
-    for i, item in enumerate(raw_members):
-        if not isinstance(item, dict) or set(item) - {"name", "kid", "public_key"}:
-            raise ValueError(f"members[{i}]: expected name, kid and public_key")
-        if not _is_id(item.get("name")):
-            raise ValueError(f"members[{i}].name must be 1-64 characters of A-Z a-z 0-9 _ -")
-        try:
-            kid = _hex(item.get("kid"), 16, "kid")
-            pk = item.get("public_key")
-            public_key = None if pk is None else _hex(pk, 32, "public_key")
-        except ValueError as exc:
-            raise ValueError(f"members[{i}]: {exc}") from None
-        if public_key is not None and _derive_kid(public_key) != kid:
-            raise ValueError(f"members[{i}]: kid is not the public key's id")
-        try:
-            zone = zone.add(Member(item["name"], kid, public_key))
-        except AgentError as exc:
-            raise ValueError(f"members[{i}]: {exc}") from None
-    return zone
-
-
-def load_zone_file(path: str | os.PathLike[str]) -> ZoneFile:
-    """Read and validate a zone file. Raises AgentError naming the file and the problem."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_ZONE_FILE + 1)
-    except FileNotFoundError:
-        raise AgentError(
-            f"zone file {path} does not exist (create it with `vsm-edge zone init --mesh ID`)"
-        ) from None
-    except OSError as exc:
-        raise AgentError(f"zone file {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_ZONE_FILE:
-        raise AgentError(f"zone file {path} is larger than {MAX_ZONE_FILE} bytes")
-    try:
-        return _parse_zone(json.loads(raw.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise AgentError(f"zone file {path} is not valid JSON: {exc}") from None
-    except ValueError as exc:
-        raise AgentError(f"zone file {path}: {exc}") from None
-
-
-def save_zone_file(path: str | os.PathLike[str], zone: ZoneFile) -> None:
-    """Write the zone file atomically, mode 0600."""
-    text = json.dumps(zone.to_json(), indent=2) + "\n"
-    _write_private(Path(path), text.encode())
-
-
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    except OSError as exc:
-        raise AgentError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _derive_kid(public_key: bytes) -> bytes:
-    from vsm_edge.sync import derive_kid
-
-    return derive_kid(public_key)
-
 
 def _member_from(key: str, name: str | None) -> Member:
     """A member from a .pub file, 64 hex digits (public key) or 32 hex digits (kid)."""
@@ -245,13 +82,11 @@ def _member_from(key: str, name: str | None) -> Member:
     path = Path(key)
     public_key: bytes | None = None
     kid: bytes
-    if len(text) == 64 and set(text) <= _HEX:
+    if len(text) == 64 and set(text) <= HEX_DIGITS:
         public_key = bytes.fromhex(text)
-    elif len(text) == 32 and set(text) <= _HEX:
+    elif len(text) == 32 and set(text) <= HEX_DIGITS:
         kid = bytes.fromhex(text)
     elif path.is_file():
-        from vsm_edge.sync import SyncError, load_public_key
-
         try:
             public_key = load_public_key(path)
         except (SyncError, OSError) as exc:
@@ -262,10 +97,10 @@ def _member_from(key: str, name: str | None) -> Member:
             "nor 32 hex digits (a kid)"
         )
     if public_key is not None:
-        kid = _derive_kid(public_key)
+        kid = derive_kid(public_key)
     if name is None:
         name = path.stem if path.is_file() else kid.hex()[:12]
-    if not _is_id(name):
+    if not is_id(name):
         raise AgentError(f"--name {name!r}: must be 1-64 characters of A-Z a-z 0-9 _ -")
     return Member(name, kid, public_key)
 
@@ -274,7 +109,6 @@ def _member_from(key: str, name: str | None) -> Member:
 
 
 def _load_admin_key(path: str) -> Any:
-    from vsm_edge.sync import NodeKey, SyncError, load_node_key
 
     try:
         key: NodeKey = load_node_key(path)
@@ -288,7 +122,6 @@ def _load_admin_key(path: str) -> Any:
 
 
 def _load_secret(path: Path, what: str = "mesh secret") -> bytes:
-    from vsm_edge.sync import SyncError, load_mesh_key
 
     try:
         return load_mesh_key(path).key
@@ -316,11 +149,6 @@ def sign_zone_policy(
     One filter per mesh secret in ``secrets`` (two while a secret rotates).
     Raises AgentError for a bad argument (the message says which).
     """
-    import nacl.signing
-
-    from vsm_edge.models import ZonePolicy, derive_key
-
-    from ..vsm.s5 import MAX_POLICY_BYTES, MAX_ZONE_BYTES, Policy, sign_policy
 
     blob: bytes | None = None
     if zone is not None:
@@ -367,10 +195,6 @@ def describe_document(document: bytes, secrets: Sequence[bytes] = ()) -> dict[st
 
     Raises AgentError when the document is malformed or its signature does not verify.
     """
-    from vsm_edge.models import FilterFormatError, ZonePolicy, derive_key
-    from vsm_edge.sync import WireError, cbor_loads
-
-    from ..vsm.s5 import MAX_POLICY_BYTES, verify_policy
 
     if len(document) > MAX_POLICY_BYTES:
         raise AgentError(f"{len(document)} bytes, more than {MAX_POLICY_BYTES}")
@@ -436,21 +260,6 @@ async def publish_policy(
     timeout); ``progress`` gets "connected" appended once connected. Raises
     AgentError for a bad broker URL or a broker refusing the messages.
     """
-    import trio
-
-    from vsm_edge.sync import (
-        HybridLogicalClock,
-        MeshKey,
-        MqttSettings,
-        MqttTransport,
-        NodeKey,
-        TransportError,
-        cbor_dumps,
-        policy_topic,
-        presence_topic,
-        sign_envelope,
-        wall_clock_ms,
-    )
 
     key = NodeKey(admin_seed)
     clock = HybridLogicalClock(node, wall_clock_ms)
@@ -586,12 +395,11 @@ def _zone_file(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_zone_init(args: argparse.Namespace) -> int:
-    from vsm_edge.sync import MeshKey, save_mesh_key
 
     path = Path(args.zone_file)
     if path.exists():
         raise AgentError(f"zone file {path} exists (refusing to overwrite it)")
-    if not _is_id(args.mesh):
+    if not is_id(args.mesh):
         raise AgentError(f"--mesh {args.mesh!r}: must be 1-64 characters of A-Z a-z 0-9 _ -")
     secret = path.parent / args.secret
     made = False
@@ -699,7 +507,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
         fp_rate=args.fp_rate,
     )
     out = Path(args.out)
-    _write_private(out, document, mode=0o644)  # signed and public: agents read it
+    write_private(out, document, mode=0o644)  # signed and public: agents read it
     if zone is not None:
         save_zone_file(zone_path, replace(zone, policy_version=version))
     members = "no zone" if args.no_zone else (
@@ -712,7 +520,6 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
 
 
 def _read_document(path: str) -> bytes:
-    from ..vsm.s5 import MAX_POLICY_BYTES
 
     try:
         with open(path, "rb") as f:
@@ -736,7 +543,6 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_publish(args: argparse.Namespace) -> int:
-    import trio
 
     document = _read_document(args.file)
     try:
@@ -745,13 +551,13 @@ def cmd_policy_publish(args: argparse.Namespace) -> int:
         raise AgentError(f"{args.file}: {exc}") from None
     admin = _load_admin_key(args.admin_key)
     mesh = args.mesh or info["mesh"]
-    if mesh == "*" or not _is_id(mesh):
+    if mesh == "*" or not is_id(mesh):
         raise AgentError(f"the document is for mesh {info['mesh']!r}: give --mesh ID")
     if info["mesh"] not in ("*", mesh):
         raise AgentError(f"the document is for mesh {info['mesh']!r}, not {mesh!r}")
     mesh_key = _load_secret(Path(args.mesh_key), "mesh key") if args.mesh_key else None
     node = args.node or f"admin-{admin.kid.hex()[:8]}"
-    if not _is_id(node):
+    if not is_id(node):
         raise AgentError(f"--node {node!r}: must be 1-64 characters of A-Z a-z 0-9 _ -")
     progress: list[str] = []
 

@@ -17,9 +17,9 @@ falls back to 3.1.1 when it meets it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
-import importlib.util
 import socket
 import subprocess
 import sys

@@ -33,7 +33,7 @@ __all__ = ["dashboard_response", "install_agent_routes", "metrics_response"]
 
 @functools.cache
 def _page() -> bytes:
-    return resources.files("vsm_edge.agent").joinpath("dashboard.html").read_bytes()
+    return resources.files("vsm_edge.agent.web").joinpath("dashboard.html").read_bytes()
 
 
 def dashboard_response() -> HttpResponse:
