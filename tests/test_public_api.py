@@ -39,7 +39,7 @@ def absolute_imports(path: Path) -> Iterator[tuple[int, str]]:
                 yield node.lineno, f"{node.module}.{alias.name}"
 
 
-@pytest.mark.parametrize("name", sorted(PACKAGES))
+@pytest.mark.parametrize("name", [*sorted(PACKAGES), "vsm_edge.sync.testing"])
 def test_public_names_import(name: str) -> None:
     module = importlib.import_module(name)
     for public in module.__all__:

@@ -9,66 +9,16 @@ talks about: a crash of one client, a broker restart, withheld PUBACKs.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import trio
 
 from support.brokers import Mosquitto, MosquittoFactory
-from vsm_edge.sync import (
-    Backoff,
-    MemoryBroker,
-    MemoryTransport,
-    MqttSettings,
-    MqttTransport,
-    Transport,
-)
+from vsm_edge.sync import MqttSettings, MqttTransport, Transport
+from vsm_edge.sync.testing import FAST, WAIT, Harness, MemoryHarness, connected
 
-__all__ = ["FAST", "Harness", "connected", "transport_harness"]
-
-# Quick reconnects, so tests of restarts stay short.
-FAST = Backoff(initial=0.02, maximum=0.2)
-WAIT = 10.0  # bound on any one wait in a test
-
-
-class Harness(Protocol):
-    name: str
-
-    def transport(self, client_id: str, **options: Any) -> Transport: ...
-    def crash(self, transport: Transport) -> None: ...
-    async def stop_broker(self) -> None: ...
-    async def start_broker(self) -> None: ...
-    def hold_acks(self) -> None: ...
-    def release_acks(self) -> None: ...
-
-
-class MemoryHarness:
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.broker = MemoryBroker(seed=1)
-
-    def transport(self, client_id: str, **options: Any) -> Transport:
-        options.setdefault("backoff", FAST)
-        return MemoryTransport(self.broker, client_id, **options)
-
-    def crash(self, transport: Transport) -> None:
-        self.broker.disconnect(transport.client_id)
-
-    async def stop_broker(self) -> None:
-        await trio.lowlevel.checkpoint()
-        self.broker.stop()
-
-    async def start_broker(self) -> None:
-        await trio.lowlevel.checkpoint()
-        self.broker.start()
-
-    def hold_acks(self) -> None:
-        self.broker.hold_acks()
-
-    def release_acks(self) -> None:
-        self.broker.release_acks()
-
+__all__ = ["FAST", "WAIT", "Harness", "connected", "transport_harness"]
 
 class MosquittoHarness:
     def __init__(self, broker: Mosquitto, protocol: str) -> None:
@@ -108,12 +58,3 @@ def transport_harness(
         yield MemoryHarness()
     else:
         yield MosquittoHarness(mosquitto_factory(), request.param.removeprefix("mosquitto-"))
-
-
-async def connected(nursery: trio.Nursery, *transports: Transport) -> None:
-    """Start each transport's service and wait until all are connected."""
-    for t in transports:
-        await nursery.start(t.run)
-    with trio.fail_after(WAIT):
-        for t in transports:
-            await t.wait_connected()
