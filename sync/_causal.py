@@ -57,6 +57,9 @@ order); it keeps contexts compact and gives causal consistency of reads.
 Implementation: states are persistent values (``immutables.Map``, a HAMT), so
 merging a one-key delta into a 10,000-key map costs O(log n), not a copy. A
 dot index (dot -> path) finds the entries a delta kills without a scan.
+
+Why one module: the dot stores, the join and the removal records are one
+algebra; each type is a few lines of it, and the property tests check them together.
 """
 
 from __future__ import annotations

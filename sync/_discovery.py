@@ -42,6 +42,9 @@ apart from its successor and is heard again, as before the stamp.
 :meth:`PeerTable.next_event` reports the difference between what the consumer
 last saw and what is true now (appeared / updated / gone). A consumer that
 falls behind sees the net change, never a queue that grows without bound.
+
+Why one module: the TXT record, the peer table and the broker choice are
+the one pure state the adapter and the fake both feed.
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ kind and nonce: another mesh member cannot re-sign someone else's ciphertext
 as its own. The signature covers the ciphertext, so a gateway verifies
 without the mesh key. The IV is random bytes passed in; with random 96-bit
 IVs keep well under 2**32 messages per mesh key.
+
+Why one module: the wire format of one message, encoder and decoder side by
+side, so that each limit is read next to the field it bounds.
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ whatever a bounded buffer had to drop, the next digest exchange repairs.
 Peers' latest digests also give *causal stability*: the pointwise minimum of
 the digests of every live peer and ourselves. Documents may garbage-collect
 metadata (e.g. removal records) that is stable.
+
+Why one module: the three flows share the per-peer state and the document
+table; they are one state machine, driven by one set of inputs.
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ async_remove`` to forget a lost name without the goodbyes ``close`` would
 send; and the multicast answer queues ``Zeroconf.out_queue`` and
 ``out_delay_queue`` (their ``queue`` deque), emptied when leaving. The
 tests exercise them.
+
+Why one module: the zeroconf threads, the name claim's timing and the
+Trio bridge share one Zeroconf instance and its shutdown order.
 """
 
 from __future__ import annotations

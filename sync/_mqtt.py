@@ -39,6 +39,9 @@ paho's external-loop API does the protocol; Trio does the waiting:
 - **Incoming messages** go to a bounded memory channel; see :class:`Overflow`.
   With ``BACKPRESSURE`` the reader stops reading while the channel is full
   (what paho already parsed waits in a backlog bounded by one ``loop_read``).
+
+Why one module: the three tasks of a connection share one paho client and
+one socket, and the ownership rules above are only readable side by side.
 """
 
 from __future__ import annotations

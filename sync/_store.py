@@ -57,6 +57,9 @@ the path is a truncated store (:class:`StoreCorruptError`), never a new one.
 Threads: one connection, ``check_same_thread=False``, every use under one
 re-entrant lock, so the synchronous API is safe from any thread and
 :class:`AsyncStore` can run calls in Trio's worker threads.
+
+Why one module: the four tables share one connection and one transaction
+discipline, and the crash-recovery invariants above span them.
 """
 
 from __future__ import annotations

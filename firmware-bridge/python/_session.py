@@ -27,6 +27,9 @@ State table (host)::
     AWAIT_HELLO --any other message---------> AWAIT_HELLO (send NACK no_session)
     CONNECTED   --HELLO (device rebooted)---> CONNECTED   (send HELLO_ACK, resend command)
     CONNECTED   --link timeout / lost-------> AWAIT_HELLO (fail queued commands)
+
+Why one module: the host and device machines are two ends of one
+handshake; each rule is read next to its counterpart.
 """
 
 from __future__ import annotations
