@@ -1,0 +1,233 @@
+"""The VSM's own settings: one frozen dataclass per section, each default written once.
+
+The config loader (agent/config/loader.py) reads the TOML sections ``[bus]``,
+``[runtime]``, ``[s2]``..``[s5]``, ``[algedonic]`` and ``[[units]]`` into these;
+docs/configuration.md documents them.
+
+:class:`VsmConfig` is what :class:`~vsm_edge.agent.vsm.runtime.Runtime` reads
+from its config; the agent's :class:`~vsm_edge.agent.config.schema.AgentConfig`
+provides it, so the VSM does not depend on the agent's config room.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .bus import OverflowPolicy
+from .event import Subsystem
+
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "DEFAULT_CHANNELS",
+    "DEFAULT_TIMESCALES",
+    "AlgedonicConfig",
+    "BudgetConfig",
+    "BusConfig",
+    "ChannelConfig",
+    "NodeSettings",
+    "RuntimeConfig",
+    "S2Config",
+    "S3Config",
+    "S4Config",
+    "S5Config",
+    "StatusSettings",
+    "UnitConfig",
+    "VsmConfig",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    capacity: int
+    window_ms: float
+    overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+
+
+DEFAULT_CHANNELS: Mapping[Subsystem, ChannelConfig] = types.MappingProxyType(
+    {
+        Subsystem.S1: ChannelConfig(8192, 50.0),
+        Subsystem.S2: ChannelConfig(4096, 100.0),
+        Subsystem.S3: ChannelConfig(4096, 200.0),
+        Subsystem.S4: ChannelConfig(65536, 500.0),
+        Subsystem.S5: ChannelConfig(1024, 1000.0),
+        Subsystem.ALGEDONIC: ChannelConfig(1024, 10.0),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    channels: Mapping[Subsystem, ChannelConfig] = field(default_factory=lambda: DEFAULT_CHANNELS)
+    dedup_capacity: int = 4096
+    bypass_intensity: float = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    restart_initial_s: float = 0.1
+    restart_max_s: float = 30.0
+    restart_reset_after_s: float = 60.0
+    shutdown_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    capacity: float
+    refill_per_s: float
+
+
+DEFAULT_BUDGETS: Mapping[Subsystem, BudgetConfig] = types.MappingProxyType(
+    {
+        Subsystem.S1: BudgetConfig(2000, 100),
+        Subsystem.S2: BudgetConfig(1000, 50),
+        Subsystem.S3: BudgetConfig(1000, 50),
+        Subsystem.S4: BudgetConfig(500, 25),
+        Subsystem.S5: BudgetConfig(250, 10),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class S2Config:
+    oscillation_window_s: float = 5.0
+    min_conflicts: int = 3
+    # max coefficient of variation of the intervals
+    regularity: float = 0.25
+    max_changes_per_minute: int = 10
+    damping: float = 0.7
+    # numeric changes smaller than this are ignored while damped
+    hysteresis: float = 0.0
+    # minimum time between changes of a damped target
+    hold_s: float = 2.0
+    # damping ends after this long without conflict
+    quiet_s: float = 30.0
+    lease_ttl_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    budgets: Mapping[Subsystem, BudgetConfig] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    aggregate_interval_s: float = 1.0
+    attenuation_pain: float = 0.6
+    audit_interval_s: float = 10.0
+    stale_after_s: float = 30.0
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
+
+
+DEFAULT_TIMESCALES: Mapping[Subsystem, float] = types.MappingProxyType(
+    {
+        Subsystem.S1: 1.0,
+        Subsystem.S2: 10.0,
+        Subsystem.S3: 60.0,
+        Subsystem.S4: 300.0,
+        Subsystem.S5: 1800.0,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class S4Config:
+    timescales_s: Mapping[Subsystem, float] = field(default_factory=lambda: DEFAULT_TIMESCALES)
+    anomaly_alpha: float = 0.05
+    anomaly_z: float = 4.0
+    anomaly_warmup: int = 30
+    overflow_ratio: float = 1.5
+    warning_ratio: float = 1.3
+    min_system_variety_bits: float = 1.0
+    evaluate_interval_s: float = 1.0
+    max_categories: int = 1024
+    peer_stale_s: float = 30.0
+    clock_skew_s: float = 30.0
+    cascade_window_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class S5Config:
+    admin_keys: tuple[bytes, ...] = ()  # Ed25519 public keys, 64 hex digits each in TOML
+    policy_file: Path | None = None
+    safe_mode_pain: float = 0.7
+    safe_mode_after_s: float = 10.0
+    safe_mode_exit_pain: float = 0.3
+    safe_mode_exit_after_s: float = 30.0
+    s4_priority_z: float = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlgedonicConfig:
+    baseline_alpha: float = 0.05
+    salience: float = 0.2
+    critical: float = 0.95
+    storm_signals: int = 20
+    storm_window_s: float = 1.0
+    escalate_after_s: float = 30.0
+    max_alarms: int = 256
+    outbound_capacity: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class UnitConfig:
+    name: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+# -- what the runtime reads ---------------------------------------------------------
+
+
+class NodeSettings(Protocol):
+    """The node's identity and state directory."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def mesh(self) -> str: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def data_dir(self) -> Path: ...
+
+
+class StatusSettings(Protocol):
+    """The local status endpoint the runtime serves (while the runtime still serves it)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def head_timeout_s(self) -> float: ...
+
+
+class VsmConfig(Protocol):
+    """What :class:`~vsm_edge.agent.vsm.runtime.Runtime` reads from its config (read-only).
+
+    :class:`~vsm_edge.agent.config.schema.AgentConfig` provides it (checked by mypy).
+    """
+
+    @property
+    def node(self) -> NodeSettings: ...
+    @property
+    def status(self) -> StatusSettings: ...
+    @property
+    def bus(self) -> BusConfig: ...
+    @property
+    def runtime(self) -> RuntimeConfig: ...
+    @property
+    def s2(self) -> S2Config: ...
+    @property
+    def s3(self) -> S3Config: ...
+    @property
+    def s4(self) -> S4Config: ...
+    @property
+    def s5(self) -> S5Config: ...
+    @property
+    def algedonic(self) -> AlgedonicConfig: ...
+    @property
+    def units(self) -> Sequence[UnitConfig]: ...
