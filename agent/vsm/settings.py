@@ -1,8 +1,13 @@
-"""The VSM's own settings: one frozen dataclass per section, each default written once.
+"""The VSM's own settings: one frozen dataclass per section, defaults and limits written once.
 
-The config loader (agent/config/loader.py) reads the TOML sections ``[bus]``,
-``[runtime]``, ``[s2]``..``[s5]``, ``[algedonic]`` and ``[[units]]`` into these;
-docs/configuration.md documents them.
+Each field's default and type are the dataclass's; its limits are in the field's
+metadata (:func:`~vsm_edge.agent._limits.limits`). The config loader
+(agent/config/loader.py) reads the TOML sections ``[bus]``, ``[runtime]``,
+``[s2]``..``[s5]``, ``[algedonic]`` and ``[[units]]`` into these by walking
+their fields; docs/configuration.md documents them (a test compares the
+documented defaults with these). A per-subsystem table
+(``bus.channels``, ``s3.budgets``, ``s4.timescales_s``) accepts the subsystems
+its default names.
 
 :class:`VsmConfig` is what :class:`~vsm_edge.agent.vsm.runtime.Runtime` reads
 from its config; the agent's :class:`~vsm_edge.agent.config.schema.AgentConfig`
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._limits import identifier, limits
 from .bus import OverflowPolicy
 from .event import Subsystem
 
@@ -42,8 +48,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    capacity: int
-    window_ms: float
+    capacity: int = field(metadata=limits(minimum=1, maximum=1 << 22))
+    window_ms: float = field(metadata=limits(minimum=0, maximum=60_000))
     overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
 
 
@@ -62,22 +68,24 @@ DEFAULT_CHANNELS: Mapping[Subsystem, ChannelConfig] = types.MappingProxyType(
 @dataclass(frozen=True, slots=True)
 class BusConfig:
     channels: Mapping[Subsystem, ChannelConfig] = field(default_factory=lambda: DEFAULT_CHANNELS)
-    dedup_capacity: int = 4096
-    bypass_intensity: float = 0.95
+    dedup_capacity: int = field(default=4096, metadata=limits(minimum=0, maximum=1 << 20))
+    bypass_intensity: float = field(default=0.95, metadata=limits(minimum=0, maximum=1))
 
 
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
-    restart_initial_s: float = 0.1
-    restart_max_s: float = 30.0
-    restart_reset_after_s: float = 60.0
-    shutdown_timeout_s: float = 5.0
+    restart_initial_s: float = field(default=0.1, metadata=limits(above=0))
+    restart_max_s: float = field(
+        default=30.0, metadata=limits(above=0, at_least="restart_initial_s")
+    )
+    restart_reset_after_s: float = field(default=60.0, metadata=limits(above=0))
+    shutdown_timeout_s: float = field(default=5.0, metadata=limits(above=0, maximum=5.0))
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetConfig:
-    capacity: float
-    refill_per_s: float
+    capacity: float = field(metadata=limits(above=0))
+    refill_per_s: float = field(metadata=limits(above=0))
 
 
 DEFAULT_BUDGETS: Mapping[Subsystem, BudgetConfig] = types.MappingProxyType(
@@ -93,30 +101,30 @@ DEFAULT_BUDGETS: Mapping[Subsystem, BudgetConfig] = types.MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class S2Config:
-    oscillation_window_s: float = 5.0
-    min_conflicts: int = 3
+    oscillation_window_s: float = field(default=5.0, metadata=limits(above=0))
+    min_conflicts: int = field(default=3, metadata=limits(minimum=2, maximum=100))
     # max coefficient of variation of the intervals
-    regularity: float = 0.25
-    max_changes_per_minute: int = 10
-    damping: float = 0.7
+    regularity: float = field(default=0.25, metadata=limits(above=0, maximum=1))
+    max_changes_per_minute: int = field(default=10, metadata=limits(minimum=1))
+    damping: float = field(default=0.7, metadata=limits(minimum=0, maximum=0.99))
     # numeric changes smaller than this are ignored while damped
-    hysteresis: float = 0.0
+    hysteresis: float = field(default=0.0, metadata=limits(minimum=0))
     # minimum time between changes of a damped target
-    hold_s: float = 2.0
+    hold_s: float = field(default=2.0, metadata=limits(minimum=0))
     # damping ends after this long without conflict
-    quiet_s: float = 30.0
-    lease_ttl_s: float = 30.0
+    quiet_s: float = field(default=30.0, metadata=limits(above=0))
+    lease_ttl_s: float = field(default=30.0, metadata=limits(above=0))
 
 
 @dataclass(frozen=True, slots=True)
 class S3Config:
     budgets: Mapping[Subsystem, BudgetConfig] = field(default_factory=lambda: DEFAULT_BUDGETS)
-    aggregate_interval_s: float = 1.0
-    attenuation_pain: float = 0.6
-    audit_interval_s: float = 10.0
-    stale_after_s: float = 30.0
-    breaker_failures: int = 5
-    breaker_reset_s: float = 30.0
+    aggregate_interval_s: float = field(default=1.0, metadata=limits(above=0))
+    attenuation_pain: float = field(default=0.6, metadata=limits(minimum=0, maximum=1))
+    audit_interval_s: float = field(default=10.0, metadata=limits(above=0))
+    stale_after_s: float = field(default=30.0, metadata=limits(above=0))
+    breaker_failures: int = field(default=5, metadata=limits(minimum=1))
+    breaker_reset_s: float = field(default=30.0, metadata=limits(above=0))
 
 
 DEFAULT_TIMESCALES: Mapping[Subsystem, float] = types.MappingProxyType(
@@ -132,46 +140,50 @@ DEFAULT_TIMESCALES: Mapping[Subsystem, float] = types.MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class S4Config:
-    timescales_s: Mapping[Subsystem, float] = field(default_factory=lambda: DEFAULT_TIMESCALES)
-    anomaly_alpha: float = 0.05
-    anomaly_z: float = 4.0
-    anomaly_warmup: int = 30
-    overflow_ratio: float = 1.5
-    warning_ratio: float = 1.3
-    min_system_variety_bits: float = 1.0
-    evaluate_interval_s: float = 1.0
-    max_categories: int = 1024
-    peer_stale_s: float = 30.0
-    clock_skew_s: float = 30.0
-    cascade_window_s: float = 60.0
+    timescales_s: Mapping[Subsystem, float] = field(
+        default_factory=lambda: DEFAULT_TIMESCALES, metadata=limits(above=0)
+    )
+    anomaly_alpha: float = field(default=0.05, metadata=limits(above=0, maximum=1))
+    anomaly_z: float = field(default=4.0, metadata=limits(above=0))
+    anomaly_warmup: int = field(default=30, metadata=limits(minimum=2))
+    overflow_ratio: float = field(default=1.5, metadata=limits(above=0, at_least="warning_ratio"))
+    warning_ratio: float = field(default=1.3, metadata=limits(above=0))
+    min_system_variety_bits: float = field(default=1.0, metadata=limits(above=0))
+    evaluate_interval_s: float = field(default=1.0, metadata=limits(above=0))
+    max_categories: int = field(default=1024, metadata=limits(minimum=2, maximum=1 << 16))
+    peer_stale_s: float = field(default=30.0, metadata=limits(above=0))
+    clock_skew_s: float = field(default=30.0, metadata=limits(above=0))
+    cascade_window_s: float = field(default=60.0, metadata=limits(above=0))
 
 
 @dataclass(frozen=True, slots=True)
 class S5Config:
     admin_keys: tuple[bytes, ...] = ()  # Ed25519 public keys, 64 hex digits each in TOML
     policy_file: Path | None = None
-    safe_mode_pain: float = 0.7
-    safe_mode_after_s: float = 10.0
-    safe_mode_exit_pain: float = 0.3
-    safe_mode_exit_after_s: float = 30.0
-    s4_priority_z: float = 6.0
+    safe_mode_pain: float = field(default=0.7, metadata=limits(above=0, maximum=1))
+    safe_mode_after_s: float = field(default=10.0, metadata=limits(above=0))
+    safe_mode_exit_pain: float = field(
+        default=0.3, metadata=limits(minimum=0, maximum=1, less_than="safe_mode_pain")
+    )
+    safe_mode_exit_after_s: float = field(default=30.0, metadata=limits(above=0))
+    s4_priority_z: float = field(default=6.0, metadata=limits(above=0))
 
 
 @dataclass(frozen=True, slots=True)
 class AlgedonicConfig:
-    baseline_alpha: float = 0.05
-    salience: float = 0.2
-    critical: float = 0.95
-    storm_signals: int = 20
-    storm_window_s: float = 1.0
-    escalate_after_s: float = 30.0
-    max_alarms: int = 256
-    outbound_capacity: int = 256
+    baseline_alpha: float = field(default=0.05, metadata=limits(above=0, maximum=1))
+    salience: float = field(default=0.2, metadata=limits(minimum=0, maximum=1))
+    critical: float = field(default=0.95, metadata=limits(above=0, maximum=1))
+    storm_signals: int = field(default=20, metadata=limits(minimum=2))
+    storm_window_s: float = field(default=1.0, metadata=limits(above=0))
+    escalate_after_s: float = field(default=30.0, metadata=limits(above=0))
+    max_alarms: int = field(default=256, metadata=limits(minimum=1, maximum=1 << 16))
+    outbound_capacity: int = field(default=256, metadata=limits(minimum=1, maximum=1 << 16))
 
 
 @dataclass(frozen=True, slots=True)
 class UnitConfig:
-    name: str
+    name: str = field(metadata=limits(check=identifier))
     kind: str
     options: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
 
