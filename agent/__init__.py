@@ -9,7 +9,8 @@ points. See docs/architecture.md and docs/configuration.md.
 from typing import TYPE_CHECKING, Any
 
 from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
-from .config.schema import AgentConfig, load_config, parse_config
+from .config.loader import load_config, parse_config
+from .config.schema import AgentConfig
 from .units.simulated import SimulatedActuator, SimulatedSensor
 from .vsm.algedonic import Alarm, AlgedonicCore, AlgedonicPort, Signal, SignalError
 from .vsm.bus import Channel, ChannelStatistics, EventBus, OverflowPolicy, ReorderBuffer

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from .._errors import AgentError, StatusClientError
-from ..config.schema import load_config
+from ..config.loader import load_config
 from ..web.client import DEFAULT_ENDPOINT, StatusClient
 
 # The module that adds each command, so ``vsm-edge run`` imports only what a

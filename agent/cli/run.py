@@ -20,7 +20,8 @@ from vsm_edge.sync import (
 )
 
 from .._errors import AgentError
-from ..config.schema import AgentConfig, load_config
+from ..config.loader import load_config
+from ..config.schema import AgentConfig
 from ..integrations.homeassistant import serve_homeassistant
 from ..mesh.broker import EmbeddedBroker
 from ..mesh.node import Agent

@@ -4,7 +4,7 @@ A container is configured by its environment (balena's fleet and device
 variables), not by editing a file. :func:`env_table` turns the ``VSM_*``
 variables into a TOML-shaped overlay; :func:`config_from_env` lays that over
 an optional base file (``VSM_CONFIG``) and validates the result with the same
-:func:`~vsm_edge.agent.config.schema.parse_config` as a TOML file, so every rule of
+:func:`~vsm_edge.agent.config.loader.parse_config` as a TOML file, so every rule of
 docs/configuration.md holds, and an error names the variable::
 
     config error: VSM_STATUS_PORT (status.port): must be <= 65535, got 70000
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._errors import ConfigError
-from .schema import MAX_CONFIG_BYTES, AgentConfig, parse_config
+from .loader import MAX_CONFIG_BYTES, parse_config
+from .schema import AgentConfig
 
 __all__ = [
     "ENV_VARS",

@@ -41,7 +41,7 @@ import trio
 
 from vsm_edge.sync import Timestamp, WireError, cbor_dumps, cbor_loads
 
-from ..config.schema import AlgedonicConfig
+from .settings import AlgedonicConfig
 
 __all__ = [
     "Alarm",

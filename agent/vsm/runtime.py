@@ -45,7 +45,6 @@ import trio
 from vsm_edge.sync import ClockDriftError, HybridLogicalClock, Timestamp, wall_clock_ms
 
 from .._errors import PolicyError, UnitError
-from ..config.schema import AgentConfig, UnitConfig
 from .algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
 from .bus import Channel, EventBus
 from .event import HIGH, Event, Scalar, Subsystem
@@ -61,6 +60,7 @@ from .s2 import Coordination, Oscillation
 from .s3 import Admission, CircuitBreaker, Control
 from .s4 import Anomaly, Intelligence, MeshView, PeerReport
 from .s5 import Identity, PolicyEngine, Recommendation
+from .settings import UnitConfig, VsmConfig
 from .supervisor import Crash, Supervisor
 from .unit import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
 
@@ -188,7 +188,10 @@ class _Context:
 
 
 class Runtime:
-    """One node's VSM: build it from an :class:`AgentConfig`, then ``nursery.start(runtime.run)``.
+    """One node's VSM: build it from a config, then ``nursery.start(runtime.run)``.
+
+    The config is anything that provides :class:`~vsm_edge.agent.vsm.settings.VsmConfig`
+    (the agent's :class:`~vsm_edge.agent.config.schema.AgentConfig` does).
 
     ``wall_clock`` gives the HLC its physical time (ms); tests on MockClock pass
     a function of ``trio.current_time()``. ``units`` adds units built in code to
@@ -197,7 +200,7 @@ class Runtime:
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: VsmConfig,
         *,
         wall_clock: Callable[[], int] = wall_clock_ms,
         clock: HybridLogicalClock | None = None,

@@ -25,8 +25,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from ..config.schema import S2Config
 from .event import Scalar
+from .settings import S2Config
 
 __all__ = ["Coordination", "Damping", "Oscillation"]
 

@@ -15,8 +15,8 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..config.schema import BudgetConfig, S3Config
 from .event import HIGH, LOW, Subsystem
+from .settings import BudgetConfig, S3Config
 
 __all__ = [
     "Admission",

@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._errors import AgentError
-from ..config.schema import S4Config
 from .event import Subsystem
+from .settings import S4Config
 
 __all__ = [
     "Anomaly",

@@ -35,8 +35,8 @@ import nacl.signing
 from vsm_edge.sync import WireError, cbor_dumps, cbor_loads
 
 from .._errors import PolicyError
-from ..config.schema import S5Config
 from .event import Scalar
+from .settings import S5Config
 
 __all__ = [
     "Decision",

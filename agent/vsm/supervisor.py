@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..config.schema import RuntimeConfig
+from .settings import RuntimeConfig
 
 __all__ = ["Crash", "Supervised", "Supervisor"]
 
