@@ -78,7 +78,6 @@ from ._ingress import (
     Admitted,
     CpuBudget,
     Ignored,
-    Inbound,
     Ingress,
     IngressCheck,
     Refused,
@@ -1046,18 +1045,27 @@ class Replicator:
         if outcome.presence is not None:
             self._on_presence(outcome.presence, envelope, now)
             return
-        opened = self._inlet.open(outcome)
-        if isinstance(opened, Refused):
-            self._refuse(opened.reason)
+        try:
+            body = self._inlet.open(outcome)
+        except WireError:
+            self._refuse("undecodable-payload")
             return
         peer = self.peers.get(sender)
         if peer is not None:
             peer.last_seen = now
         self._counts[f"in_{envelope.kind}"] += 1
         if outcome.rule.handler == "gossip":
-            self._to_gossip(inbound, opened.body, now)
+            direct = inbound.channel == "to"
+            broken = self.gossip.receive(sender, envelope.kind, body, now, direct=direct)
+            for event in self.gossip.events():
+                self._joined(event)
+            if broken is not None:
+                self._refuse(broken.reason)
+                log.info("refused deltas from %s: %s", sender, broken)
+                if broken.blame and self.blame is not None:
+                    self.blame(sender, broken.reason)
         elif self.on_app is not None:  # "alg" or "policy"
-            refused = self.on_app(inbound.channel, sender, opened.body, envelope)
+            refused = self.on_app(inbound.channel, sender, body, envelope)
             if refused is not None:
                 self._refuse(refused)
 
@@ -1071,17 +1079,6 @@ class Replicator:
             self._presence_heal.set()
         elif outcome is CLEARED:
             self._counts["in_cleared"] += 1
-
-    def _to_gossip(self, inbound: Inbound, body: Any, now: float) -> None:
-        sender, kind = inbound.sender, inbound.envelope.kind
-        broken = self.gossip.receive(sender, kind, body, now, direct=inbound.channel == "to")
-        for event in self.gossip.events():
-            self._joined(event)
-        if broken is not None:
-            self._refuse(broken.reason)
-            log.info("refused deltas from %s: %s", sender, broken)
-            if broken.blame and self.blame is not None:
-                self.blame(sender, broken.reason)
 
     def _on_presence(self, body: dict[str, Any], envelope: Envelope, now: float) -> None:
         node = body["node"]
