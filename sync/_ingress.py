@@ -381,33 +381,34 @@ class Ingress:
         ``now`` the time of the CPU budget (seconds), ``now_ms`` our wall
         clock (ms: the incarnation bound and the gateway's ``received_ms``).
         """
-        prefix = self.prefix
+        # One function, its steps numbered as in the module doc: every
+        # message runs it, and a call per step costs ~0.1 us each.
+        prefix = self.prefix  # 1.
         if not topic.startswith(prefix):
             return _FOREIGN_TOPIC
         parts = topic[len(prefix) :].split("/")
         channel = parts[0]
         topic_node = parts[1] if len(parts) == 2 else None
         rule = self.channels.get(channel)
-        if topic_node == self.node and (rule is None or rule.node != "addressee"):
+        if topic_node == self.node and (rule is None or rule.node != "addressee"):  # 2.
             if channel == "presence" and payload != presence_sent:
                 return OVERWRITTEN
             return ECHO
-        if rule is None or (rule.node is None) != (topic_node is None):
+        if rule is None or (rule.node is None) != (topic_node is None):  # 3.
             return _UNKNOWN_CHANNEL
-        if not payload:
+        if not payload:  # 4.
             return CLEARED if retain else _MALFORMED_ENVELOPE
-        try:
+        try:  # 5.
             envelope = decode_envelope(payload, max_size=self.max_envelope)
         except WireError:
             return _MALFORMED_ENVELOPE
-        if envelope.kind not in rule.kinds:
+        if envelope.kind not in rule.kinds:  # 6.
             return _UNEXPECTED_KIND
-        if retain and not rule.retained:
+        if retain and not rule.retained:  # 7.
             # A retained delta, digest or repair is nobody's (§4.1): it would
             # come back at every subscription, past the replay window.
             return _RETAINED_UNEXPECTED
-        # 8. (one function no longer: a call here costs every message ~0.3 us)
-        presence: dict[str, Any] | None = None
+        presence: dict[str, Any] | None = None  # 8.
         if rule.key == "carried":
             presence = self._presence_body(envelope, now_ms)
             if presence is None or presence["node"] != topic_node:
@@ -422,7 +423,7 @@ class Ingress:
                 return _TOPIC_KEY_MISMATCH
             sender = found
             key = self.peers[found].public_key
-        try:
+        try:  # 9.
             envelope.verify(key)
             signature_ok = True
         except SignatureError:
@@ -430,14 +431,14 @@ class Ingress:
         inbound = _make_inbound(
             sender, channel, envelope, signature_ok, retain, len(payload), now_ms
         )
-        check = self.check
+        check = self.check  # 10.
         if check is not None:
             reason = check(inbound)
             if reason is not None:
                 return Refused(reason)
         elif not signature_ok:
             return _BAD_SIGNATURE
-        if (
+        if (  # 11.
             envelope.kind in rule.metered
             and not self.awaits(sender)
             and self.budget.left(sender, now) <= 0

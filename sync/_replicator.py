@@ -248,7 +248,6 @@ class Replicator:
         self.clock = clock
         self.docs: dict[str, Document] = dict(docs)
         self.store = store
-        self.ingress = ingress
         self.blame = blame
         self.key_binding = key_binding
         self.on_app = on_app
@@ -321,6 +320,11 @@ class Replicator:
         self._running = False
 
     # -- public API ---------------------------------------------------------------
+
+    @property
+    def ingress(self) -> IngressCheck | None:
+        """The ingress check (gateway) the ingress core asks, as given."""
+        return self._inlet.check
 
     def observe_store_faults(self, observer: Callable[[StoreFault | None], None]) -> None:
         """Call ``observer(fault)`` when a store fault begins, ``observer(None)`` when it ends."""
