@@ -33,6 +33,15 @@ counted by reason.
 
 Time is the ``received_ms`` of each message: the gateway keeps the largest
 value seen, so a clock stepping back never reopens the replay window.
+
+Retained messages (the broker kept them: a presence, a policy, the latest
+algedonic signal) are old by design, so they have a rule of their own,
+:meth:`Gateway.decide_retained`: the input and signature checks, then, unless
+the message's admission rests on its signature alone (a presence announces a
+key and grants nothing; an admin's policy carries the admin's signature), the
+zone and quarantine checks. No freshness, replay or behaviour check, and the
+decision is not counted in :meth:`Gateway.statistics`. Agents and
+aggregators alike use this rule.
 """
 
 from __future__ import annotations
@@ -287,6 +296,42 @@ class Gateway:
         if decision.maybe:
             self._maybe += 1
         return decision
+
+    def decide_retained(self, msg: Inbound, *, signature_only: bool = False) -> Decision:
+        """Decide a retained message (module doc). Never raises; not counted.
+
+        ``signature_only`` for messages whose admission rests on their
+        signature (a presence, an admin-signed policy): the zone and the
+        quarantines are not consulted. Nothing is observed and the replay
+        window is not touched: the broker hands every subscriber the same
+        retained message, so it is no replay, and its age says nothing of
+        its sender's behaviour. Quarantines are checked at ``received_ms``.
+        """
+        try:
+            return self._decide_retained(msg, signature_only)
+        except Exception:
+            log.exception("gateway check failed; retained envelope denied")
+            return Decision(Verdict.DENY, "internal-error", "gateway")
+
+    def _decide_retained(self, msg: Inbound, signature_only: bool) -> Decision:
+        if _malformed(msg, self.config) is not None:
+            return Decision(Verdict.DENY, "malformed", "input")
+        if not msg.signature_ok:
+            return Decision(Verdict.DENY, "bad-signature", "signature")
+        if signature_only:
+            return Decision(Verdict.ALLOW, "retained", "signature")
+        if self._zone is None:
+            return Decision(Verdict.DENY, "no-zone", "zone")
+        if not self.admits(msg.kid):
+            return Decision(Verdict.DENY, "not-in-zone", "zone")
+        detector, now = self.detector, msg.received_ms
+        kid_name = msg.kid.hex()
+        source = msg.source or kid_name
+        if detector.is_quarantined(source, now) or (
+            source != kid_name and detector.is_quarantined(kid_name, now)
+        ):
+            return Decision(Verdict.DENY, "quarantined", "quarantine")
+        return Decision(Verdict.ALLOW, "retained", "quarantine")
 
     def _decide(self, msg: Inbound, zone_exempt: bool) -> Decision:
         cfg = self.config

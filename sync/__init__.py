@@ -103,6 +103,12 @@ from ._hlc import (
     Timestamp,
     wall_clock_ms,
 )
+from ._ingress import (
+    CHANNELS,
+    ChannelRule,
+    Inbound,
+    IngressCheck,
+)
 from ._keys import (
     KID_SIZE,
     MeshKey,
@@ -126,8 +132,6 @@ from ._mqtt import (
 )
 from ._name_claim import NameClaim, RunStamp, resolve_name_claim
 from ._replicator import (
-    Inbound,
-    IngressCheck,
     PeerInfo,
     Replicator,
     ReplicatorConfig,
@@ -178,6 +182,7 @@ from ._ydoc import (
 )
 
 __all__ = [
+    "CHANNELS",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_ITEMS",
     "DEFAULT_MAX_SIZE",
@@ -204,6 +209,7 @@ __all__ = [
     "CausalContext",
     "CausalLWWRegister",
     "ChangeObserver",
+    "ChannelRule",
     "ClockDriftError",
     "CompactionResult",
     "ConnectionLostError",

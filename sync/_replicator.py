@@ -17,12 +17,14 @@ Topics (docs/protocol.md §4), for mesh ``M`` and node ``N``::
     vsm/M/alg/N       algedonic signals, QoS 1, latest retained (application)
     vsm/M/policy      admin-signed policy, retained (application)
 
-Ingress, for every message: decode the envelope (strict, bounded) -> find the
-sender's public key (its presence; a presence message carries its own key,
-which must hash to its kid) -> verify -> the *ingress check* (the agent's
-gateway) -> the receive rule of the HLC (a stamp too far ahead is refused)
--> decrypt -> decode the CBOR body -> dispatch. Anything refused is counted
-by reason and dropped; anti-entropy repairs what a drop loses.
+Ingress, for every message: the pure core of ``_ingress`` applies the
+channel's row of its table (topic, envelope, kind, retained, the sender's key,
+signature, the *ingress check* (the agent's gateway), the CPU budget); the
+replicator then runs the receive rule of the HLC (a stamp too far ahead is
+refused), hands a presence to the peer table, has the core decrypt and
+decode any other body, and dispatches it to the gossip core or the
+application. Anything refused is counted by reason and dropped;
+anti-entropy repairs what a drop loses.
 
 Durability: :meth:`Replicator.mutate` returns only after the delta is in the
 store's log (SQLite, committed), so an acknowledged update survives a kill -9.
@@ -65,18 +67,26 @@ from ._backoff import Backoff
 from ._cbor import dumps, loads
 from ._documents import CrdtDocument, YjsDocument
 from ._dots import OwnDots
-from ._envelope import Envelope, decode_envelope, sign_envelope
-from ._errors import SignatureError, StoreError, StoreFullError, SyncError, WireError
+from ._envelope import Envelope, sign_envelope
+from ._errors import StoreError, StoreFullError, SyncError, WireError
 from ._faults import StoreFault, StoreFaults
 from ._gossip import Broadcast, Direct, Gossip, GossipConfig, Joined
 from ._hlc import ClockDriftError, HybridLogicalClock, Timestamp
-from ._keys import MeshKey, NodeKey, derive_kid
+from ._ingress import (
+    CLEARED,
+    OVERWRITTEN,
+    Admitted,
+    CpuBudget,
+    Ignored,
+    Ingress,
+    IngressCheck,
+    Refused,
+)
+from ._keys import MeshKey, NodeKey
 from ._store import Store
 from ._transport import Message, Transport, TransportError, Will
 
 __all__ = [
-    "Inbound",
-    "IngressCheck",
     "KeyBinding",
     "PeerInfo",
     "Replicator",
@@ -91,19 +101,7 @@ log = logging.getLogger("vsm_edge.sync.replicator")
 Document = CrdtDocument[Any] | YjsDocument
 
 _QOS = {"delta": 1, "digest": 0, "repair": 1, "chunk": 1}
-# The envelope kinds each channel carries (docs/protocol.md §4); any other is refused.
-_KINDS: dict[str, frozenset[str]] = {
-    "d": frozenset({"delta"}),
-    "sv": frozenset({"digest"}),
-    "to": frozenset({"delta", "digest", "repair", "chunk"}),
-    "presence": frozenset({"presence"}),
-    "alg": frozenset({"alg"}),
-    "policy": frozenset({"policy"}),
-}
 
-
-#: How far ahead of our clock a presence's incarnation (an HLC) may be.
-MAX_INCARNATION_AHEAD_MS = 60_000
 #: How often the replicator checks whether the clock's ceiling needs raising.
 CEILING_CHECK_S = 0.25
 #: The shortest interval between two re-publications of our overwritten presence.
@@ -169,25 +167,6 @@ class ReplicatorConfig:
             raise ValueError("cpu_share must be in (0, 1] and cpu_burst > 0")
         if self.publishers < 1 or self.outgoing_capacity < 1 or self.max_peers < 1:
             raise ValueError("publishers, outgoing_capacity and max_peers must be >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """What the ingress check is told about one verified-or-not envelope."""
-
-    sender: str
-    channel: str  # "d", "sv", "to", "presence", "alg" or "policy"
-    envelope: Envelope
-    signature_ok: bool
-    retained: bool
-    size: int
-    received_ms: int
-
-
-class IngressCheck(Protocol):
-    """The gateway: return a refusal reason, or None to let the message in."""
-
-    def __call__(self, inbound: Inbound, /) -> str | None: ...
 
 
 class KeyBinding(Protocol):
@@ -269,7 +248,6 @@ class Replicator:
         self.clock = clock
         self.docs: dict[str, Document] = dict(docs)
         self.store = store
-        self.ingress = ingress
         self.blame = blame
         self.key_binding = key_binding
         self.on_app = on_app
@@ -321,8 +299,19 @@ class Replicator:
         self._recovered = trio.Event()
         self._recovered.set()
         self._refused: Counter[str] = Counter()
-        # sender -> (CPU seconds left, at): see ReplicatorConfig.cpu_share
-        self._cpu: dict[str, tuple[float, float]] = {}
+        # The ingress checks (sync/_ingress.py), reading our peer table; see
+        # ReplicatorConfig.cpu_share for the budget.
+        self._inlet = Ingress(
+            config.mesh,
+            config.node,
+            node_of=self._by_kid,
+            peers=self.peers,
+            awaits=self.gossip.awaits,
+            budget=CpuBudget(config.cpu_share, config.cpu_burst, 2 * config.max_peers),
+            check=ingress,
+            mesh_key=mesh_key,
+            max_envelope=config.max_envelope,
+        )
         self._charge: list[str] = []  # the sender the message in hand is charged to
         self._started = trio.Event()
         self._announced = trio.Event()  # our presence (and key) is at the broker
@@ -331,6 +320,11 @@ class Replicator:
         self._running = False
 
     # -- public API ---------------------------------------------------------------
+
+    @property
+    def ingress(self) -> IngressCheck | None:
+        """The ingress check (gateway) the ingress core asks, as given."""
+        return self._inlet.check
 
     def observe_store_faults(self, observer: Callable[[StoreFault | None], None]) -> None:
         """Call ``observer(fault)`` when a store fault begins, ``observer(None)`` when it ends."""
@@ -1021,129 +1015,42 @@ class Replicator:
                 self._refused["internal-error"] += 1
                 log.exception("error while handling a message on %s", message.topic)
             if self._charge:
-                self._spend(self._charge[0], time.perf_counter() - started)
+                spent = time.perf_counter() - started
+                self._inlet.budget.spend(self._charge[0], spent, trio.current_time(), self.peers)
             self._flush_actions()
-
-    def _cpu_left(self, sender: str, now: float) -> float:
-        cfg = self.config
-        left, at = self._cpu.get(sender, (cfg.cpu_burst, now))
-        return min(cfg.cpu_burst, left + (now - at) * cfg.cpu_share)
-
-    def _spend(self, sender: str, seconds: float) -> None:
-        now = trio.current_time()
-        self._cpu[sender] = (self._cpu_left(sender, now) - seconds, now)
-        if len(self._cpu) > 2 * self.config.max_peers:
-            for name in [n for n in self._cpu if n not in self.peers]:
-                del self._cpu[name]
 
     def _refuse(self, reason: str) -> None:
         self._refused[reason] += 1
 
     def _receive(self, message: Message) -> None:
-        parts = message.topic[len(self._prefix) :].split("/")
-        if not message.topic.startswith(self._prefix) or not parts:
-            self._refuse("foreign-topic")
-            return
-        channel = parts[0]
-        topic_node = parts[1] if len(parts) == 2 else None
-        if topic_node == self.node and channel != "to":
-            if channel == "presence" and message.payload != self._presence_sent:
-                # Somebody else's presence on our topic (retained, it is what a
-                # peer that restarts hears first): put ours back.
-                self._counts["presence_overwritten"] += 1
-                self._presence_heal.set()
-            return  # our own broadcast, echoed by the broker
-        kinds = _KINDS.get(channel)
-        if kinds is None or (channel == "policy") != (topic_node is None):
-            self._refuse("unknown-channel")
-            return
-        if not message.payload:
-            # An empty payload is how MQTT clears a retained message (and is
-            # no envelope on a live one).
-            if message.retain:
-                self._counts["in_cleared"] += 1
-            else:
-                self._refuse("malformed-envelope")
-            return
-        try:
-            envelope = decode_envelope(message.payload, max_size=self.config.max_envelope)
-        except WireError:
-            self._refuse("malformed-envelope")
-            return
-        if envelope.kind not in kinds:
-            self._refuse("unexpected-kind")
-            return
-        if message.retain and channel in ("d", "sv", "to"):
-            # The protocol retains presences, policies and the latest signal
-            # only: a retained delta, digest or repair is nobody's (§4.1).
-            self._refuse("retained:unexpected")
-            return
+        """One message: the ingress core admits it, then clock, presence or dispatch."""
         now = trio.current_time()
-        # Who sent it, and with which key?
-        presence_body: dict[str, Any] | None = None
-        sender: str
-        if channel == "presence":
-            presence_body = self._presence_from(envelope)
-            if presence_body is None or presence_body["node"] != topic_node:
-                self._refuse("bad-presence")
-                return
-            public_key = presence_body["pk"]
-            sender = presence_body["node"]
-        else:
-            found = self._by_kid.get(envelope.kid)
-            if found is None:
-                self._refuse("unknown-key")  # presence not seen yet: repaired later
-                return
-            sender = found
-            if topic_node is not None and channel != "to" and topic_node != sender:
-                self._refuse("topic-key-mismatch")
-                return
-            public_key = self.peers[sender].public_key
-        try:
-            envelope.verify(public_key)
-            signature_ok = True
-        except SignatureError:
-            signature_ok = False
-        inbound = Inbound(
-            sender=sender,
-            channel=channel,
-            envelope=envelope,
-            signature_ok=signature_ok,
-            retained=message.retain,
-            size=len(message.payload),
-            received_ms=self.clock.physical_ms(),
+        outcome = self._inlet.admit(
+            message.topic,
+            message.payload,
+            message.retain,
+            presence_sent=self._presence_sent,
+            now=now,
+            now_ms=self.clock.physical_ms(),
         )
-        if self.ingress is not None:
-            reason = self.ingress(inbound)
-            if reason is not None:
-                self._refuse(reason)
-                return
-        elif not signature_ok:
-            self._refuse("bad-signature")
+        if not isinstance(outcome, Admitted):
+            self._not_admitted(outcome)
             return
-        if channel in ("d", "sv", "to"):
-            # Digests always go through (small, and what anti-entropy runs on).
-            if (
-                envelope.kind != "digest"
-                and not self.gossip.awaits(sender)
-                and self._cpu_left(sender, now) <= 0
-            ):
-                self._refuse("cpu-budget")  # the next digest exchange repairs it
-                return
+        inbound = outcome.inbound
+        sender, envelope = inbound.sender, inbound.envelope
+        if outcome.rule.charged:
             self._charge.append(sender)
-        if not message.retain:
+        if not inbound.retained:
             try:
                 self.clock.update(envelope.timestamp(sender))
             except ClockDriftError:
                 self._refuse("clock-drift")
                 return
-        if channel == "presence":
-            assert presence_body is not None
-            self._on_presence(presence_body, envelope, now)
+        if outcome.presence is not None:
+            self._on_presence(outcome.presence, envelope, now)
             return
         try:
-            plaintext = envelope.plaintext(self.mesh_key)
-            body = loads(plaintext, max_size=self.config.max_envelope)
+            body = self._inlet.open(outcome)
         except WireError:
             self._refuse("undecodable-payload")
             return
@@ -1151,8 +1058,9 @@ class Replicator:
         if peer is not None:
             peer.last_seen = now
         self._counts[f"in_{envelope.kind}"] += 1
-        if channel in ("d", "sv", "to"):
-            broken = self.gossip.receive(sender, envelope.kind, body, now, direct=channel == "to")
+        if outcome.rule.handler == "gossip":
+            direct = inbound.channel == "to"
+            broken = self.gossip.receive(sender, envelope.kind, body, now, direct=direct)
             for event in self.gossip.events():
                 self._joined(event)
             if broken is not None:
@@ -1161,34 +1069,20 @@ class Replicator:
                 if broken.blame and self.blame is not None:
                     self.blame(sender, broken.reason)
         elif self.on_app is not None:  # "alg" or "policy"
-            refused = self.on_app(channel, sender, body, envelope)
+            refused = self.on_app(inbound.channel, sender, body, envelope)
             if refused is not None:
                 self._refuse(refused)
 
-    def _presence_from(self, envelope: Envelope) -> dict[str, Any] | None:
-        if envelope.kind != "presence" or envelope.encrypted:
-            return None
-        try:
-            body = loads(envelope.payload, max_size=4096)
-        except WireError:
-            return None
-        if not (
-            isinstance(body, dict)
-            and isinstance(body.get("node"), str)
-            and isinstance(body.get("pk"), bytes)
-            and len(body["pk"]) == 32
-            and type(body.get("inc")) is int
-            and 0 <= body["inc"] < 1 << 64
-            and body.get("state") in ("online", "offline")
-            and isinstance(body.get("zone", ""), str)
-            and body.get("mesh") == self.mesh
-        ):
-            return None
-        if derive_kid(body["pk"]) != envelope.kid:
-            return None
-        if body["inc"] >> 16 > self.clock.physical_ms() + MAX_INCARNATION_AHEAD_MS:
-            return None  # an incarnation is an HLC at start-up, never far in the future
-        return body
+    def _not_admitted(self, outcome: Refused | Ignored) -> None:
+        if isinstance(outcome, Refused):
+            self._refuse(outcome.reason)
+        elif outcome is OVERWRITTEN:
+            # Somebody else's presence on our topic (retained, it is what a
+            # peer that restarts hears first): put ours back.
+            self._counts["presence_overwritten"] += 1
+            self._presence_heal.set()
+        elif outcome is CLEARED:
+            self._counts["in_cleared"] += 1
 
     def _on_presence(self, body: dict[str, Any], envelope: Envelope, now: float) -> None:
         node = body["node"]
@@ -1256,8 +1150,10 @@ class Replicator:
         }
 
     def _keep_alternate(self, node: str, kid: bytes, body: dict[str, Any], hlc: int) -> None:
-        if node not in self.peers and node not in self._alternates and (
-            len(self._alternates) >= self.config.max_peers
+        if (
+            node not in self.peers
+            and node not in self._alternates
+            and (len(self._alternates) >= self.config.max_peers)
         ):
             return
         kept = self._alternates.setdefault(node, {})

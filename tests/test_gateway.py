@@ -105,6 +105,66 @@ def test_stale_and_future_stamps_are_denied() -> None:
     assert gateway.decide(ahead).reason == "too-far-ahead"
 
 
+# -- retained messages: a rule of their own ---------------------------------------
+
+
+def test_a_retained_message_needs_signature_zone_and_no_quarantine() -> None:
+    alice, mallory = Peer("alice", random.Random(1)), Peer("mallory", random.Random(2))
+    gateway = make_gateway([alice])
+    msg = alice.message(T0)
+    decision = gateway.decide_retained(msg)
+    assert (decision.verdict, decision.check, decision.reason) == (
+        Verdict.ALLOW,
+        "quarantine",
+        "retained",
+    )
+    forged = replace(msg, signature_ok=False)
+    assert gateway.decide_retained(forged).reason == "bad-signature"
+    assert gateway.decide_retained(mallory.message(T0)).reason == "not-in-zone"
+    gateway.detector.quarantine("alice", "flood", T0)
+    assert gateway.decide_retained(msg).reason == "quarantined"
+    assert gateway.decide_retained(replace(msg, source="")).allowed  # the kid is not
+    gateway.detector.quarantine(alice.kid.hex(), "mesh-quorum", T0)
+    assert gateway.decide_retained(replace(msg, source="")).reason == "quarantined"
+    assert gateway.decide_retained(replace(msg, kid=b"")).reason == "malformed"
+
+
+def test_a_retained_message_is_old_by_design_and_observed_by_nobody() -> None:
+    alice = Peer("alice", random.Random(1))
+    gateway = make_gateway([alice])
+    old = replace(alice.message(T0), received_ms=T0 + 3_600_000)  # an hour old
+    for _ in range(3):  # every subscriber (and every restart) gets the same one
+        assert gateway.decide_retained(old).allowed
+    assert gateway.decide_retained(replace(old, signature_ok=False)).reason == "bad-signature"
+    assert gateway.statistics()["allow"] == gateway.statistics()["deny"] == 0
+    assert gateway.statistics()["peers"] == 0  # no behaviour observed, not even the forgery
+    assert gateway.replay.now_ms == T0  # the replay window's clock did not move
+    fresh = alice.message(T0 + 10)
+    assert gateway.decide_retained(fresh).allowed
+    assert gateway.decide(fresh).allowed  # and it is no replay of itself later
+
+
+def test_signature_only_skips_zone_and_quarantine_but_not_the_signature() -> None:
+    mallory = Peer("mallory", random.Random(2))
+    gateway = Gateway(zone=None, replay_key=NONCE_KEY, now_ms=T0)
+    msg = mallory.message(T0)
+    assert gateway.decide_retained(msg).reason == "no-zone"
+    gateway.detector.quarantine("mallory", "flood", T0)
+    decision = gateway.decide_retained(msg, signature_only=True)
+    assert (decision.verdict, decision.check) == (Verdict.ALLOW, "signature")
+    forged = replace(msg, signature_ok=False)
+    assert gateway.decide_retained(forged, signature_only=True).reason == "bad-signature"
+
+
+def test_a_retained_check_that_raises_denies_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    alice = Peer("alice", random.Random(1))
+    gateway = Gateway(zone=ExplodingZone(), replay_key=NONCE_KEY, now_ms=T0)
+    with caplog.at_level(logging.ERROR, logger="vsm_edge.models"):
+        decision = gateway.decide_retained(alice.message(T0))
+    assert (decision.verdict, decision.reason) == (Verdict.DENY, "internal-error")
+    assert "boom" in caplog.text
+
+
 # -- MAYBE: a Bloom false positive goes to the arbitrator -----------------------
 
 TINY = GatewayConfig(replay=ReplayConfig(capacity=1, fp_rate=0.5, exact_capacity=0))
@@ -280,6 +340,12 @@ def test_fuzzed_inbounds_never_crash_the_gateway(messages: list[Inbound]) -> Non
     alice = Peer("alice", random.Random(1))
     gateway = make_gateway([alice], config=TINY)
     for msg in [*messages, alice.message(T0)]:
+        for retained in (
+            gateway.decide_retained(msg),
+            gateway.decide_retained(msg, signature_only=True),
+        ):
+            assert retained.verdict in (Verdict.ALLOW, Verdict.DENY)
+            assert retained.reason != "internal-error"
         decision = gateway.decide(msg)
         assert decision.verdict in (Verdict.ALLOW, Verdict.DENY)
         assert decision.reason != "internal-error"

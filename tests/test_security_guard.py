@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from support.security import agent_config
 
 from vsm_edge.agent import Policy, Runtime, sign_policy
+from vsm_edge.agent.cli.aggregate import Aggregator, AggregatorConfig
 from vsm_edge.agent.mesh.ingress import OPEN_ZONE, IngressGuard
-from vsm_edge.models import ZonePolicy, derive_key
+from vsm_edge.models import Gateway, ZonePolicy, derive_key
 from vsm_edge.sync import (
     HybridLogicalClock,
     Inbound,
@@ -126,6 +127,53 @@ async def test_retained_messages_need_signature_and_zone_but_presence_only_a_sig
     guard.gateway.detector.quarantine("x", "flood", NOW)
     assert guard.ingress(inbound(member, "alg", retained=True)) == "retained:quarantined"
     assert guard.status()["retained_refused"]["retained:unexpected"] == 1
+
+
+async def test_the_aggregator_applies_the_agents_rule(tmp_path: Path) -> None:
+    """One rule (gateway_check): an aggregator refuses what an open-mode agent refuses.
+
+    Before, the aggregator let every signed retained message in (and named a
+    forged one "bad-signature"): a quarantined node's retained signal too.
+    """
+    guard, _, _ = make_guard(tmp_path, zone="open")
+    aggregator = Aggregator(AggregatorConfig(broker_url="mqtt://127.0.0.1:1", meshes=("m",)))
+    mesh = aggregator.meshes["m"]
+    mesh.gateway = Gateway(zone=OPEN_ZONE, replay_key=bytes(32), now_ms=NOW)
+    observer = aggregator._ingress(mesh)
+    member = key("member")
+    live = inbound(member, "d")
+    cases = [
+        inbound(member, "presence", retained=True),
+        inbound(member, "presence", retained=True, signature_ok=False),
+        inbound(member, "alg", retained=True),
+        inbound(member, "alg", retained=True, signature_ok=False),
+        inbound(member, "d", retained=True),
+        inbound(member, "sv", retained=True),
+        inbound(member, "policy", retained=True),
+        live,
+        live,
+        inbound(member, "presence", sender="x"),
+    ]
+    expected = [
+        None,
+        "retained:bad-signature",
+        None,
+        "retained:bad-signature",
+        "retained:unexpected",
+        "retained:unexpected",
+        None,
+        None,
+        "gateway:replay",
+        None,
+    ]
+    assert [guard.ingress(c) for c in cases] == expected
+    assert [observer(c) for c in cases] == expected
+    for gateway in (guard.gateway, mesh.gateway):
+        gateway.detector.quarantine("x", "flood", NOW)
+    alg = inbound(member, "alg", retained=True)
+    assert guard.ingress(alg) == observer(alg) == "retained:quarantined"
+    presence = inbound(member, "presence", retained=True)  # grants nothing: signature only
+    assert guard.ingress(presence) is observer(presence) is None
 
 
 async def test_live_presences_and_admin_policies_pass_a_closed_zone(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 The aggregator joins each mesh as a peer that owns no S1 unit: per mesh a
 :class:`~vsm_edge.sync.Replicator` (its own node id and key, its own MQTT
-connection) with the agent's ingress gateway, replicating the ``mesh``
-document like any agent. So it verifies every envelope (signature, zone,
-replay, the arbitrator's MAYBE cases), merges the deltas, repairs gaps by
+connection) with the agents' ingress rule (``gateway_check``, retained
+messages included), replicating the ``mesh`` document like any agent. So it
+verifies every envelope (signature, replay, quarantines, the arbitrator's
+MAYBE cases; its zone admits every key), merges the deltas, repairs gaps by
 anti-entropy and sees presence and algedonic signals; it writes nothing into
 the meshes but its presence. What it holds it serves, read-only, on
 ``--http HOST:PORT`` (default 127.0.0.1:7790)::
@@ -36,7 +37,6 @@ from typing import Any
 import trio
 
 from vsm_edge.models import Gateway, GatewayConfig, LazyArbitrator, ModelError
-from vsm_edge.models import Inbound as GatewayInbound
 from vsm_edge.sync import (
     CrdtDocument,
     Envelope,
@@ -58,6 +58,7 @@ from vsm_edge.sync import (
 )
 
 from .._errors import AgentError
+from ..mesh.ingress import OPEN_ZONE, gateway_check
 from ..mesh.schema import MESH_DOC
 from ..vsm.algedonic import Signal, decode_peer_signal
 from ..web.http import HttpResponse, ReadOnlyServer, json_response
@@ -150,7 +151,8 @@ class Aggregator:
         async with trio.open_nursery() as nursery:
             for mesh in self.meshes.values():
                 mesh.gateway = Gateway(
-                    zone=_OPEN_ZONE,
+                    # every key: the aggregator observes, the agents enforce their zones
+                    zone=OPEN_ZONE,
                     replay_key=os.urandom(32),
                     arbitrator=_lazy_arbitrator(),
                     config=GatewayConfig(),
@@ -228,23 +230,7 @@ class Aggregator:
         def check(inbound: Inbound) -> str | None:
             gateway = mesh.gateway
             assert gateway is not None
-            if inbound.retained:
-                # presence, the latest alarm, the policy: old by design
-                return None if inbound.signature_ok else "bad-signature"
-            envelope = inbound.envelope
-            decision = gateway.decide(
-                GatewayInbound(
-                    kid=envelope.kid,
-                    hlc=envelope.hlc,
-                    nonce=envelope.nonce,
-                    kind=envelope.kind,
-                    signature_ok=inbound.signature_ok,
-                    size=inbound.size,
-                    received_ms=inbound.received_ms,
-                    source=inbound.sender,
-                )
-            )
-            return None if decision.allowed else f"gateway:{decision.reason}"
+            return gateway_check(gateway, inbound)  # the agents' rule; it knows no admin key
 
         return check
 
@@ -335,16 +321,6 @@ class Aggregator:
         if with_history:
             out["history"] = self.history.export()
         return out
-
-
-class _OpenZone:
-    """Admits every key: the aggregator observes, the agents enforce their zones."""
-
-    def __contains__(self, kid: object) -> bool:
-        return isinstance(kid, bytes)
-
-
-_OPEN_ZONE = _OpenZone()
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -4,15 +4,18 @@ Theory of operation
 -------------------
 The replicator decodes every message, finds the sender's key (its presence)
 and checks the signature; then it asks :meth:`IngressGuard.ingress`, before
-anything of the message is merged or dispatched:
+anything of the message is merged or dispatched. The rule is
+:func:`gateway_check`, which the aggregator applies too:
 
 * **retained** messages are old by design (the broker keeps them), so there
-  is no freshness or replay check. A presence needs a valid signature only (it
-  announces a key and grants nothing); a policy the same, when an admin key
-  signed the envelope (S5 checks the admin signature inside), else the zone
-  too; an algedonic signal needs the zone and a source that is not
-  quarantined. Retained messages on any other channel are refused: the
-  protocol never retains deltas, digests or repairs.
+  is no freshness or replay check (:meth:`Gateway.decide_retained`). A
+  presence needs a valid signature only (it announces a key and grants
+  nothing); a policy the same, when an admin key signed the envelope (S5
+  checks the admin signature inside); any other policy and an algedonic
+  signal need the zone and a source that is not quarantined. Retained
+  messages on any other channel are refused (the sync layer's
+  :data:`~vsm_edge.sync.CHANNELS`: the protocol never retains deltas,
+  digests or repairs).
 * **live** messages go through :meth:`Gateway.decide` (signature, zone,
   quarantine, freshness, replay, MAYBE -> the int8 arbitrator, behaviour).
   The arbitrator's files are checked at start; its interpreter is built on
@@ -71,6 +74,7 @@ from vsm_edge.models import (
 )
 from vsm_edge.models import Inbound as GatewayInbound
 from vsm_edge.sync import (
+    CHANNELS,
     Inbound,
     MeshKey,
     NodeKey,
@@ -93,7 +97,7 @@ from .schema import quarantine_key
 if TYPE_CHECKING:
     from ..vsm.runtime import Runtime
 
-__all__ = ["OPEN_ZONE", "PROPOSAL_KIND", "IngressGuard"]
+__all__ = ["OPEN_ZONE", "PROPOSAL_KIND", "IngressGuard", "gateway_check"]
 
 log = logging.getLogger("vsm_edge.agent.security")
 
@@ -114,7 +118,6 @@ MAX_PINS: Final = 4_096  # node -> key id pins kept (least recently bound forgot
 NEW_KEY_BURST: Final = 1_024.0
 NEW_KEY_RATE: Final = 1.0 / 60.0  # per second
 TICK_S: Final = 1.0
-_RETAINED_ALLOWED: Final = frozenset({"presence", "policy", "alg"})
 
 
 class _OpenZone:
@@ -125,6 +128,41 @@ class _OpenZone:
 
 
 OPEN_ZONE: Final = _OpenZone()
+
+
+def gateway_check(
+    gateway: Gateway, inbound: Inbound, *, admin_kids: Container[bytes] = frozenset()
+) -> str | None:
+    """The ingress rule of agents and aggregators: a refusal reason, or None (module doc).
+
+    A retained message is refused ``retained:unexpected`` on a channel that
+    is never retained, else decided by :meth:`Gateway.decide_retained`
+    (reasons ``retained:<reason>``); a live one by :meth:`Gateway.decide`
+    (``gateway:<reason>``). Presences, and policies signed by one of
+    ``admin_kids``, rest on their signature: retained, nothing else is
+    checked; live, everything but the zone.
+    """
+    envelope = inbound.envelope
+    channel = inbound.channel
+    rule = CHANNELS.get(channel)
+    if inbound.retained and (rule is None or not rule.retained):
+        return "retained:unexpected"
+    exempt = channel == "presence" or (channel == "policy" and envelope.kid in admin_kids)
+    msg = GatewayInbound(
+        kid=envelope.kid,
+        hlc=envelope.hlc,
+        nonce=envelope.nonce,
+        kind=envelope.kind,
+        signature_ok=inbound.signature_ok,
+        size=inbound.size,
+        received_ms=inbound.received_ms,
+        source=inbound.sender,
+    )
+    if inbound.retained:
+        decision = gateway.decide_retained(msg, signature_only=exempt)
+        return None if decision.allowed else f"retained:{decision.reason}"
+    decision = gateway.decide(msg, zone_exempt=exempt)
+    return None if decision.allowed else f"gateway:{decision.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,29 +327,13 @@ class IngressGuard:
 
     def ingress(self, inbound: Inbound) -> str | None:
         """The replicator's ingress check: a refusal reason, or None to let it in."""
-        envelope = inbound.envelope
-        channel = inbound.channel
+        reason = gateway_check(self.gateway, inbound, admin_kids=self.admin_kids)
         if inbound.retained:
-            reason = self._retained_check(inbound)
             if reason is not None:
                 self._retained[reason] += 1
-            return reason
-        exempt = channel == "presence" or (channel == "policy" and envelope.kid in self.admin_kids)
-        decision = self.gateway.decide(
-            GatewayInbound(
-                kid=envelope.kid,
-                hlc=envelope.hlc,
-                nonce=envelope.nonce,
-                kind=envelope.kind,
-                signature_ok=inbound.signature_ok,
-                size=inbound.size,
-                received_ms=inbound.received_ms,
-                source=inbound.sender,
-            ),
-            zone_exempt=exempt,
-        )
-        self._drain_events()
-        return None if decision.allowed else f"gateway:{decision.reason}"
+        else:
+            self._drain_events()
+        return reason
 
     def bind_key(self, node: str, kid: bytes, bound: bytes | None) -> str | None:
         """The replicator's key binding: may ``node``'s presence bind it to ``kid``?
@@ -365,25 +387,6 @@ class IngressGuard:
             now_ms=self._wall_clock(),
         )
         self._drain_events()
-
-    def _retained_check(self, inbound: Inbound) -> str | None:
-        envelope = inbound.envelope
-        channel = inbound.channel
-        if not inbound.signature_ok:
-            return "retained:bad-signature"
-        if channel not in _RETAINED_ALLOWED:
-            return "retained:unexpected"
-        if channel == "presence" or (channel == "policy" and envelope.kid in self.admin_kids):
-            return None
-        if not self.gateway.admits(envelope.kid):
-            return "retained:not-in-zone" if self.gateway_zone is not None else "retained:no-zone"
-        detector = self.gateway.detector
-        now = inbound.received_ms
-        if detector.is_quarantined(inbound.sender, now) or detector.is_quarantined(
-            envelope.kid.hex(), now
-        ):
-            return "retained:quarantined"
-        return None
 
     @property
     def gateway_zone(self) -> Container[bytes] | None:
