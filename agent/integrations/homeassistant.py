@@ -29,11 +29,14 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from vsm_edge.sync import Transport, TransportError, Will
+from vsm_edge.sync import Timestamp, Transport, TransportError, Will
+
+if TYPE_CHECKING:
+    from ..vsm.runtime import Runtime
 
 __all__ = [
     "HomeAssistantPublisher",
@@ -297,13 +300,18 @@ class HomeAssistantPublisher:
 
 
 def publisher_for_agent(
-    runtime: Any, transport_factory: Callable[[Will], Transport]
+    runtime: Runtime, transport_factory: Callable[[Will], Transport]
 ) -> HomeAssistantPublisher:
-    """A publisher fed by a running :class:`~vsm_edge.agent.Runtime` (units, readings, alarms)."""
+    """A publisher fed by a running :class:`~vsm_edge.agent.Runtime` (units, readings, alarms).
+
+    It reads the runtime's typed state directly rather than a status snapshot:
+    the state goes out every ``state_interval_s``, and the reading specs it
+    needs (units of measurement) are not in the status.
+    """
     config = runtime.config
     latest: dict[str, float] = {}
 
-    def on_reading(unit: str, reading: str, value: float, stamp: Any) -> None:
+    def on_reading(unit: str, reading: str, value: float, stamp: Timestamp) -> None:
         key = f"{unit}.{reading}"
         if key in latest or len(latest) < MAX_ENTITIES:
             latest[key] = float(value)

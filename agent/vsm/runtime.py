@@ -61,6 +61,7 @@ from .s2 import Coordination, Oscillation
 from .s3 import Admission, CircuitBreaker, Control
 from .s4 import Anomaly, Intelligence, MeshView, PeerReport
 from .s5 import Identity, PolicyEngine, Recommendation
+from .status import StatusSection, VsmStatus, build_status
 from .supervisor import Crash, Supervisor
 from .unit import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
 
@@ -85,7 +86,7 @@ PATTERN_PAIN = {
     "cascade": 0.9,
     "clock-skew": 0.5,
 }
-FlushHook = Callable[[dict[str, Any]], Awaitable[None]]
+FlushHook = Callable[[VsmStatus], Awaitable[None]]
 
 
 class _UnitRecord:
@@ -261,7 +262,7 @@ class Runtime:
             self._units_pending[name] = ("code", made, {})
         self.units: dict[str, _UnitRecord] = {}
         self._flush_hooks: list[FlushHook] = []
-        self._status_sections: dict[str, Callable[[], Any]] = {}
+        self._status_sections: dict[str, Callable[[], StatusSection]] = {}
         self.http_routes: dict[str, Route] = {}  # path -> handler, served by StatusServer
         self._stop = trio.Event()
         self._started = trio.Event()
@@ -349,23 +350,28 @@ class Runtime:
         """``await hook(status)`` at shutdown (the store connects here)."""
         self._flush_hooks.append(hook)
 
-    def set_status_section(self, key: str, provider: Callable[[], Any]) -> None:
-        """Add a top-level status key (e.g. ``gateway``) computed by ``provider()``."""
+    def set_status_section(self, key: str, provider: Callable[[], StatusSection]) -> None:
+        """Add a top-level status key (e.g. ``gateway``): ``provider()`` gives its typed value.
+
+        The value only needs a ``to_json()``; the mesh's sections are typed in
+        :mod:`vsm_edge.agent.mesh.status`. Setting a key again replaces its provider.
+        """
         self._status_sections[key] = provider
 
     async def _flush(self) -> None:
         status = self.status()
         if self.write_state:  # first: local and quick, so a slow hook cannot starve it
             data_dir = self.config.node.data_dir
+            document = status.to_json()
             try:
-                await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
+                await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", document)
             except OSError as exc:  # a full disk must not turn a clean stop into a crash
                 log.error("could not write %s: %s", data_dir / "vsm-state.json", exc)  # noqa: TRY400
         for hook in self._flush_hooks:
             try:
                 await hook(status)
             except Exception as exc:  # one broken hook must not stop the others
-                status.setdefault("flush_errors", []).append(repr(exc))
+                log.error("flush hook %r failed: %r", hook, exc)  # noqa: TRY400
 
     def _write_port_file(self) -> None:
         if not self.write_state or self.status_port is None:
@@ -1038,98 +1044,10 @@ class Runtime:
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """The status document (``vsm-edge status --json``)."""
-        now = trio.current_time()
-        bus = self.bus.statistics()
-        channels = {name: _stats(c) for name, c in bus.channels.items()}
-        s4 = self.s4.snapshot(now)
-        variety = s4["variety"]
-        assert isinstance(variety, dict)
-        s3 = self.s3.snapshot(now)
-        budgets = s3["budgets"]
-        assert isinstance(budgets, dict)
-        out: dict[str, Any] = {
-            "node": {
-                "id": self.node,
-                "mesh": self.identity.mesh,
-                "zone": self.identity.zone,
-                "uptime_s": round(now - self.started_at, 3),
-                "hlc": str(self.hlc.last),
-                "safe_mode": self.s5.safe_mode,
-                "status_port": self.status_port,
-                "published": bus.published,
-                "tasks": {n: t.snapshot() for n, t in sorted(self.supervisor.tasks.items())},
-            },
-            "s1": {
-                "units": {
-                    name: {
-                        "kind": r.kind,
-                        **(
-                            self.supervisor.tasks[name].snapshot()
-                            if name in self.supervisor.tasks
-                            else {}
-                        ),
-                        "readings": list(r.specs),
-                        "commands": list(r.commands),
-                        "emitted": r.emitted,
-                        "attenuated": r.attenuated,
-                        "blocked": r.blocked,
-                        "commands_applied": r.commands_applied,
-                        **(
-                            {
-                                "commands_confirmed": r.commands_confirmed,
-                                "commands_failed": r.commands_failed,
-                                "last_outcome": r.last_outcome,
-                            }
-                            if r.confirms
-                            else {}
-                        ),
-                        **_unit_detail(r.unit),
-                    }
-                    for name, r in sorted(self.units.items())
-                },
-                "budget": budgets.get("s1"),
-                "variety_bits": variety.get("s1"),
-                "channel": channels.get("s1"),
-            },
-            "s2": {
-                **self.s2.snapshot(now),
-                "budget": budgets.get("s2"),
-                "variety_bits": variety.get("s2"),
-                "channel": channels.get("s2"),
-                "leases": {
-                    r: {"holder": lease.holder, "expires_ms": lease.expires_ms}
-                    for r, lease in self.leases.entries.items()
-                },
-            },
-            "s3": {**s3, "variety_bits": variety.get("s3"), "channel": channels.get("s3")},
-            "s4": {
-                **s4,
-                "variety_bits": variety.get("s4"),
-                "budget": budgets.get("s4"),
-                "channel": channels.get("s4"),
-                "patterns": self.patterns.snapshot(),
-            },
-            "s5": {
-                **self.s5.snapshot(now),
-                "budget": budgets.get("s5"),
-                "variety_bits": variety.get("s5"),
-                "channel": channels.get("s5"),
-            },
-            "algedonic": {
-                **self.algedonic.snapshot(now),
-                "channel": channels.get("algedonic"),
-                "outbound": self.algedonic_port.statistics(),
-            },
-            "peers": self.mesh_view.peers(now),
-        }
-        for key, provider in self._status_sections.items():
-            try:
-                out[key] = provider()
-            except Exception as exc:  # a broken provider must not break status
-                out[key] = {"error": repr(exc)}
-        return out
+    def status(self) -> VsmStatus:
+        """The node's status now: the VSM and the added sections (``status().to_json()``
+        is the document of ``vsm-edge status --json``; see :mod:`.status`)."""
+        return build_status(self, trio.current_time(), self._status_sections)
 
 
 def _unique(specs: Iterable[Any], unit: str, what: str) -> dict[str, Any]:
@@ -1139,20 +1057,6 @@ def _unique(specs: Iterable[Any], unit: str, what: str) -> dict[str, Any]:
             raise UnitError(f"unit {unit} declares {what} {spec.name!r} twice")
         out[spec.name] = spec
     return out
-
-
-def _unit_detail(unit: Unit) -> dict[str, Any]:
-    status = getattr(unit, "status", None)
-    if status is None:
-        return {}
-    try:
-        return {"detail": status()}
-    except Exception as exc:  # a unit's broken status must not break the node's
-        return {"detail": {"error": repr(exc)}}
-
-
-def _stats(c: Any) -> dict[str, Any]:
-    return {name: getattr(c, name) for name in c.__slots__}
 
 
 def _load(uc: UnitConfig) -> Unit:

@@ -196,6 +196,12 @@ def capture() -> dict[str, Any]:
     return out
 
 
+def agent_document() -> dict[str, Any]:
+    """A fresh copy of the live agent's status document in ``status-agent.json``."""
+    doc: dict[str, Any] = json.loads(AGENT_VECTOR.read_text())["agent"]
+    return doc
+
+
 def _json(status: Any) -> Any:
     """A status value as JSON (the code before the typed status gave dicts)."""
     doc = status if isinstance(status, dict) else status.to_json()
@@ -218,7 +224,7 @@ class StandInDiscovery:
         }
 
     def statistics(self) -> Any:
-        from vsm_edge.sync._discovery import DiscoveryStatistics
+        from vsm_edge.sync import DiscoveryStatistics
 
         return DiscoveryStatistics(2, 1, 9, 4, 1, 1, 0, 1, 3, 2, 0, 12, "")
 
