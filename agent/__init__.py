@@ -8,7 +8,14 @@ points. See docs/architecture.md and docs/configuration.md.
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AgentError, ConfigError, PolicyError, StatusClientError, UnitError
+from ._errors import (
+    AgentError,
+    ConfigError,
+    PolicyError,
+    StatusClientError,
+    StatusError,
+    UnitError,
+)
 from .config.loader import load_config, parse_config
 from .config.schema import AgentConfig
 from .units.simulated import SimulatedActuator, SimulatedSensor
@@ -93,6 +100,7 @@ __all__ = [
     "SimulatedSensor",
     "StatusClient",
     "StatusClientError",
+    "StatusError",
     "Subsystem",
     "TokenBucket",
     "Unit",

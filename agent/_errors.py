@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "PolicyError",
     "StatusClientError",
+    "StatusError",
     "UnitError",
 ]
 
@@ -42,3 +43,16 @@ class UnitError(AgentError):
 
 class StatusClientError(AgentError):
     """The status endpoint of a running agent could not be reached or answered an error."""
+
+
+class StatusError(AgentError):
+    """A status document does not have the documented shape (``from_json`` of a status type).
+
+    ``str(err)`` names the place first: ``status.s3.budgets.s1.tokens: expected a
+    number, got a string``; ``path`` holds that place alone.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")

@@ -85,7 +85,7 @@ async def through_the_unit(samples: int, pace: int | None) -> tuple[list[float],
                 await nursery.start(runtime.run)
                 with trio.fail_after(samples * INTERVAL_S * 3 + 30):
                     await done.wait()
-                entry = runtime.status()["s1"]["units"]["mcu"]
+                entry = runtime.status().s1.units["mcu"].to_json()
                 runtime.stop()
         finally:
             proc.terminate()

@@ -13,6 +13,7 @@ import trio
 
 from vsm_edge.agent import AgentConfig, parse_config
 from vsm_edge.agent.mesh.node import Agent
+from vsm_edge.agent.mesh.status import GatewayStatus, ReplicationStatus
 from vsm_edge.sync import CrdtDocument, MemoryBroker
 
 
@@ -75,7 +76,7 @@ async def test_readings_reports_alarms_and_leases_cross_the_mesh(tmp_path: Path)
         await until(lambda: len(b.samples) > 0, "latency samples at b")
         # the VSM report feeds b's S4 mesh view
         await until(
-            lambda: any(p["node"] == "a" for p in b.runtime.mesh_view.peers(trio.current_time())),
+            lambda: any(p.node == "a" for p in b.runtime.mesh_view.peers(trio.current_time())),
             "a in b's mesh view",
         )
         # an operator alarm raised on a reaches b's algedonic channel
@@ -90,10 +91,12 @@ async def test_readings_reports_alarms_and_leases_cross_the_mesh(tmp_path: Path)
         a.runtime.acquire_lease("pump", ttl_s=30)
         await until(lambda: b.runtime.lease_holder("pump") == "a", "the lease at b")
         # gateway counts are in the status, every message allowed
-        status = b.runtime.status()
-        assert status["gateway"]["allow"] > 0
-        assert status["gateway"]["deny"] == 0
-        assert status["replication"]["online_peers"] == ["a"]
+        status = b.status()
+        assert isinstance(status.gateway, GatewayStatus)
+        assert status.gateway.allow > 0
+        assert status.gateway.deny == 0
+        assert isinstance(status.replication, ReplicationStatus)
+        assert status.replication.online_peers == ("a",)
 
 
 async def test_state_and_key_survive_a_restart(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import trio
 from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
 from support.security import Rogue, agent_config, running_agents, wait_until
 
+from vsm_edge.agent.mesh.status import ReplicationStatus
 from vsm_edge.agent.vsm.algedonic import PAIN, Signal, SignalError, decode_peer_signal
 from vsm_edge.sync import MqttSettings, MqttTransport, NodeKey, Timestamp, Will
 
@@ -93,6 +94,7 @@ async def test_a_peers_out_of_range_signal_is_refused_and_counted(
             nursery.cancel_scope.cancel()
         [heard] = from_z()
         assert (heard.intensity, heard.source) == (0.75, "operator.test")
-        status = runtime.status()
-        assert status["replication"]["refused"]["alg:malformed"] == 4
-        assert status["replication"]["refused"]["alg:wrong-node"] == 1
+        replication = a.status().replication
+        assert isinstance(replication, ReplicationStatus)
+        assert replication.replicator.refused["alg:malformed"] == 4
+        assert replication.replicator.refused["alg:wrong-node"] == 1

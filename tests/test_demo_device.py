@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from support.status_scenario import agent_document
 
 from vsm_edge.agent import parse_config
 from vsm_edge.agent.cli.demo_device import DemoDevice, start_device
+from vsm_edge.agent.vsm.status import VsmStatus
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +56,16 @@ def test_report_counts_the_peers_holding_the_readings(tmp_path: Path) -> None:
         files[node] = tmp_path / f"{node}.json"
         files[node].write_text(json.dumps(rows))
     files["n5"] = tmp_path / "missing.json"  # a node that wrote nothing is skipped
-    status = {"s1": {"units": {"bench": {
-        "readings": ["temperature", "humidity"], "emitted": 9,
-        "detail": {"device_id": "mcu", "connected": True, "readings_received": 9},
-    }}}}  # fmt: skip
-    report = device.report({"n1": status}, files)
+    doc = agent_document()  # a live agent's status (captured), its unit made the device's
+    doc["s1"]["units"] = {"bench": dict(
+        doc["s1"]["units"]["temp"], readings=["temperature", "humidity"], emitted=9,
+        detail={"device_id": "mcu", "connected": True, "readings_received": 9},
+    )}  # fmt: skip
+    report = device.report({"n1": VsmStatus.from_json(doc), "n2": None}, files)
     assert report["peers_holding_readings"] == ["n2", "n3"]
     assert report["replicated_updates"] == 3
     assert report["replication_ms"] == {"p50": 20.0, "p99": 30.0, "max": 30.0}
     assert (report["readings_received"], report["device_id"]) == (9, "mcu")
+    assert (report["readings"], report["emitted"]) == (["temperature", "humidity"], 9)
+    absent = device.report({"n1": None}, {})  # no status from the device's node
+    assert (absent["readings"], absent["emitted"], absent["device_id"]) == ([], 0, None)

@@ -12,7 +12,13 @@ from support.devices import FakePort
 from support.vsm import config, running
 
 from vsm_edge.agent import FirmwareBridgeUnit, Runtime, UnitError, load_unit
+from vsm_edge.agent.vsm.status import UnitStatus
 from vsm_edge.bridge import NackReason
+
+
+def _bench(rt: Runtime) -> UnitStatus:
+    """The status of the unit ``bench``."""
+    return rt.status().s1.units["bench"]
 
 
 def _unit(port: FakePort, **options: Any) -> FirmwareBridgeUnit:
@@ -73,21 +79,22 @@ async def test_device_channels_become_readings_and_commands(
     async with trio.open_nursery() as nursery:
         port = FakePort(nursery, interval=0.1)
         async with running(config(), {"bench": _unit(port)}) as rt:
-            assert rt.status()["s1"]["units"]["bench"]["readings"] == []
+            assert _bench(rt).readings == ()
             await trio.sleep(1.0)
-            entry = rt.status()["s1"]["units"]["bench"]
-            assert entry["readings"] == ["temp", "rh"]
-            assert entry["commands"] == ["fan"]
+            entry = _bench(rt)
+            assert entry.readings == ("temp", "rh")
+            assert entry.commands == ("fan",)
             record = rt.units["bench"]
             assert record.specs["temp"].unit == "°C"
             assert record.specs["temp"].resolution == pytest.approx(165 / 100)  # range/100
             assert (record.commands["fan"].minimum, record.commands["fan"].maximum) == (0, 100)
-            assert entry["emitted"] >= 2 * 8  # two sensors at 10 Hz for ~0.9 s
-            detail = entry["detail"]
+            assert entry.emitted >= 2 * 8  # two sensors at 10 Hz for ~0.9 s
+            detail = entry.detail
+            assert detail is not None
             assert detail["connected"] is True
             assert detail["device_id"] == "fake-1"
             assert detail["bridge"]["session"]["handshakes"] == 1
-            assert detail["readings_received"] == entry["emitted"]
+            assert detail["readings_received"] == entry.emitted
             # the readings reached S4 as categories of this unit
             assert rt.s4.environment.entropy(trio.current_time()) > 0
 
@@ -99,9 +106,11 @@ async def test_device_channels_become_readings_and_commands(
             assert not refused.accepted
             assert refused.reason == "s1: bench.fan above maximum 100"
             assert port.applied == [("fan", 40)]
-            entry = rt.status()["s1"]["units"]["bench"]
-            assert (entry["commands_confirmed"], entry["commands_failed"]) == (1, 0)
-            assert entry["last_outcome"]["ok"] is True
+            entry = _bench(rt)
+            assert entry.confirmed is not None
+            assert (entry.confirmed.commands_confirmed, entry.confirmed.commands_failed) == (1, 0)
+            assert entry.confirmed.last_outcome is not None
+            assert entry.confirmed.last_outcome["ok"] is True
             rt.stop()
         nursery.cancel_scope.cancel()
 
@@ -126,8 +135,9 @@ async def test_device_nack_and_silence_are_the_command_result(
             queued = rt.submit_command("bench", "fan", 30)
             assert queued.accepted
             await trio.sleep(1.0)
-            entry = rt.status()["s1"]["units"]["bench"]
-            assert (entry["commands_confirmed"], entry["commands_failed"]) == (0, 3)
+            entry = _bench(rt)
+            assert entry.confirmed is not None
+            assert (entry.confirmed.commands_confirmed, entry.confirmed.commands_failed) == (0, 3)
             assert port.applied == []
             rt.stop()
         nursery.cancel_scope.cancel()
@@ -153,13 +163,13 @@ async def test_pain_while_the_device_is_away_cleared_when_it_returns(
             alarms = _alarms(rt)
             assert [(v, a) for v, _, a in alarms] == [("pain", True), ("pleasure", False)]
             assert alarms[1][1].startswith("device fake-1 back on /dev/fake after")
-            detail = rt.status()["s1"]["units"]["bench"]["detail"]
+            detail = _bench(rt).detail
             assert (detail["connected"], detail["connects"], detail["pains"]) == (True, 1, 1)
 
             # unplugged: the link ends, the bridge reopens, pain after the grace period
             port.unplug()
             await trio.sleep(0.1)
-            detail = rt.status()["s1"]["units"]["bench"]["detail"]
+            detail = _bench(rt).detail
             assert detail["connected"] is False
             assert detail["disconnects"] == 1
             away = await rt.execute_command("bench", "fan", 1)
@@ -169,7 +179,7 @@ async def test_pain_while_the_device_is_away_cleared_when_it_returns(
             port.present = True
             await trio.sleep(3.0)
             assert [(v, a) for v, _, a in _alarms(rt)][-2:] == [("pain", True), ("pleasure", False)]
-            assert rt.status()["s1"]["units"]["bench"]["detail"]["connects"] == 2
+            assert _bench(rt).detail["connects"] == 2
             assert rt.algedonic.critical_pain() == 0.0
             assert trio.current_time() - t0 < 12
             rt.stop()
@@ -184,12 +194,12 @@ async def test_pinned_channels_are_declared_up_front_and_checked(
         unit = _unit(port, sensors=["temp", "pressure"], actuators=["fan"], resolution=0.5,
                      period_s=0.1, pain_after_s=60)  # fmt: skip
         async with running(config(), {"bench": unit}) as rt:
-            entry = rt.status()["s1"]["units"]["bench"]
-            assert (entry["readings"], entry["commands"]) == (["temp", "pressure"], ["fan"])
+            entry = _bench(rt)
+            assert (entry.readings, entry.commands) == (("temp", "pressure"), ("fan",))
             assert rt.units["bench"].specs["temp"].period_s == 0.1
             port.present = True
             await trio.sleep(1.0)
-            detail = rt.status()["s1"]["units"]["bench"]["detail"]
+            detail = _bench(rt).detail
             assert detail["missing"] == ["sensor pressure"]
             assert detail["ignored"] == ["rh"]  # the device has it; the config did not ask
             assert detail["readings_ignored"] > 0
@@ -218,7 +228,7 @@ async def test_a_restarted_unit_opens_a_fresh_bridge(
         async with running(config(), {"bench": unit}) as rt:
             await trio.sleep(1.0)
             assert unit.bridge is not first
-            assert rt.status()["s1"]["units"]["bench"]["detail"]["connected"] is True
+            assert _bench(rt).detail["connected"] is True
             assert port.opens == 2
             rt.stop()
         nursery.cancel_scope.cancel()

@@ -34,7 +34,7 @@ def _bench_path(device: PtyDevice) -> dict[str, Any]:
 
 
 def _unit(rt: Runtime) -> dict[str, Any]:
-    entry: dict[str, Any] = rt.status()["s1"]["units"]["bench"]
+    entry: dict[str, Any] = rt.status().s1.units["bench"].to_json()
     return entry
 
 
@@ -162,7 +162,7 @@ async def test_device_readings_replicate_to_another_agent(tmp_path: Path) -> Non
                 assert -40 <= value <= 125  # the simulator's temperature channel range
                 assert isinstance(written_ms, int)
                 assert a.runtime is not None
-                assert a.runtime.status()["s1"]["units"]["bench"]["emitted"] > 0
+                assert a.runtime.status().s1.units["bench"].emitted > 0
                 a.stop()
                 b.stop()
         sim.stop()
@@ -198,7 +198,7 @@ async def test_a_device_renaming_its_channels_cannot_grow_the_mesh(tmp_path: Pat
             assert runtime is not None
 
             def detail() -> dict[str, Any]:
-                entry: dict[str, Any] = runtime.status()["s1"]["units"]["bench"]["detail"]
+                entry: dict[str, Any] = dict(runtime.status().s1.units["bench"].detail or {})
                 return entry
 
             def handled() -> int:

@@ -10,46 +10,47 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from support.status_scenario import agent_document
 
+from vsm_edge.agent import StatusError
+from vsm_edge.agent.mesh.status import NodeStatus
 from vsm_edge.agent.web.http import HttpResponse, ReadOnlyServer, json_response
 from vsm_edge.agent.web.metrics import agent_families, render, view_families
 from vsm_edge.agent.web.view import LagTracker, build_view, mesh_nodes, percentiles
 
-STATUS: dict[str, Any] = {
-    "node": {"id": "n1", "mesh": "m", "zone": "z", "uptime_s": 12.5, "safe_mode": False},
-    "s3": {
-        "budgets": {
-            s: {"tokens": 10.0 * i, "capacity": 100, "refill_per_s": 5.0, "passed": 7 * i}
-            for i, s in enumerate(("s1", "s2", "s3", "s4", "s5"), 1)
-        },
-        "attenuation": {"active": True, "aggregated": {"temp": 3}, "dropped": {"temp": 2}},
-        "channel": {"dropped": 1},
-    },
-    "s4": {
-        "variety": {"s1": 2.5, "s2": 0.0, "s3": 0.1, "s4": 0.0, "s5": 0.0},
-        "environment_bits": 2.5, "system_bits": 3.0, "variety_ratio": 0.83,
-    },
-    "s1": {"channel": {"dropped": 4}},
-    "algedonic": {
-        "alarms": [
-            {"id": "a", "intensity": 0.7, "valence": "pain", "acked": False},
-            {"id": "b", "intensity": 0.9, "valence": "pain", "acked": True},
-            {"id": "c", "intensity": 0.99, "valence": "pleasure", "acked": False},
-        ],
-        "counters": {"received": 5, "delivered": 3, "adapted": 2},
-    },
-    "gateway": {"allow": 40, "deny": 2, "maybe": 1, "reasons": {"fresh": 40, "replay": 2},
-                "quarantined": 0},
-    "replication": {
-        "latency_ms": {"count": 9, "p50": 12.0, "p99": 80.0, "max": 95.0},
-        "transport": {"state": "connected", "messages_in": 10, "messages_out": 11,
-                      "bytes_in": 1000, "bytes_out": 1100, "reconnects": 1},
-        "refused": {"unknown-key": 3},
-        "online_peers": ["n2", "n3"],
-        "keys": 8,
-    },
-    "peers": [{"node": "n2", "stale": False}, {"node": "n4", "stale": True}],
-}  # fmt: skip
+
+def status_document() -> dict[str, Any]:
+    """A live agent's status document (captured), with known values where the test looks."""
+    doc = agent_document()
+    doc["node"].update(id="n1", mesh="m", zone="z", uptime_s=12.5, safe_mode=False)
+    for i, s in enumerate(("s1", "s2", "s3", "s4", "s5"), 1):
+        doc["s3"]["budgets"][s] = {
+            "tokens": 10.0 * i, "capacity": 100, "refill_per_s": 5.0, "passed": 7 * i,
+        }
+    doc["s3"]["attenuation"].update(active=True, aggregated={"temp": 3}, dropped={"temp": 2})
+    doc["s4"].update(variety={"s1": 2.5, "s2": 0.0, "s3": 0.1, "s4": 0.0, "s5": 0.0},
+                     environment_bits=2.5, system_bits=3.0, variety_ratio=0.83)
+    doc["s1"]["channel"]["dropped"] = 4
+    [alarm] = doc["algedonic"]["alarms"]
+    doc["algedonic"]["alarms"] = [
+        dict(alarm, id="a", intensity=0.7, valence="pain", acked=False),
+        dict(alarm, id="b", intensity=0.9, valence="pain", acked=True),
+        dict(alarm, id="c", intensity=0.99, valence="pleasure", acked=False),
+    ]
+    doc["algedonic"]["counters"].update(received=5, delivered=3, adapted=2)
+    doc["gateway"].update(allow=40, deny=2, maybe=1, reasons={"fresh": 40, "replay": 2},
+                          quarantined=0)
+    rep = doc["replication"]
+    rep["latency_ms"] = {"count": 9, "p50": 12.0, "p99": 80.0, "max": 95.0}
+    rep["transport"].update(state="connected", messages_in=10, messages_out=11, bytes_in=1000,
+                            bytes_out=1100, reconnects=1)
+    rep.update(refused={"unknown-key": 3}, online_peers=["n2", "n3"], keys=8)
+    [peer] = doc["peers"]
+    doc["peers"] = [dict(peer, node="n2", stale=False), dict(peer, node="n4", stale=True)]
+    return doc  # fmt: skip
+
+
+STATUS = status_document()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -61,7 +62,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_agent_metrics_from_a_status_document() -> None:
-    got = samples(render(agent_families(STATUS)).decode())
+    got = samples(render(agent_families(NodeStatus.from_json(STATUS))).decode())
     n = (("node", "n1"),)
     assert got[("vsm_node_info", (("mesh", "m"), ("node", "n1"), ("zone", "z")))] == 1
     assert got[("vsm_budget_tokens", (("node", "n1"), ("subsystem", "s2")))] == 20.0
@@ -91,12 +92,26 @@ json_values = st.recursive(
 )
 
 
+def test_a_broken_section_yields_no_metrics_of_it() -> None:
+    doc = status_document()
+    doc["gateway"] = {"error": "RuntimeError('boom')"}
+    del doc["replication"]
+    got = samples(render(agent_families(NodeStatus.from_json(doc))).decode())
+    assert not [name for name, _ in got if "gateway" in name or "mqtt" in name]
+    assert got[("vsm_variety_ratio", (("node", "n1"),))] == 0.83
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from([*sorted(STATUS), "x"]), json_values, max_size=8))
-def test_any_status_document_renders(doc: dict[str, Any]) -> None:
-    # A malformed or partial document yields fewer metrics, never an exception.
-    text = render(agent_families(doc)).decode()
-    list(text_string_to_metric_families(text))
+def test_any_status_document_is_read_or_refused_and_renders(changes: dict[str, Any]) -> None:
+    # Parsed at the edge: a malformed document is one StatusError; a read one always renders.
+    doc = {**STATUS, **changes}
+    try:
+        status = NodeStatus.from_json(doc)
+    except StatusError:
+        pass
+    else:
+        list(text_string_to_metric_families(render(agent_families(status)).decode()))
     view = {"nodes": [doc], "meshes": [doc], "alarms": [doc], "source": doc}
     list(text_string_to_metric_families(render(view_families(view)).decode()))
 

@@ -78,9 +78,10 @@ async def test_flooding_zombie_is_quarantined_within_seconds_and_honest_peers_ar
                   f"({rogue.written} writes)")  # fmt: skip
             for agent in (a, b):
                 assert "gateway.quarantine.z" in alarm_sources(agent)  # pain raised
-                status = agent.security.status() if agent.security else {}
-                assert status["quarantine"][0]["peer"] == "z"
-                assert status["quarantine"][0]["reason"] == "flood"
+                assert agent.security is not None
+                status = agent.security.status()
+                assert status.quarantine[0].peer == "z"
+                assert status.quarantine[0].reason == "flood"
             # Each honest node's signed proposal reaches the other through the mesh document.
             await wait_until(
                 lambda: (
@@ -127,14 +128,14 @@ async def test_corrupt_model_file_fails_closed_with_a_clear_error(
         assert a.gateway is not None
         assert a.security is not None
         status = a.security.status()
-        assert status["arbitrator"] is False
-        assert status["arbitrator_state"] == "unavailable"
-        assert str(model) in status["arbitrator_error"]
-        assert "corrupt" in status["arbitrator_error"]
+        assert status.arbitrator is False
+        assert status.arbitrator_state == "unavailable"
+        assert str(model) in status.arbitrator_error
+        assert "corrupt" in status.arbitrator_error
         assert any(str(model) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
         assert "gateway.arbitrator" in alarm_sources(a)
         assert b.security is not None
-        assert b.security.status()["arbitrator"] is True
+        assert b.security.status().arbitrator is True
         # An exact set of 0 entries makes every replay a MAYBE: with no model it must DENY.
         a.gateway.replay = ReplayWindow(os.urandom(32), ReplayConfig(exact_capacity=0), now_ms=0)
         recorded: list[bytes] = []
@@ -168,9 +169,9 @@ async def test_the_model_loads_on_the_first_maybe_and_decides_it(tmp_path: Path)
         await wait_until(lambda: "b/report" in mesh_keys(a), "the mesh")
         status = a.security.status()
         # Honest traffic: no MAYBE, so the interpreter was never built.
-        assert status["maybe"] == 0
-        assert (status["arbitrator"], status["arbitrator_state"]) == (True, "not-loaded")
-        assert status["arbitrator_error"] is None
+        assert status.maybe == 0
+        assert (status.arbitrator, status.arbitrator_state) == (True, "not-loaded")
+        assert status.arbitrator_error is None
         # An exact set of 0 entries makes a replay a MAYBE: the model loads and decides.
         a.gateway.replay = ReplayWindow(os.urandom(32), ReplayConfig(exact_capacity=0), now_ms=0)
         recorded: list[bytes] = []
@@ -188,10 +189,10 @@ async def test_the_model_loads_on_the_first_maybe_and_decides_it(tmp_path: Path)
             await wait_until(lambda: len(recorded) >= 1, "a delta from b")
             await spy.publish("vsm/m/d/b", recorded[0], qos=1)
             await wait_until(lambda: a.security is not None and
-                             a.security.status()["maybe"] >= 1, "the MAYBE")  # fmt: skip
+                             a.security.status().maybe >= 1, "the MAYBE")  # fmt: skip
             nursery.cancel_scope.cancel()
         status = a.security.status()
-        assert (status["arbitrator"], status["arbitrator_state"]) == (True, "loaded")
+        assert (status.arbitrator, status.arbitrator_state) == (True, "loaded")
         decided = {r for r in reasons(a) if r.startswith("arbitrator-")}
         assert decided
         assert decided <= {"arbitrator-allow", "arbitrator-replay", "arbitrator-flood",
@@ -292,8 +293,8 @@ async def test_key_outside_the_zone_is_denied_once_a_signed_zone_is_published(
         # Fail closed: until a signed zone arrives, nobody's deltas are merged.
         await wait_until(lambda: reasons(a).get("no-zone", 0) >= 3, "a to refuse b (no zone yet)")
         assert "b/report" not in mesh_keys(a)
-        assert a.security.status()["zone"] == "policy"
-        assert a.security.status()["zone_policy"] is None
+        assert a.security.status().zone == "policy"
+        assert a.security.status().zone_policy is None
 
         await _cli("policy", "sign", "--admin-key", "admin.key", "--out", "policy.cbor",
                    cwd=admin_dir)  # fmt: skip
@@ -321,10 +322,10 @@ async def test_key_outside_the_zone_is_denied_once_a_signed_zone_is_published(
             assert agent.replicator is not None
             assert "o" not in agent.replicator.peers
             assert not any(k.startswith("o/") for k in mesh_keys(agent))
-            zone = agent.security.status()["zone_policy"] if agent.security else None
+            zone = agent.security.status().zone_policy if agent.security else None
             assert zone is not None
-            assert zone["epoch"] == 1
-            assert zone["filters"] == 1
+            assert zone.epoch == 1
+            assert zone.filters == 1
         assert "a/report" in mesh_keys(o)  # the outsider hears the mesh; it is not heard
         document = (admin_dir / "policy.cbor").read_bytes()
     kept = tmp_path / "a" / "policy.cbor"

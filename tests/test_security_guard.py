@@ -126,7 +126,7 @@ async def test_retained_messages_need_signature_and_zone_but_presence_only_a_sig
     assert guard.ingress(inbound(outsider, "policy", retained=True)) == "retained:not-in-zone"
     guard.gateway.detector.quarantine("x", "flood", NOW)
     assert guard.ingress(inbound(member, "alg", retained=True)) == "retained:quarantined"
-    assert guard.status()["retained_refused"]["retained:unexpected"] == 1
+    assert guard.status().retained_refused["retained:unexpected"] == 1
 
 
 async def test_the_aggregator_applies_the_agents_rule(tmp_path: Path) -> None:
@@ -203,8 +203,8 @@ async def test_open_mode_admits_every_key_until_a_zone_arrives(tmp_path: Path) -
     assert guard.ingress(inbound(outsider, "d", sender="o")) == "gateway:not-in-zone"
     assert guard.ingress(inbound(member, "d", sender="m")) is None
     status = guard.status()
-    assert status["zone"] == "open"
-    assert status["zone_policy"]["epoch"] == 1
+    assert status.zone == "open"
+    assert status.zone_policy.epoch == 1
 
 
 # -- installing zones ---------------------------------------------------------------------
@@ -321,10 +321,10 @@ async def test_a_quorum_of_signed_proposals_quarantines_and_one_forger_cannot(
     assert not detector.is_quarantined("x", NOW)
     # p3 forges p2's proposal: signed with p3's key, so it does not verify as p2
     guard.on_proposal("p2", proposal(key("p3"), "p2", [["x", "flood", NOW, UNTIL]]))
-    assert guard.status()["proposal_checks"]["bad-signature"] == 1
+    assert guard.status().proposal_checks["bad-signature"] == 1
     # p3 proposes in its own name, but claims the body is p2's: malformed
     guard.on_proposal("p3", proposal(key("p3"), "p2", [["x", "flood", NOW, UNTIL]]))
-    assert guard.status()["proposal_checks"]["malformed"] == 1
+    assert guard.status().proposal_checks["malformed"] == 1
     # a proposer quarantining itself counts for nothing
     guard.on_proposal("p3", proposal(key("p3"), "p3", [["p3", "flood", NOW, UNTIL]]))
     assert not detector.is_quarantined("p3", NOW)
@@ -337,7 +337,7 @@ async def test_a_quorum_of_signed_proposals_quarantines_and_one_forger_cannot(
     assert guard.own_proposal() == ()  # decided by quorum: not proposed again
     # an older envelope of p1 cannot replace its newer proposal
     guard.on_proposal("p1", proposal(key("p1"), "p1", [], hlc=(NOW - 1000) << 16))
-    assert guard.status()["proposal_checks"]["stale"] == 1
+    assert guard.status().proposal_checks["stale"] == 1
     assert guard.proposals()["x"] == ["p1", "p2"]
     # expired proposals no longer count
     assert guard.proposals(UNTIL + 1) == {}
@@ -350,12 +350,12 @@ async def test_proposals_wait_for_the_proposers_key_and_need_the_zone(tmp_path: 
     assert guard.proposals() == {}  # p1's presence (its key) is not known yet
     peers["p1"] = peer_info("p1")
     guard.on_proposal("p1", blob)
-    assert guard.status()["proposal_checks"]["not-in-zone"] == 1  # policy mode, no zone
+    assert guard.status().proposal_checks["not-in-zone"] == 1  # policy mode, no zone
     install(guard, runtime, zone_document(1, [key("p1").kid]))
     guard.on_proposal("p1", blob)
     assert guard.gateway.detector.is_quarantined("x", NOW)
     guard.on_proposal("p2", ["not", "bytes"])
-    assert guard.status()["proposal_checks"]["malformed"] == 1
+    assert guard.status().proposal_checks["malformed"] == 1
 
 
 async def test_quorum_zero_only_reports(tmp_path: Path) -> None:
@@ -390,7 +390,7 @@ def test_any_proposal_value_is_checked_without_raising(tmp_path_factory: Any, bl
         if blob:
             good[len(blob) % len(good)] ^= blob[0] | 1  # a bit-flipped real proposal
         guard.on_proposal("p1", bytes(good))
-        assert sum(guard.status()["proposal_checks"].values()) == 2
+        assert sum(guard.status().proposal_checks.values()) == 2
 
     trio.run(check)
 
@@ -401,16 +401,20 @@ async def test_truncated_proposals_are_malformed(tmp_path: Path, truncate: int) 
     peers["p1"] = peer_info("p1")
     guard.on_proposal("p1", proposal(key("p1"), "p1", [["x", "flood", NOW, UNTIL]])[:-truncate])
     assert guard.proposals() == {}
-    assert sum(guard.status()["proposal_checks"].values()) == 1
+    assert sum(guard.status().proposal_checks.values()) == 1
 
 
 async def test_the_human_status_shows_zone_quarantines_and_problems(tmp_path: Path) -> None:
+    from dataclasses import replace
+
     from vsm_edge.agent.cli.main import format_status
+    from vsm_edge.agent.mesh.status import NodeStatus
 
     guard, runtime, _ = make_guard(tmp_path, zone="policy", secrets=[])
     install(guard, runtime, zone_document(1, [key("a").kid]))  # unreadable: no secret
     guard.gateway.detector.quarantine("z", "flood", NOW)
-    text = format_status({"gateway": guard.status()})
+    status = replace(runtime.status(), sections={"gateway": guard.status()})
+    text = format_status(NodeStatus(status))
     assert "zone policy: none yet: closed" in text
     assert "problem: policy v1: zone no mesh secret is configured" in text
     assert "quarantined: z (flood)" in text

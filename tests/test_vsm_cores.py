@@ -180,7 +180,7 @@ def test_circuit_breaker_opens_half_opens_and_closes() -> None:
     assert b.allow(21.5)
     b.success()
     assert b.allow(21.6)
-    assert b.snapshot()["opens"] == 2
+    assert b.snapshot().opens == 2
 
 
 def test_audit_flags_crashed_silent_and_failing_units() -> None:

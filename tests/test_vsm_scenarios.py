@@ -19,6 +19,7 @@ from vsm_edge.agent import (
     sign_policy,
     unit,
 )
+from vsm_edge.agent.vsm.status import VsmStatus
 
 SENSORS = [
     {"name": "t1", "kind": "simulated-sensor", "options": {"mean": 21.0}},
@@ -50,8 +51,10 @@ async def test_flooding_sensor_is_attenuated_and_pain_reaches_s5_within_the_wind
         assert heard(rt, "s3.attenuation")[0] == pytest.approx(alarm.raised_at + 0.010, abs=1e-9)
         assert max(rt.algedonic_latencies) <= 0.010 + 1e-9
         status = rt.status()
-        assert status["s3"]["attenuation"]["active"] is True
-        assert status["s1"]["units"]["t1"]["state"] == "running"
+        assert status.s3.attenuation.active is True
+        task = status.s1.units["t1"].task
+        assert task is not None
+        assert task.state == "running"
 
 
 async def test_two_controllers_fighting_over_an_actuator_are_damped_by_s2(
@@ -151,8 +154,8 @@ async def test_a_policy_signed_by_a_wrong_key_is_rejected(
         status = rt.status()
     assert not refused.accepted
     assert refused.reason == "s5: policy v1 denies valve.set"
-    assert status["s5"]["policy"]["rejected"] == 2
-    assert status["s5"]["policy"]["signer"] == bytes(admin.verify_key).hex()
+    assert status.s5.policy.rejected == 2
+    assert status.s5.policy.signer == bytes(admin.verify_key).hex()
 
 
 async def test_a_command_over_budget_is_refused_with_a_reason(
@@ -350,9 +353,9 @@ async def test_clock_skew_of_a_peer_is_detected_and_far_future_stamps_refused(
             "n3", "s1.x", 0.5, "pain", rt.hlc.now().__class__(wall_clock() + 70_000, 0, "n3")
         )
         assert rt.inject_remote_signal(far) is None
-        peers = rt.status()["peers"]
+        peers = rt.status().peers
     assert rt.patterns.counts["clock-skew"] == 2
-    assert [p["node"] for p in peers] == ["n2"]
+    assert [p.node for p in peers] == ["n2"]
 
 
 async def test_the_algedonic_mesh_port_carries_an_alarm_to_a_peer(
@@ -376,14 +379,14 @@ async def test_the_algedonic_mesh_port_carries_an_alarm_to_a_peer(
         alarm = a.raise_signal("operator.estop", 1.0, "stop")
         assert alarm is not None
         await trio.sleep(0.5)
-        seen = b.status()["algedonic"]["alarms"]
+        seen = b.status().algedonic.alarms
         b_out = b.algedonic_port.statistics()
         nursery.cancel_scope.cancel()
-    assert [(x["id"], x["node"], x["remote"]) for x in seen] == [(alarm.signal.id, "a", True)]
+    assert [(x.id, x.node, x.remote) for x in seen] == [(alarm.signal.id, "a", True)]
     assert [t - b.started_at for t, s in b.s5_heard if s.id == alarm.signal.id] == [
         pytest.approx(1.003)  # carried in 3 ms; critical, so no reorder window at B
     ]
-    assert b_out["sent"] == 0  # remote signals are not re-broadcast
+    assert b_out.sent == 0  # remote signals are not re-broadcast
 
 
 class ProbedValve:
@@ -427,7 +430,7 @@ async def test_breaker_failures_open_it_with_pain(autojump_clock: trio.testing.M
         assert not rt.breaker("broker").allow(trio.current_time())
         status = rt.status()
     assert opened == [False, False, True]
-    assert status["s3"]["breakers"]["broker"]["state"] == "open"
+    assert status.s3.breakers["broker"].state == "open"
     assert any(a.signal.source == "s3.breaker.broker" for a in rt.algedonic.alarms.values())
 
 
@@ -452,19 +455,19 @@ async def test_leases_through_the_runtime_and_delta_callbacks(
         assert rt.lease_holder("pump") is None
         status = rt.status()
     assert [list(d.entries) for d in deltas] == [["pump"]]
-    assert status["s2"]["leases"]["door"]["holder"] == "n2"
+    assert status.s2.leases["door"].holder == "n2"
 
 
 async def test_flush_hooks_run_at_stop_with_the_status(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    flushed: list[dict[str, object]] = []
+    flushed: list[VsmStatus] = []
 
-    async def hook(status: dict[str, object]) -> None:
+    async def hook(status: VsmStatus) -> None:
         await trio.sleep(1.0)
         flushed.append(status)
 
-    async def stuck(status: dict[str, object]) -> None:
+    async def stuck(status: VsmStatus) -> None:
         await trio.sleep_forever()
 
     rt = Runtime(config(), wall_clock=wall_clock, write_state=False)
@@ -475,7 +478,7 @@ async def test_flush_hooks_run_at_stop_with_the_status(
         await trio.sleep(2)
         t0 = trio.current_time()
         rt.stop()
-    assert [s["node"]["id"] for s in flushed] == ["n1"]  # type: ignore[index]
+    assert [s.node.id for s in flushed] == ["n1"]
     # the stuck hook is cut off by the shutdown timeout: 5 s after stop, not later
     assert trio.current_time() - t0 == pytest.approx(5.0)
 

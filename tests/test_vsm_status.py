@@ -13,9 +13,11 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.status_scenario import agent_document
 from support.vsm import config, running
 
 from vsm_edge.agent.cli.main import format_status
+from vsm_edge.agent.mesh.status import NodeStatus
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("node", "s1", "s2", "s3", "s4", "s5", "algedonic", "peers")
@@ -166,51 +168,43 @@ async def test_status_endpoint_routes_and_rejections(tmp_path: Path) -> None:
         assert (status, doc["acked"]) == (200, True)
         status, _ = await _request(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         assert status == 200
-        text = format_status(rt.status())
+        text = format_status(NodeStatus(rt.status()))
     assert "SUBSYSTEM" in text
 
 
 def test_format_status_shows_subsystems_alarms_and_peers() -> None:
-    doc = {
-        "node": {
-            "id": "n1",
-            "mesh": "m",
-            "zone": "z",
-            "uptime_s": 3.0,
-            "safe_mode": True,
-            "hlc": "1.0@n1",
-        },
-        "s1": {
-            "budget": {"tokens": 10, "capacity": 2000, "refill_per_s": 100},
-            "variety_bits": 2.5,
-            "units": {},
-        },
-        "s4": {"variety_ratio": 1.7, "environment_bits": 5.0, "system_bits": 2.9},
-        "algedonic": {
-            "alarms": [
-                {
-                    "id": "ab" * 16,
-                    "node": "n2",
-                    "source": "operator.estop",
-                    "intensity": 1.0,
-                    "age_s": 2.0,
-                    "critical": True,
-                    "remote": True,
-                    "acked": False,
-                }
-            ]
-        },
-        "peers": [
-            {"node": "n2", "health": 0.0, "last_seen_s": 1.5, "alarms": ["x"], "stale": False}
-        ],
-        "gateway": {"accepted": 3},
-    }
-    text = format_status(doc)
+    doc = agent_document()  # a live agent's, captured: see tests/support/status_scenario.py
+    doc["node"].update(safe_mode=True, uptime_s=3.0)
+    doc["s3"]["budgets"]["s1"].update(tokens=10, capacity=2000, refill_per_s=100)
+    doc["s4"]["variety_ratio"] = 1.7
+    [alarm] = doc["algedonic"]["alarms"]
+    alarm.update(remote=True, critical=True, acked=False, source="operator.estop")
+    doc["peers"] = [dict(doc["peers"][0], node="n2", stale=True, alarms=["x"])]
+    doc["gateway"]["retained_refused"] = {"retained:unexpected": 3}
+    text = format_status(NodeStatus.from_json(doc))
     assert "safe mode ON" in text
+    assert "uptime 3.0 s" in text
+    assert "s1               10.0      2000       100" in text
     assert "ratio 1.70" in text
+    assert "ALARMS (1 active)" in text
+    assert "operator.estop" in text
     assert "critical,remote" in text
     assert "PEERS (1)" in text
-    assert '"accepted": 3' in text
+    assert "n2               health 1.00" in text
+    assert "STALE" in text
+    assert "UNIT" in text
+    assert "temp" in text
+    assert "GATEWAY  allow 4  deny 0  maybe 0  zone open: every key (open)" in text
+    assert '"retained:unexpected": 3' in text  # the counters not shown above, under "more"
+
+
+def test_format_status_says_when_a_section_is_broken() -> None:
+    doc = agent_document()
+    doc["gateway"] = {"error": "RuntimeError('boom')"}
+    doc["store"] = {"error": "RuntimeError('boom')"}
+    text = format_status(NodeStatus.from_json(doc))
+    assert "GATEWAY unavailable: RuntimeError('boom')" in text
+    assert "STORE" not in text
 
 
 REQUESTS = st.one_of(
@@ -302,19 +296,40 @@ def test_sigint_stops_an_agent_process_gracefully(tmp_path: Path) -> None:
 
 
 def test_format_status_names_a_store_fault() -> None:
-    assert "STORE" not in format_status({"store": {"ok": True, "fault": None}})
-    text = format_status(
-        {
-            "store": {
-                "ok": False,
-                "readings_held": 3,
-                "fault": {
-                    "cause": "disk-full",
-                    "operation": "commit",
-                    "for_s": 4.2,
-                    "message": "node.db: commit: database or disk is full",
-                },
-            }
-        }
+    doc = agent_document()
+    assert doc["store"]["ok"] is True
+    assert "STORE" not in format_status(NodeStatus.from_json(doc))
+    doc["store"].update(
+        ok=False,
+        readings_held=3,
+        fault={
+            "cause": "disk-full",
+            "message": "node.db: commit: database or disk is full",
+            "operation": "commit",
+            "since_ms": 1_700_000_000_000,
+            "for_s": 4.2,
+            "failures": 2,
+            "last_message": "node.db: commit: database or disk is full",
+        },
     )
+    text = format_status(NodeStatus.from_json(doc))
     assert "STORE FAULT (disk-full) for 4.2 s in commit: local writes held (3 readings)" in text
+
+
+def test_status_cli_reads_the_document_and_names_a_malformed_place(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vsm_edge.agent.cli import main as cli_main
+
+    doc = agent_document()
+    doc["newer"] = {"key": 1}  # a newer agent's section: printed as served
+    monkeypatch.setattr(cli_main.StatusClient, "status", lambda self: doc)
+    assert cli_main.main(["status", "--json", "--endpoint", "http://127.0.0.1:9"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert cli_main.main(["status", "--endpoint", "http://127.0.0.1:9"]) == 0
+    assert "GATEWAY  allow 4" in capsys.readouterr().out
+    doc["s3"]["attenuation"] = []
+    assert cli_main.main(["status", "--endpoint", "http://127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err == (
+        "vsm-edge status: status.s3.attenuation: expected an object, got an array\n"
+    )

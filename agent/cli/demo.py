@@ -40,8 +40,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-from .._errors import AgentError, StatusClientError
+from .._errors import AgentError, StatusClientError, StatusError
 from ..mesh.broker import EmbeddedBroker
+from ..mesh.status import GatewayStatus, NodeStatus, ReplicationStatus
 from ..web.client import StatusClient
 from .demo_device import DemoDevice, start_device
 
@@ -152,7 +153,14 @@ class _Node:
     process: trio.Process | None = None
     log: TextIO | None = None
     client: StatusClient | None = None
-    status: dict[str, Any] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict)  # the last status, as served
+    status: NodeStatus | None = None  # the same, read
+
+    @property
+    def replication(self) -> ReplicationStatus | None:
+        """The last status's replication section (None before one, or if it was broken)."""
+        rep = None if self.status is None else self.status.replication
+        return rep if isinstance(rep, ReplicationStatus) else None
 
 
 class Demo:
@@ -243,7 +251,7 @@ class Demo:
                  f"{self.duration:g} s starts")  # fmt: skip
         start = trio.current_time()
         await self._script(start, broker)
-        vvs = [n.status["replication"]["vv"] for n in self.nodes]
+        vvs = [rep.vv for n in self.nodes if (rep := n.replication) is not None]
         target: dict[str, int] = {}
         for vv in vvs:
             for origin, seq in vv.items():
@@ -338,16 +346,19 @@ maximum = 100
         if client is None:
             return False
         try:
-            node.status = await trio.to_thread.run_sync(client.status)
-        except StatusClientError:
+            document = await trio.to_thread.run_sync(client.status)
+            status = NodeStatus.from_json(document)
+        except (StatusClientError, StatusError):
             return False
+        node.document, node.status = document, status
         return True
 
     @staticmethod
     def _reconnects(node: _Node) -> int:
-        transport = node.status.get("replication", {}).get("transport", {})
-        count = transport.get("reconnects", 0) if transport.get("state") == "connected" else 0
-        return count if isinstance(count, int) else 0
+        rep = node.replication
+        if rep is None or rep.replicator.transport.state != "connected":
+            return 0
+        return rep.replicator.transport.reconnects
 
     async def _poll_all(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -367,8 +378,8 @@ maximum = 100
                 await self._poll_all()
                 ready = [
                     n for n in self.nodes
-                    if len(n.status.get("replication", {}).get("online_peers", []))
-                    == self.count - 1
+                    if (rep := n.replication) is not None
+                    and len(rep.online_peers) == self.count - 1
                 ]  # fmt: skip
                 if len(ready) == self.count:
                     return True
@@ -380,8 +391,8 @@ maximum = 100
             while True:
                 await self._poll_all()
                 if all(
-                    all(n.status.get("replication", {}).get("vv", {}).get(o, 0) >= s
-                        for o, s in target.items())
+                    (rep := n.replication) is not None
+                    and all(rep.vv.get(o, 0) >= s for o, s in target.items())
                     for n in self.nodes
                 ):  # fmt: skip
                     return True
@@ -393,7 +404,7 @@ maximum = 100
     async def _at(self, start: float, fraction: float) -> None:
         await trio.sleep_until(start + fraction * self.duration)
         await self._poll_all()
-        keys = [n.status.get("replication", {}).get("keys", 0) for n in self.nodes]
+        keys = [rep.keys if (rep := n.replication) else 0 for n in self.nodes]
         self.note("progress", keys=keys)
 
     async def _script(self, start: float, broker: EmbeddedBroker | None) -> None:
@@ -463,7 +474,8 @@ maximum = 100
             while len(heard) < self.count - 1:
                 await self._poll_all()
                 for node in self.nodes[1:]:
-                    ms = node.status.get("replication", {}).get("alarms_heard_ms", {}).get(alarm_id)
+                    rep = node.replication
+                    ms = None if rep is None else rep.alarms_heard_ms.get(alarm_id)
                     if ms is not None:
                         heard[node.name] = int(ms)
                 await trio.sleep(0.1)
@@ -510,14 +522,9 @@ maximum = 100
                 receipts.append(float(latency))
                 by_update.setdefault((str(key), int(written)), []).append(float(latency))
         everywhere = sorted(max(v) for v in by_update.values() if len(v) == self.count - 1)
-        messages = sum(
-            n.status.get("replication", {}).get("transport", {}).get("messages_out", 0)
-            for n in self.nodes
-        )
-        nbytes = sum(
-            n.status.get("replication", {}).get("transport", {}).get("bytes_out", 0)
-            for n in self.nodes
-        )
+        reps = [rep for n in self.nodes if (rep := n.replication) is not None]
+        messages = sum(rep.replicator.transport.messages_out for rep in reps)
+        nbytes = sum(rep.replicator.transport.bytes_out for rep in reps)
         return {
             "nodes": self.count,
             "duration_s": self.duration,
@@ -531,9 +538,9 @@ maximum = 100
             "messages": messages,
             "bytes": nbytes,
             "events": self.events,
-            "statuses": [n.status for n in self.nodes],
+            "statuses": [n.document for n in self.nodes],
             "device": self.device.report(
-                {n.name: n.status for n in self.nodes},
+                {n.name: None if n.status is None else n.status.vsm for n in self.nodes},
                 {n.name: n.data_dir / "replication-samples.json" for n in self.nodes},
             )
             if self.device is not None
@@ -547,21 +554,7 @@ maximum = 100
               f"{'VARIETY':>7} {'ATTEN.':>7} {'ALARMS':>6} {'GW ALLOW':>8} {'GW DENY':>7} "
               f"{'MSGS OUT':>8}", file=out)  # fmt: skip
         for node in self.nodes:
-            st = node.status
-            rep = st.get("replication", {})
-            gw = st.get("gateway", {})
-            s3 = st.get("s3", {}).get("attenuation", {})
-            dropped = sum(s3.get("dropped", {}).values()) + sum(s3.get("aggregated", {}).values())
-            alarms = [a for a in st.get("algedonic", {}).get("alarms", []) if not a.get("acked")]
-            print(
-                f"{node.name:<5} {rep.get('keys', '-'):>5} {len(rep.get('online_peers', [])):>5} "
-                f"{_fmt(max((a.get('intensity', 0) for a in alarms), default=0.0)):>7} "
-                f"{'ON' if st.get('node', {}).get('safe_mode') else 'off':>5} "
-                f"{_fmt(st.get('s4', {}).get('variety_ratio')):>7} {dropped:>7} "
-                f"{len(alarms):>6} {gw.get('allow', '-'):>8} {gw.get('deny', '-'):>7} "
-                f"{rep.get('transport', {}).get('messages_out', '-'):>8}",
-                file=out,
-            )
+            print(_report_row(node), file=out)
         conv = summary["convergence_ms"]
         alarm = summary["alarm_propagation_ms"]
         print("", file=out)
@@ -582,6 +575,28 @@ maximum = 100
                   f"{self.count - 1} peers (p50 {rep.get('p50', '-')} ms)", file=out)  # fmt: skip
         else:
             print(f"device: none ({device['note']})", file=out)
+
+
+def _report_row(node: _Node) -> str:
+    """One node's line of the final table ("-" where its status says nothing)."""
+    st, rep = node.status, node.replication
+    if st is None:
+        cells = ("-", 0, _fmt(0.0), "off", "-", 0, 0, "-", "-", "-")
+        widths = (5, 5, 7, 5, 7, 7, 6, 8, 7, 8)
+        row = " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        return f"{node.name:<5} {row}"
+    gw = st.gateway if isinstance(st.gateway, GatewayStatus) else None
+    att = st.vsm.s3.attenuation
+    dropped = sum(att.dropped.values()) + sum(att.aggregated.values())
+    alarms = [a for a in st.vsm.algedonic.alarms if not a.acked]
+    return (
+        f"{node.name:<5} {rep.keys if rep else '-':>5} {len(rep.online_peers) if rep else 0:>5} "
+        f"{_fmt(max((a.intensity for a in alarms), default=0.0)):>7} "
+        f"{'ON' if st.vsm.node.safe_mode else 'off':>5} "
+        f"{_fmt(st.vsm.s4.variety_ratio):>7} {dropped:>7} "
+        f"{len(alarms):>6} {gw.allow if gw else '-':>8} {gw.deny if gw else '-':>7} "
+        f"{rep.replicator.transport.messages_out if rep else '-':>8}"
+    )
 
 
 def _pcts(values: list[float] | list[int]) -> dict[str, float]:

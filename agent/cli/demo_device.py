@@ -17,11 +17,16 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from ..mesh.schema import reading_prefix
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ..vsm.status import VsmStatus
 
 __all__ = ["DEVICE_UNIT", "DemoDevice", "start_device"]
 
@@ -49,16 +54,19 @@ device = "{self.path}"
 pain_after_s = 3.0
 """
 
-    def report(self, statuses: dict[str, Any], sample_files: dict[str, Path]) -> dict[str, Any]:
+    def report(
+        self, statuses: Mapping[str, VsmStatus | None], sample_files: dict[str, Path]
+    ) -> dict[str, Any]:
         """What the device's readings did: received by its node's S1, and which peers
         hold them in their replicated state (with the replication latency).
 
-        ``statuses`` maps node -> its last status; ``sample_files`` node -> the
-        ``replication-samples.json`` it wrote at shutdown (``[key, written ms,
-        latency ms]`` of each peer reading joined there).
+        ``statuses`` maps node -> its last status (None: none yet); ``sample_files``
+        node -> the ``replication-samples.json`` it wrote at shutdown (``[key,
+        written ms, latency ms]`` of each peer reading joined there).
         """
-        entry = statuses.get(self.node, {}).get("s1", {}).get("units", {}).get(DEVICE_UNIT, {})
-        detail = entry.get("detail") or {}
+        status = statuses.get(self.node)
+        entry = None if status is None else status.s1.units.get(DEVICE_UNIT)
+        detail: Mapping[str, Any] = (entry.detail if entry is not None else None) or {}
         prefix = reading_prefix(self.node, DEVICE_UNIT)
         latencies: list[float] = []
         peers: list[str] = []
@@ -78,9 +86,9 @@ pain_after_s = 3.0
             "path": self.path,
             "device_id": detail.get("device_id"),
             "connected": detail.get("connected"),
-            "readings": entry.get("readings", []),
+            "readings": list(entry.readings) if entry is not None else [],
             "readings_received": detail.get("readings_received", 0),
-            "emitted": entry.get("emitted", 0),
+            "emitted": entry.emitted if entry is not None else 0,
             "frames_rejected": (detail.get("bridge") or {})
             .get("session", {})
             .get("frames_rejected", {}),

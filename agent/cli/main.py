@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import AgentError, StatusClientError
 from ..config.loader import load_config
+from ..mesh.status import GatewayStatus, StoreStatus
+from ..vsm.status import SectionError
 from ..web.client import DEFAULT_ENDPOINT, StatusClient
+
+if TYPE_CHECKING:
+    from ..mesh.status import NodeStatus
+    from ..vsm.status import AlarmStatus, ChannelStatus, UnitStatus, VsmStatus
 
 # The module that adds each command, so ``vsm-edge run`` imports only what a
 # running agent needs: the aggregator and its dashboard, the demo and the admin
@@ -128,10 +134,12 @@ def endpoint_of(args: argparse.Namespace) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     doc = StatusClient(endpoint_of(args)).status()
-    if args.json:
+    if args.json:  # the document as the agent served it (a newer agent's keys too)
         print(json.dumps(doc, indent=2, sort_keys=True, default=str))
     else:
-        print(format_status(doc))
+        from ..mesh.status import NodeStatus
+
+        print(format_status(NodeStatus.from_json(doc)))  # StatusError: a malformed document
     return 0
 
 
@@ -159,132 +167,131 @@ def _num(value: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(value)
 
 
-def format_status(doc: dict[str, Any]) -> str:
-    """The human view of a status document: subsystems, alarms, peers."""
-    node = doc.get("node", {})
+def format_status(status: NodeStatus) -> str:
+    """The human view of a status: subsystems, alarms, peers, the gateway."""
+    vsm = status.vsm
+    node = vsm.node
     lines = [
-        f"node {node.get('id')}  mesh {node.get('mesh')}  zone {node.get('zone')}  "
-        f"uptime {_num(node.get('uptime_s'), '{:.1f}')} s  safe mode "
-        f"{'ON' if node.get('safe_mode') else 'off'}  hlc {node.get('hlc')}",
-        *_format_store(doc.get("store")),
+        f"node {node.id}  mesh {node.mesh}  zone {node.zone}  "
+        f"uptime {_num(node.uptime_s, '{:.1f}')} s  safe mode "
+        f"{'ON' if node.safe_mode else 'off'}  hlc {node.hlc}",
+        *_format_store(status.store),
         "",
         f"{'SUBSYSTEM':<10} {'TOKENS':>10} {'CAPACITY':>9} {'REFILL/S':>9} {'VARIETY':>8} "
         f"{'RECEIVED':>9} {'DROPPED':>8}",
     ]
-    for name in ("s1", "s2", "s3", "s4", "s5"):
-        sub = doc.get(name, {})
-        budget = sub.get("budget") or (doc.get("s3", {}).get("budgets", {}).get(name)) or {}
-        channel = sub.get("channel") or {}
-        variety = sub.get("variety_bits")
+    for name, variety, channel in _subsystems(vsm):
+        budget = vsm.s3.budgets.get(name)
         lines.append(
-            f"{name:<10} {_num(budget.get('tokens'), '{:.1f}'):>10} "
-            f"{_num(budget.get('capacity'), '{:g}'):>9} "
-            f"{_num(budget.get('refill_per_s'), '{:g}'):>9} "
-            f"{_num(variety):>8} {channel.get('received', '-'):>9} {channel.get('dropped', '-'):>8}"
+            f"{name:<10} {_num(budget and budget.tokens, '{:.1f}'):>10} "
+            f"{_num(budget and budget.capacity, '{:g}'):>9} "
+            f"{_num(budget and budget.refill_per_s, '{:g}'):>9} "
+            f"{_num(variety):>8} {channel.received if channel else '-':>9} "
+            f"{channel.dropped if channel else '-':>8}"
         )
-    s4 = doc.get("s4", {})
-    s3 = doc.get("s3", {})
-    att = s3.get("attenuation", {})
+    s4, att = vsm.s4, vsm.s3.attenuation
     lines += [
         "",
-        f"variety: env {_num(s4.get('environment_bits'))} bits, system "
-        f"{_num(s4.get('system_bits'))} bits, ratio {_num(s4.get('variety_ratio'))}",
-        f"attenuation: {'ACTIVE' if att.get('active') else 'off'}, aggregated "
-        f"{sum(att.get('aggregated', {}).values())}, "
-        f"dropped {sum(att.get('dropped', {}).values())}",
+        f"variety: env {_num(s4.environment_bits)} bits, system "
+        f"{_num(s4.system_bits)} bits, ratio {_num(s4.variety_ratio)}",
+        f"attenuation: {'ACTIVE' if att.active else 'off'}, aggregated "
+        f"{sum(att.aggregated.values())}, dropped {sum(att.dropped.values())}",
     ]
-    units = doc.get("s1", {}).get("units", {})
-    if units:
-        lines += [
-            "",
-            f"{'UNIT':<16} {'STATE':<11} {'RESTARTS':>8} {'EMITTED':>9} {'ATTENUATED':>10}",
-        ]
-        for name, u in units.items():
-            lines.append(
-                f"{name:<16} {u.get('state', '-'):<11} {u.get('restarts', 0):>8} "
-                f"{u.get('emitted', 0):>9} {u.get('attenuated', 0):>10}"
-            )
-    alg = doc.get("algedonic", {})
-    alarms = [a for a in alg.get("alarms", []) if not a.get("acked")]
-    lines += ["", f"ALARMS ({len(alarms)} active)"]
-    if alarms:
-        lines.append(f"{'ID':<12} {'NODE':<10} {'SOURCE':<28} {'INTENSITY':>9} {'AGE S':>8}  FLAGS")
-        for a in alarms[:20]:
-            flags = ",".join(
-                f
-                for f, on in (
-                    ("critical", a.get("critical")),
-                    ("remote", a.get("remote")),
-                    ("escalated", a.get("escalated")),
-                )
-                if on
-            )
-            lines.append(
-                f"{str(a.get('id'))[:12]:<12} {str(a.get('node'))[:10]:<10} "
-                f"{str(a.get('source'))[:28]:<28} {_num(a.get('intensity')):>9} "
-                f"{_num(a.get('age_s'), '{:.1f}'):>8}  {flags}"
-            )
-    peers = doc.get("peers", [])
-    lines += ["", f"PEERS ({len(peers)})"]
-    for p in peers:
+    lines += _format_units(vsm.s1.units)
+    lines += _format_alarms(vsm.algedonic.alarms)
+    lines += ["", f"PEERS ({len(vsm.peers)})"]
+    for p in vsm.peers:
         lines.append(
-            f"{p.get('node'):<16} health {_num(p.get('health'))}  "
-            f"seen {_num(p.get('last_seen_s'), '{:.1f}')} s ago"
-            f"{'  STALE' if p.get('stale') else ''}  alarms {len(p.get('alarms', []))}"
+            f"{p.node:<16} health {_num(p.health)}  "
+            f"seen {_num(p.last_seen_s, '{:.1f}')} s ago"
+            f"{'  STALE' if p.stale else ''}  alarms {len(p.alarms)}"
         )
-    if "gateway" in doc:
-        lines += ["", *_format_gateway(doc["gateway"])]
+    if status.gateway is not None:
+        lines += ["", *_format_gateway(status.gateway)]
     return "\n".join(lines)
 
 
-def _format_store(store: Any) -> list[str]:
-    """One line when the store is faulted (local writes held), else nothing."""
-    if not isinstance(store, dict) or store.get("ok", True):
-        return []
-    fault = store.get("fault") or {}
+def _subsystems(vsm: VsmStatus) -> list[tuple[str, float | None, ChannelStatus | None]]:
+    """(name, variety bits, bus channel) of S1..S5."""
     return [
-        f"STORE FAULT ({fault.get('cause', '?')}) for {_num(fault.get('for_s'), '{:.1f}')} s "
-        f"in {fault.get('operation', '?')}: local writes held "
-        f"({store.get('readings_held', 0)} readings), retrying; {fault.get('message', '')}"
+        ("s1", vsm.s1.variety_bits, vsm.s1.channel),
+        ("s2", vsm.s2.variety_bits, vsm.s2.channel),
+        ("s3", vsm.s3.variety_bits, vsm.s3.channel),
+        ("s4", vsm.s4.variety_bits, vsm.s4.channel),
+        ("s5", vsm.s5.variety_bits, vsm.s5.channel),
     ]
 
 
-def _format_gateway(gw: Any) -> list[str]:
-    if not isinstance(gw, dict):
-        return [f"gateway: {gw}"]
-    zone = gw.get("zone_policy")
+def _format_units(units: Mapping[str, UnitStatus]) -> list[str]:
+    if not units:
+        return []
+    lines = ["", f"{'UNIT':<16} {'STATE':<11} {'RESTARTS':>8} {'EMITTED':>9} {'ATTENUATED':>10}"]
+    for name, u in units.items():
+        lines.append(
+            f"{name:<16} {u.task.state if u.task else '-':<11} "
+            f"{u.task.restarts if u.task else 0:>8} {u.emitted:>9} {u.attenuated:>10}"
+        )
+    return lines
+
+
+def _format_alarms(alarms: Sequence[AlarmStatus]) -> list[str]:
+    active = [a for a in alarms if not a.acked]
+    lines = ["", f"ALARMS ({len(active)} active)"]
+    if active:
+        lines.append(f"{'ID':<12} {'NODE':<10} {'SOURCE':<28} {'INTENSITY':>9} {'AGE S':>8}  FLAGS")
+    for a in active[:20]:
+        marks = (("critical", a.critical), ("remote", a.remote), ("escalated", a.escalated))
+        flags = ",".join(f for f, on in marks if on)
+        lines.append(
+            f"{a.id[:12]:<12} {a.node[:10]:<10} {a.source[:28]:<28} {_num(a.intensity):>9} "
+            f"{_num(a.age_s, '{:.1f}'):>8}  {flags}"
+        )
+    return lines
+
+
+def _format_store(store: StoreStatus | SectionError | None) -> list[str]:
+    """One line when the store is faulted (local writes held), else nothing."""
+    if not isinstance(store, StoreStatus) or store.ok:
+        return []
+    fault = store.fault
+    return [
+        f"STORE FAULT ({fault.cause if fault else '?'}) for "
+        f"{_num(fault.for_s if fault else None, '{:.1f}')} s "
+        f"in {fault.operation if fault else '?'}: local writes held "
+        f"({store.readings_held} readings), retrying; {fault.message if fault else ''}"
+    ]
+
+
+def _format_gateway(gw: GatewayStatus | SectionError) -> list[str]:
+    if isinstance(gw, SectionError):
+        return [f"GATEWAY unavailable: {gw.error}"]
+    zone = gw.zone_policy
     where = (
-        f"epoch {zone.get('epoch')} from policy v{zone.get('version')}"
-        if isinstance(zone, dict)
-        else ("every key (open)" if gw.get("zone") == "open" else "none yet: closed")
+        f"epoch {zone.epoch} from policy v{zone.version}"
+        if zone is not None
+        else ("every key (open)" if gw.zone == "open" else "none yet: closed")
     )
     lines = [
-        f"GATEWAY  allow {gw.get('allow', '-')}  deny {gw.get('deny', '-')}  "
-        f"maybe {gw.get('maybe', '-')}  zone {gw.get('zone', '-')}: {where}  "
+        f"GATEWAY  allow {gw.allow}  deny {gw.deny}  maybe {gw.maybe}  zone {gw.zone}: {where}  "
         f"arbitrator {_arbitrator_word(gw)}",
-        "reasons: " + json.dumps(gw.get("reasons", {}), sort_keys=True),
+        "reasons: " + json.dumps(gw.reasons, sort_keys=True),
     ]
-    lines += [f"problem: {p}" for p in (gw.get("zone_problem"), gw.get("arbitrator_error")) if p]
+    lines += [f"problem: {p}" for p in (gw.zone_problem, gw.arbitrator_error) if p]
+    lines += [f"quarantined: {q.peer} ({q.reason})" for q in gw.quarantine]
     lines += [
-        f"quarantined: {q.get('peer')} ({q.get('reason')})"
-        for q in gw.get("quarantine") or []
-        if isinstance(q, dict)
+        f"proposed for quarantine: {peer} by {', '.join(proposers)}"
+        for peer, proposers in gw.proposals.items()
     ]
-    lines += [
-        f"proposed for quarantine: {peer} by {', '.join(map(str, proposers))}"
-        for peer, proposers in (gw.get("proposals") or {}).items()
-    ]
-    more = {k: v for k, v in gw.items() if k not in _GATEWAY_SHOWN}
+    more = {k: v for k, v in gw.to_json().items() if k not in _GATEWAY_SHOWN}
     if more:
         lines.append("more: " + json.dumps(more, sort_keys=True, default=str))
     return lines
 
 
-def _arbitrator_word(gw: dict[str, Any]) -> str:
-    if not gw.get("arbitrator"):
+def _arbitrator_word(gw: GatewayStatus) -> str:
+    if not gw.arbitrator:
         return "NO"
-    state = gw.get("arbitrator_state")
-    return "yes (loads on the first MAYBE)" if state == "not-loaded" else "yes"
+    return "yes (loads on the first MAYBE)" if gw.arbitrator_state == "not-loaded" else "yes"
 
 
 _GATEWAY_SHOWN = frozenset(

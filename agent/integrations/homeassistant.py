@@ -29,11 +29,16 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from vsm_edge.sync import Transport, TransportError, Will
+from vsm_edge.sync import Timestamp, Transport, TransportError, Will
+
+if TYPE_CHECKING:
+    from ..config.schema import AgentConfig
+    from ..mesh.node import Agent
+    from ..vsm.runtime import Runtime
 
 __all__ = [
     "HomeAssistantPublisher",
@@ -297,7 +302,7 @@ class HomeAssistantPublisher:
         self.states_published += 1
 
 
-def serve_homeassistant(agent: Any, runtime: Any) -> HomeAssistantPublisher | None:
+def serve_homeassistant(agent: Agent, runtime: Runtime) -> HomeAssistantPublisher | None:
     """An ``Agent`` extension: publish to Home Assistant if ``[homeassistant] enabled``.
 
     The publisher runs as the runtime's service ``homeassistant``, on its own
@@ -305,19 +310,25 @@ def serve_homeassistant(agent: Any, runtime: Any) -> HomeAssistantPublisher | No
     """
     if not agent.config.homeassistant.enabled:
         return None
-    publisher = publisher_for_agent(runtime, agent.transport_factory(client_suffix="-ha"))
+    publisher = publisher_for_agent(
+        runtime, agent.config, agent.transport_factory(client_suffix="-ha")
+    )
     runtime.add_service("homeassistant", publisher.run)
     return publisher
 
 
 def publisher_for_agent(
-    runtime: Any, transport_factory: Callable[[Will], Transport]
+    runtime: Runtime, config: AgentConfig, transport_factory: Callable[[Will], Transport]
 ) -> HomeAssistantPublisher:
-    """A publisher fed by a running :class:`~vsm_edge.agent.Runtime` (units, readings, alarms)."""
-    config = runtime.config
+    """A publisher fed by a running :class:`~vsm_edge.agent.Runtime` (units, readings, alarms).
+
+    It reads the runtime's typed state directly rather than a status snapshot:
+    the state goes out every ``state_interval_s``, and the reading specs it
+    needs (units of measurement) are not in the status.
+    """
     latest: dict[str, float] = {}
 
-    def on_reading(unit: str, reading: str, value: float, stamp: Any) -> None:
+    def on_reading(unit: str, reading: str, value: float, stamp: Timestamp) -> None:
         key = f"{unit}.{reading}"
         if key in latest or len(latest) < MAX_ENTITIES:
             latest[key] = float(value)

@@ -93,6 +93,7 @@ from .._errors import AgentError
 from ..config.schema import AgentConfig
 from ..vsm.algedonic import SignalError
 from .schema import quarantine_key
+from .status import GatewayCounts, GatewayStatus, QuarantineStatus, ZonePolicyStatus
 
 if TYPE_CHECKING:
     from ..vsm.runtime import Runtime
@@ -610,35 +611,47 @@ class IngressGuard:
 
     # -- reporting ----------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """The status JSON's top-level ``gateway`` section."""
-        out: dict[str, Any] = dict(self.gateway.statistics())
+    def status(self) -> GatewayStatus:
+        """The status's top-level ``gateway`` section.
+
+        Raises :class:`~vsm_edge.agent.StatusError` if the gateway's statistics
+        (a dict from vsm_edge.models) lost a counter.
+        """
+        counts = GatewayCounts.from_json(self.gateway.statistics(), "gateway")
         state = self.arbitrator_state
-        # True while MAYBE cases go to a model (loaded, or checked and loaded on the first MAYBE).
-        out["arbitrator"] = state != "unavailable"
-        out["arbitrator_state"] = state
-        out["arbitrator_error"] = self.arbitrator_error
-        out["zone"] = self.mode
         zone = self.zone
-        out["zone_policy"] = (
-            None
-            if zone is None
-            else {
-                "version": self.zone_version,
-                "epoch": zone.epoch,
-                "filters": len(zone.filters),
-                "bits": sum(f.num_bits for f in zone.filters),
-            }
+        return GatewayStatus(
+            allow=counts.allow,
+            deny=counts.deny,
+            maybe=counts.maybe,
+            reasons=counts.reasons,
+            quarantined=counts.quarantined,
+            peers=counts.peers,
+            # True while MAYBE cases go to a model (loaded, or checked and loaded on the
+            # first MAYBE).
+            arbitrator=state != "unavailable",
+            arbitrator_state=state,
+            arbitrator_error=self.arbitrator_error,
+            zone=self.mode,
+            zone_policy=(
+                None
+                if zone is None
+                else ZonePolicyStatus(
+                    version=self.zone_version,
+                    epoch=zone.epoch,
+                    filters=len(zone.filters),
+                    bits=sum(f.num_bits for f in zone.filters),
+                )
+            ),
+            zone_problem=self.zone_problem,
+            quarantine=tuple(
+                QuarantineStatus(q.peer, q.reason, q.since_ms, q.until_ms)
+                for q in self.gateway.detector.quarantined()
+            ),
+            proposals={peer: tuple(names) for peer, names in self.proposals().items()},
+            proposal_checks=dict(self._proposal_counts),
+            retained_refused=dict(self._retained),
         )
-        out["zone_problem"] = self.zone_problem
-        out["quarantine"] = [
-            {"peer": q.peer, "reason": q.reason, "since_ms": q.since_ms, "until_ms": q.until_ms}
-            for q in self.gateway.detector.quarantined()
-        ]
-        out["proposals"] = self.proposals()
-        out["proposal_checks"] = dict(self._proposal_counts)
-        out["retained_refused"] = dict(self._retained)
-        return out
 
     def _pain(self, source: str, intensity: float, reason: str) -> None:
         runtime = self._runtime

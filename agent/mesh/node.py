@@ -45,7 +45,7 @@ import statistics as stats
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -84,6 +84,7 @@ from ..vsm.algedonic import decode_peer_signal
 from ..vsm.lease import Lease, LeaseMap
 from ..vsm.runtime import Runtime
 from ..vsm.s4 import PeerReport, PeerReportError
+from ..vsm.status import VsmStatus
 from ..vsm.unit import Unit
 from .ingress import OPEN_ZONE, IngressGuard
 from .schema import (
@@ -95,9 +96,15 @@ from .schema import (
     reading_value,
     report_key,
 )
-
-if TYPE_CHECKING:
-    from vsm_edge.sync import ZeroconfDiscovery
+from .status import (
+    DiscoveryStatus,
+    GatewayStatus,
+    LatencyStatus,
+    NodeStatus,
+    ReplicationStatus,
+    ReplicatorStatistics,
+    StoreStatus,
+)
 
 __all__ = ["OPEN_ZONE", "Agent"]
 
@@ -285,7 +292,7 @@ class Agent:
                     log.error("closing the store failed: %s", exc)  # noqa: TRY400 (no trace)
             self._finished.set()
 
-    async def _write_samples(self, status: dict[str, Any]) -> None:
+    async def _write_samples(self, status: VsmStatus) -> None:
         """At shutdown: the replication latency samples, for `vsm-edge demo`."""
         path = Path(self.config.node.data_dir) / "replication-samples.json"
         data = json.dumps([list(s) for s in self.samples])
@@ -357,38 +364,50 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------
 
-    def _gateway_status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
+        """The node's status now (VSM and mesh sections); raises AgentError before ``run``."""
+        if self.runtime is None:
+            raise AgentError("the agent has not started: no status yet")
+        return NodeStatus(self.runtime.status())
+
+    def _gateway_status(self) -> GatewayStatus:
         assert self.security is not None
         return self.security.status()
 
-    def _replication_status(self) -> dict[str, Any]:
+    def _replication_status(self) -> ReplicationStatus:
         assert self.replicator is not None
-        out = self.replicator.statistics()
-        out["latency_ms"] = _percentiles(sorted(s[2] for s in self.samples))
-        out["online_peers"] = self.replicator.online_peers()
         mesh = self.replicator.docs[MESH_DOC]
         assert isinstance(mesh, CrdtDocument)
-        out["keys"] = len(mesh.state)
-        out["digest"] = _digest_fingerprint(mesh.state)
-        out["vv"] = mesh.state.digest().vv
-        out["alarms_heard_ms"] = dict(self.alarm_heard_latency_ms)
-        out["alarms_s5_ms"] = self._alarms_s5_ms()
-        return out
+        return ReplicationStatus(
+            replicator=self._replicator_statistics(),
+            latency_ms=_percentiles(sorted(s[2] for s in self.samples)),
+            online_peers=tuple(self.replicator.online_peers()),
+            keys=len(mesh.state),
+            digest=_digest_fingerprint(mesh.state),
+            vv=mesh.state.digest().vv,
+            alarms_heard_ms=dict(self.alarm_heard_latency_ms),
+            alarms_s5_ms=self._alarms_s5_ms(),
+        )
 
-    def _store_status(self) -> dict[str, Any]:
+    def _replicator_statistics(self) -> ReplicatorStatistics:
+        # sync's dict, read (and checked) here, where it enters
+        assert self.replicator is not None
+        return ReplicatorStatistics.from_json(self.replicator.statistics(), "replication")
+
+    def _store_status(self) -> StoreStatus:
         assert self.replicator is not None
         fault = self.replicator.store_fault
-        stats = self.replicator.statistics()
-        return {
-            "ok": fault is None,
-            "fault": stats["store_fault"],
-            "faults": stats["store_faults"],
-            "recoveries": stats["store_recoveries"],
-            "writes_refused": stats["writes_refused"],
-            "readings_held": len(self._dirty_readings) if fault is not None else 0,
-            "readings_replaced": self._readings_replaced,
-            "rounds_held": self._writes_held,
-        }
+        stats = self._replicator_statistics()
+        return StoreStatus(
+            ok=fault is None,
+            fault=stats.store_fault,
+            faults=stats.store_faults,
+            recoveries=stats.store_recoveries,
+            writes_refused=stats.writes_refused,
+            readings_held=len(self._dirty_readings) if fault is not None else 0,
+            readings_replaced=self._readings_replaced,
+            rounds_held=self._writes_held,
+        )
 
     def _on_store_fault(self, fault: StoreFault | None) -> None:
         runtime = self.runtime
@@ -592,7 +611,7 @@ class Agent:
             )
             self.discovery = discovery
             if self.runtime is not None:
-                self.runtime.set_status_section("discovery", lambda: _discovery_status(discovery))
+                self.runtime.set_status_section("discovery", lambda: DiscoveryStatus.of(discovery))
             await discovery.run()
         except SyncError as exc:
             from .mdns_host import explain_mdns_error
@@ -600,36 +619,20 @@ class Agent:
             log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
 
 
-def _discovery_status(discovery: ZeroconfDiscovery) -> dict[str, Any]:
-    """Peers found by mDNS (node -> addresses, status port, broker) and the table's counters."""
-    return {
-        "peers": {
-            node: {
-                "addresses": list(peer.addresses),
-                "port": peer.port,
-                "zone": peer.advertisement.zone,
-                "broker": peer.advertisement.broker,
-            }
-            for node, peer in sorted(discovery.peers().items())
-        },
-        "statistics": dataclasses.asdict(discovery.statistics()),
-    }
-
-
-def _percentiles(samples: list[float]) -> dict[str, float | int]:
+def _percentiles(samples: list[float]) -> LatencyStatus:
     if not samples:
-        return {"count": 0}
+        return LatencyStatus(count=0)
 
     def pick(q: float) -> float:
         return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
 
-    return {
-        "count": len(samples),
-        "p50": pick(0.50),
-        "p99": pick(0.99),
-        "max": round(samples[-1], 2),
-        "mean": round(stats.fmean(samples), 2),
-    }
+    return LatencyStatus(
+        count=len(samples),
+        p50=pick(0.50),
+        p99=pick(0.99),
+        max=round(samples[-1], 2),
+        mean=round(stats.fmean(samples), 2),
+    )
 
 
 def _digest_fingerprint(state: ORMap) -> str:

@@ -42,6 +42,7 @@ import trio
 from vsm_edge.sync import Timestamp, WireError, cbor_dumps, cbor_loads
 
 from .settings import AlgedonicConfig
+from .status import AlarmStatus, OutboundStatus
 
 __all__ = [
     "Alarm",
@@ -181,22 +182,22 @@ class Alarm:
     escalated_at: float | None = None
     folded: int = 0  # storm alarms: how many signals were folded into it
 
-    def snapshot(self, now: float) -> dict[str, object]:
+    def snapshot(self, now: float) -> AlarmStatus:
         s = self.signal
-        return {
-            "id": s.id,
-            "node": s.node,
-            "source": s.source,
-            "intensity": s.intensity,
-            "valence": s.valence,
-            "reason": s.reason,
-            "critical": self.critical,
-            "remote": self.remote,
-            "age_s": round(now - self.raised_at, 3),
-            "acked": self.acked_at is not None,
-            "escalated": self.escalated_at is not None,
-            "folded": self.folded,
-        }
+        return AlarmStatus(
+            id=s.id,
+            node=s.node,
+            source=s.source,
+            intensity=s.intensity,
+            valence=s.valence,
+            reason=s.reason,
+            critical=self.critical,
+            remote=self.remote,
+            age_s=round(now - self.raised_at, 3),
+            acked=self.acked_at is not None,
+            escalated=self.escalated_at is not None,
+            folded=self.folded,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,23 +374,6 @@ class AlgedonicCore:
     def active(self) -> Iterator[Alarm]:
         return (a for a in self.alarms.values() if a.acked_at is None)
 
-    def snapshot(self, now: float) -> dict[str, object]:
-        return {
-            "alarms": [a.snapshot(now) for a in reversed(self.alarms.values())][:64],
-            "active": sum(1 for _ in self.active()),
-            "baselines": {f"{n}/{s}": round(b, 4) for (n, s), b in sorted(self.baselines.items())},
-            "storm": None if self.storm is None else self.storm.snapshot(now),
-            "counters": {
-                "received": self.received,
-                "delivered": self.delivered,
-                "adapted": self.adapted,
-                "folded": self.folded,
-                "storms": self.storms,
-                "escalations": self.escalations,
-                "duplicates": self.duplicates,
-            },
-        }
-
 
 def escalated(signal: Signal, stamp: Timestamp) -> Signal:
     """The escalation of ``signal``: intensity 1.0, a new stamp and id."""
@@ -460,10 +444,10 @@ class AlgedonicPort:
     async def __anext__(self) -> Signal:
         return await self.receive()
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "pending": len(self._queue) + len(self._critical),
-            "sent": self.sent,
-            "dropped": self.dropped,
-            "superseded": self.superseded,
-        }
+    def statistics(self) -> OutboundStatus:
+        return OutboundStatus(
+            pending=len(self._queue) + len(self._critical),
+            sent=self.sent,
+            dropped=self.dropped,
+            superseded=self.superseded,
+        )

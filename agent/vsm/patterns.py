@@ -16,6 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from .event import Subsystem
+from .status import PatternsStatus, PatternStatus
 
 __all__ = [
     "CascadeDetector",
@@ -39,14 +40,8 @@ class Pattern:
     detail: str
     at: float
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "severity": self.severity,
-            "subject": self.subject,
-            "detail": self.detail,
-            "at": self.at,
-        }
+    def snapshot(self) -> PatternStatus:
+        return PatternStatus(self.name, self.severity, self.subject, self.detail, self.at)
 
 
 class PatternLog:
@@ -59,11 +54,11 @@ class PatternLog:
         self.counts[pattern.name] += 1
         return pattern
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "counts": dict(self.counts),
-            "recent": [p.snapshot() for p in list(self.recent)[-16:]],
-        }
+    def snapshot(self) -> PatternsStatus:
+        """Counts by name and the latest 16 patterns."""
+        return PatternsStatus(
+            counts=dict(self.counts), recent=tuple(p.snapshot() for p in list(self.recent)[-16:])
+        )
 
 
 class VarietyOverflowDetector:

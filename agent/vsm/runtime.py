@@ -61,6 +61,28 @@ from .s3 import Admission, CircuitBreaker, Control
 from .s4 import Anomaly, Intelligence, MeshView, PeerReport
 from .s5 import Identity, PolicyEngine, Recommendation
 from .settings import UnitConfig, VsmConfig
+from .status import (
+    AlgedonicCounters,
+    AlgedonicStatus,
+    AnomalyStatus,
+    BudgetStatus,
+    ChannelStatus,
+    CommandsConfirmed,
+    IdentityStatus,
+    LeaseStatus,
+    NodeInfo,
+    OscillationStatus,
+    PolicyStatus,
+    S1Status,
+    S2Status,
+    S3Status,
+    S4Status,
+    S5Status,
+    SectionError,
+    StatusSection,
+    UnitStatus,
+    VsmStatus,
+)
 from .supervisor import Crash, Supervisor
 from .unit import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
 
@@ -82,7 +104,7 @@ PATTERN_PAIN = {
     "cascade": 0.9,
     "clock-skew": 0.5,
 }
-FlushHook = Callable[[dict[str, Any]], Awaitable[None]]
+FlushHook = Callable[[VsmStatus], Awaitable[None]]
 # started with ``nursery.start``: reports a value (or None) through task_status
 Service = Callable[..., Awaitable[None]]
 
@@ -263,7 +285,7 @@ class Runtime:
             self._units_pending[name] = ("code", made, {})
         self.units: dict[str, _UnitRecord] = {}
         self._flush_hooks: list[FlushHook] = []
-        self._status_sections: dict[str, Callable[[], Any]] = {}
+        self._status_sections: dict[str, Callable[[], StatusSection]] = {}
         self._services: list[tuple[str, Service]] = []
         self.service_values: dict[str, Any] = {}  # name -> what the service reported started
         self._stop = trio.Event()
@@ -356,23 +378,28 @@ class Runtime:
         port = self.service_values.get("status")
         return port if isinstance(port, int) else None
 
-    def set_status_section(self, key: str, provider: Callable[[], Any]) -> None:
-        """Add a top-level status key (e.g. ``gateway``) computed by ``provider()``."""
+    def set_status_section(self, key: str, provider: Callable[[], StatusSection]) -> None:
+        """Add a top-level status key (e.g. ``gateway``): ``provider()`` gives its typed value.
+
+        The value only needs a ``to_json()``; the mesh's sections are typed in
+        :mod:`vsm_edge.agent.mesh.status`. Setting a key again replaces its provider.
+        """
         self._status_sections[key] = provider
 
     async def _flush(self) -> None:
         status = self.status()
         if self.write_state:  # first: local and quick, so a slow hook cannot starve it
             data_dir = self.config.node.data_dir
+            document = status.to_json()
             try:
-                await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", status)
+                await trio.to_thread.run_sync(_write_json, data_dir / "vsm-state.json", document)
             except OSError as exc:  # a full disk must not turn a clean stop into a crash
                 log.error("could not write %s: %s", data_dir / "vsm-state.json", exc)  # noqa: TRY400
         for hook in self._flush_hooks:
             try:
                 await hook(status)
             except Exception as exc:  # one broken hook must not stop the others
-                status.setdefault("flush_errors", []).append(repr(exc))
+                log.error("flush hook %r failed: %r", hook, exc)  # noqa: TRY400
 
     async def _watch_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -1035,98 +1062,10 @@ class Runtime:
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """The status document (``vsm-edge status --json``)."""
-        now = trio.current_time()
-        bus = self.bus.statistics()
-        channels = {name: _stats(c) for name, c in bus.channels.items()}
-        s4 = self.s4.snapshot(now)
-        variety = s4["variety"]
-        assert isinstance(variety, dict)
-        s3 = self.s3.snapshot(now)
-        budgets = s3["budgets"]
-        assert isinstance(budgets, dict)
-        out: dict[str, Any] = {
-            "node": {
-                "id": self.node,
-                "mesh": self.identity.mesh,
-                "zone": self.identity.zone,
-                "uptime_s": round(now - self.started_at, 3),
-                "hlc": str(self.hlc.last),
-                "safe_mode": self.s5.safe_mode,
-                "status_port": self.status_port,
-                "published": bus.published,
-                "tasks": {n: t.snapshot() for n, t in sorted(self.supervisor.tasks.items())},
-            },
-            "s1": {
-                "units": {
-                    name: {
-                        "kind": r.kind,
-                        **(
-                            self.supervisor.tasks[name].snapshot()
-                            if name in self.supervisor.tasks
-                            else {}
-                        ),
-                        "readings": list(r.specs),
-                        "commands": list(r.commands),
-                        "emitted": r.emitted,
-                        "attenuated": r.attenuated,
-                        "blocked": r.blocked,
-                        "commands_applied": r.commands_applied,
-                        **(
-                            {
-                                "commands_confirmed": r.commands_confirmed,
-                                "commands_failed": r.commands_failed,
-                                "last_outcome": r.last_outcome,
-                            }
-                            if r.confirms
-                            else {}
-                        ),
-                        **_unit_detail(r.unit),
-                    }
-                    for name, r in sorted(self.units.items())
-                },
-                "budget": budgets.get("s1"),
-                "variety_bits": variety.get("s1"),
-                "channel": channels.get("s1"),
-            },
-            "s2": {
-                **self.s2.snapshot(now),
-                "budget": budgets.get("s2"),
-                "variety_bits": variety.get("s2"),
-                "channel": channels.get("s2"),
-                "leases": {
-                    r: {"holder": lease.holder, "expires_ms": lease.expires_ms}
-                    for r, lease in self.leases.entries.items()
-                },
-            },
-            "s3": {**s3, "variety_bits": variety.get("s3"), "channel": channels.get("s3")},
-            "s4": {
-                **s4,
-                "variety_bits": variety.get("s4"),
-                "budget": budgets.get("s4"),
-                "channel": channels.get("s4"),
-                "patterns": self.patterns.snapshot(),
-            },
-            "s5": {
-                **self.s5.snapshot(now),
-                "budget": budgets.get("s5"),
-                "variety_bits": variety.get("s5"),
-                "channel": channels.get("s5"),
-            },
-            "algedonic": {
-                **self.algedonic.snapshot(now),
-                "channel": channels.get("algedonic"),
-                "outbound": self.algedonic_port.statistics(),
-            },
-            "peers": self.mesh_view.peers(now),
-        }
-        for key, provider in self._status_sections.items():
-            try:
-                out[key] = provider()
-            except Exception as exc:  # a broken provider must not break status
-                out[key] = {"error": repr(exc)}
-        return out
+    def status(self) -> VsmStatus:
+        """The node's status now: the VSM and the added sections (``status().to_json()``
+        is the document of ``vsm-edge status --json``; see :mod:`.status`)."""
+        return build_status(self, trio.current_time(), self._status_sections)
 
 
 def _unique(specs: Iterable[Any], unit: str, what: str) -> dict[str, Any]:
@@ -1136,20 +1075,6 @@ def _unique(specs: Iterable[Any], unit: str, what: str) -> dict[str, Any]:
             raise UnitError(f"unit {unit} declares {what} {spec.name!r} twice")
         out[spec.name] = spec
     return out
-
-
-def _unit_detail(unit: Unit) -> dict[str, Any]:
-    status = getattr(unit, "status", None)
-    if status is None:
-        return {}
-    try:
-        return {"detail": status()}
-    except Exception as exc:  # a unit's broken status must not break the node's
-        return {"detail": {"error": repr(exc)}}
-
-
-def _stats(c: Any) -> dict[str, Any]:
-    return {name: getattr(c, name) for name in c.__slots__}
 
 
 def _load(uc: UnitConfig) -> Unit:
@@ -1168,3 +1093,187 @@ def _write_json(path: Path, obj: Any) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)  # a half-written file only takes space
         raise
+
+
+# -- the status of a runtime (the types are in status.py) -------------------------------
+
+
+def build_status(
+    rt: Runtime, now: float, sections: Mapping[str, Callable[[], StatusSection]]
+) -> VsmStatus:
+    """The status of ``rt`` at ``now`` (Trio time), with each section ``provider()`` gives.
+
+    A provider that raises gives a :class:`SectionError` (a broken section
+    must not break the status).
+    """
+    bus = rt.bus.statistics()
+    channels = {name: ChannelStatus.of(c) for name, c in bus.channels.items()}
+    variety = {str(s): round(v.entropy(now), 4) for s, v in rt.s4.variety.items()}
+    budgets = rt.s3.budget_statuses(now)
+    return VsmStatus(
+        node=NodeInfo(
+            id=rt.node,
+            mesh=rt.identity.mesh,
+            zone=rt.identity.zone,
+            uptime_s=round(now - rt.started_at, 3),
+            hlc=str(rt.hlc.last),
+            safe_mode=rt.s5.safe_mode,
+            status_port=rt.status_port,
+            published=bus.published,
+            tasks={n: t.snapshot() for n, t in sorted(rt.supervisor.tasks.items())},
+        ),
+        s1=S1Status(
+            units={name: _unit(rt, r) for name, r in sorted(rt.units.items())},
+            budget=budgets.get("s1"),
+            variety_bits=variety.get("s1"),
+            channel=channels.get("s1"),
+        ),
+        s2=S2Status(
+            damped=rt.s2.damped_targets(now),
+            targets=rt.s2.target_statuses(),
+            oscillations=tuple(
+                OscillationStatus(o.target, o.rule, o.issuers, o.at, o.detail)
+                for o in rt.s2.oscillations
+            ),
+            budget=budgets.get("s2"),
+            variety_bits=variety.get("s2"),
+            channel=channels.get("s2"),
+            leases={
+                r: LeaseStatus(lease.holder, lease.expires_ms)
+                for r, lease in rt.leases.entries.items()
+            },
+        ),
+        s3=S3Status(
+            budgets=budgets,
+            attenuation=rt.s3.attenuation_status(now),
+            refused_commands=rt.s3.refused_commands,
+            breakers={n: b.snapshot() for n, b in sorted(rt.s3.breakers.items())},
+            variety_bits=variety.get("s3"),
+            channel=channels.get("s3"),
+        ),
+        s4=_s4(rt, now, variety, budgets.get("s4"), channels.get("s4")),
+        s5=_s5(rt, now, budgets.get("s5"), variety.get("s5"), channels.get("s5")),
+        algedonic=_algedonic(rt, now, channels.get("algedonic")),
+        peers=tuple(rt.mesh_view.peers(now)),
+        sections=_sections(sections),
+    )
+
+
+def _unit(rt: Runtime, r: _UnitRecord) -> UnitStatus:
+    task = rt.supervisor.tasks.get(r.name)
+    return UnitStatus(
+        kind=r.kind,
+        task=task.snapshot() if task is not None else None,
+        readings=tuple(r.specs),
+        commands=tuple(r.commands),
+        emitted=r.emitted,
+        attenuated=r.attenuated,
+        blocked=r.blocked,
+        commands_applied=r.commands_applied,
+        confirmed=(
+            CommandsConfirmed(r.commands_confirmed, r.commands_failed, r.last_outcome)
+            if r.confirms
+            else None
+        ),
+        detail=_unit_detail(r.unit),
+    )
+
+
+def _unit_detail(unit: object) -> Mapping[str, Any] | None:
+    status = getattr(unit, "status", None)
+    if status is None:
+        return None
+    try:
+        detail = status()
+    except Exception as exc:  # a unit's broken status must not break the node's
+        return {"error": repr(exc)}
+    if not isinstance(detail, Mapping):
+        return {"error": f"status() returned {type(detail).__name__}, not a mapping"}
+    return detail
+
+
+def _s4(
+    rt: Runtime,
+    now: float,
+    variety: Mapping[str, float],
+    budget: BudgetStatus | None,
+    channel: ChannelStatus | None,
+) -> S4Status:
+    s4 = rt.s4
+    return S4Status(
+        variety=variety,
+        environment_bits=round(s4.environment.entropy(now), 4),
+        system_bits=round(s4.system_variety(now), 4),
+        variety_ratio=round(s4.ratio(now), 4),
+        anomalies=s4.anomalies.count,
+        recent_anomalies=tuple(
+            AnomalyStatus(a.name, a.value, round(a.mean, 4), round(a.z, 2), a.at)
+            for a in s4.recent_anomalies[-8:]
+        ),
+        variety_bits=variety.get("s4"),
+        budget=budget,
+        channel=channel,
+        patterns=rt.patterns.snapshot(),
+    )
+
+
+def _s5(
+    rt: Runtime,
+    now: float,
+    budget: BudgetStatus | None,
+    variety_bits: float | None,
+    channel: ChannelStatus | None,
+) -> S5Status:
+    s5 = rt.s5
+    identity, policy = s5.identity, s5.policy
+    return S5Status(
+        identity=IdentityStatus(identity.node, identity.mesh, identity.zone, identity.public_key),
+        policy=PolicyStatus(
+            version=policy.version,
+            signer=s5.policy_signer,
+            allowed=tuple(policy.allowed_commands),
+            denied=tuple(policy.denied_commands),
+            zone=policy.zone is not None,
+            rejected=s5.rejected_policies,
+            last_rejection=s5.last_rejection,
+        ),
+        safe_mode=s5.safe_mode,
+        safe_mode_entries=s5.safe_mode_entries,
+        pain_level=round(s5.pain_level(now), 4),
+        refusals=s5.refusals,
+        arbitrations=dict(s5.arbitrations),
+        budget=budget,
+        variety_bits=variety_bits,
+        channel=channel,
+    )
+
+
+def _algedonic(rt: Runtime, now: float, channel: ChannelStatus | None) -> AlgedonicStatus:
+    core = rt.algedonic
+    return AlgedonicStatus(
+        alarms=tuple(a.snapshot(now) for a in reversed(core.alarms.values()))[:64],
+        active=sum(1 for _ in core.active()),
+        baselines={f"{n}/{s}": round(b, 4) for (n, s), b in sorted(core.baselines.items())},
+        storm=None if core.storm is None else core.storm.snapshot(now),
+        counters=AlgedonicCounters(
+            received=core.received,
+            delivered=core.delivered,
+            adapted=core.adapted,
+            folded=core.folded,
+            storms=core.storms,
+            escalations=core.escalations,
+            duplicates=core.duplicates,
+        ),
+        channel=channel,
+        outbound=rt.algedonic_port.statistics(),
+    )
+
+
+def _sections(providers: Mapping[str, Callable[[], StatusSection]]) -> dict[str, StatusSection]:
+    out: dict[str, StatusSection] = {}
+    for key, provider in providers.items():
+        try:
+            out[key] = provider()
+        except Exception as exc:  # a broken provider must not break status
+            out[key] = SectionError(repr(exc))
+    return out

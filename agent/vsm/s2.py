@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .event import Scalar
 from .settings import S2Config
+from .status import TargetStatus
 
 __all__ = ["Coordination", "Damping", "Oscillation"]
 
@@ -206,26 +207,13 @@ class Coordination:
             )
         return Damping(value, damped=True)
 
-    def snapshot(self, now: float) -> dict[str, object]:
+    def damped_targets(self, now: float) -> tuple[str, ...]:
+        """The targets damped at ``now``, sorted (for the status)."""
+        return tuple(sorted(n for n, t in self._targets.items() if t.damped_until > now))
+
+    def target_statuses(self) -> dict[str, TargetStatus]:
+        """Every target's applied value and counters, by name (for the status)."""
         return {
-            "damped": sorted(n for n, t in self._targets.items() if t.damped_until > now),
-            "targets": {
-                n: {
-                    "applied": t.applied,
-                    "episodes": t.episodes,
-                    "damped_commands": t.damped_commands,
-                    "suppressed": t.suppressed,
-                }
-                for n, t in sorted(self._targets.items())
-            },
-            "oscillations": [
-                {
-                    "target": o.target,
-                    "rule": o.rule,
-                    "issuers": list(o.issuers),
-                    "at": o.at,
-                    "detail": o.detail,
-                }
-                for o in self.oscillations
-            ],
+            n: TargetStatus(t.applied, t.episodes, t.damped_commands, t.suppressed)
+            for n, t in sorted(self._targets.items())
         }

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .event import HIGH, LOW, Subsystem
-from .settings import BudgetConfig, S3Config
+from .settings import S3Config
+from .status import AttenuationStatus, BreakerStatus, BudgetStatus
 
 __all__ = [
     "Admission",
@@ -170,13 +171,13 @@ class CircuitBreaker:
             return True
         return False
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "state": self.state.value,
-            "consecutive_failures": self.consecutive,
-            "opens": self.opens,
-            "rejected": self.rejected,
-        }
+    def snapshot(self) -> BreakerStatus:
+        return BreakerStatus(
+            state=self.state.value,
+            consecutive_failures=self.consecutive,
+            opens=self.opens,
+            rejected=self.rejected,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,27 +328,25 @@ class Control:
                 findings.append(AuditFinding(name, f"silent for {now - seen:.1f} s"))
         return findings
 
-    def snapshot(
-        self, now: float, budgets: Mapping[Subsystem, BudgetConfig] | None = None
-    ) -> dict[str, object]:
+    def budget_statuses(self, now: float) -> dict[str, BudgetStatus]:
+        """Each subsystem's bucket at ``now`` (for the status)."""
         return {
-            "budgets": {
-                str(s): {
-                    "tokens": round(b.tokens(now), 3),
-                    "capacity": b.capacity,
-                    "refill_per_s": b.refill_per_s * b.scale,
-                    "passed": self.passed[s] + (self.s1_passed if s is Subsystem.S1 else 0),
-                }
-                for s, b in self.buckets.items()
-            },
-            "attenuation": {
-                "active": self.attenuating,
-                "episodes": self.attenuation_episodes,
-                "aggregated": dict(self.aggregated),
-                "dropped": dict(self.dropped),
-                "overdraft": self.overdraft,
-                "exempt": sorted(s for s, until in self.exempt.items() if until > now),
-            },
-            "refused_commands": self.refused_commands,
-            "breakers": {n: b.snapshot() for n, b in sorted(self.breakers.items())},
+            str(s): BudgetStatus(
+                tokens=round(b.tokens(now), 3),
+                capacity=b.capacity,
+                refill_per_s=b.refill_per_s * b.scale,
+                passed=self.passed[s] + (self.s1_passed if s is Subsystem.S1 else 0),
+            )
+            for s, b in self.buckets.items()
         }
+
+    def attenuation_status(self, now: float) -> AttenuationStatus:
+        """Attenuation so far, per unit, and the units exempt at ``now`` (for the status)."""
+        return AttenuationStatus(
+            active=self.attenuating,
+            episodes=self.attenuation_episodes,
+            aggregated=dict(self.aggregated),
+            dropped=dict(self.dropped),
+            overdraft=self.overdraft,
+            exempt=tuple(sorted(s for s, until in self.exempt.items() if until > now)),
+        )

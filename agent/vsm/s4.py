@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from .._errors import AgentError
 from .event import Subsystem
 from .settings import S4Config
+from .status import PeerStatus
 
 __all__ = [
     "Anomaly",
@@ -303,22 +304,21 @@ class MeshView:
     def remove(self, node: str) -> None:
         self._peers.pop(node, None)
 
-    def peers(self, now: float) -> list[dict[str, object]]:
-        out = []
-        for node, (r, seen) in sorted(self._peers.items()):
-            out.append(
-                {
-                    "node": node,
-                    "zone": r.zone,
-                    "last_seen_s": round(now - seen, 3),
-                    "stale": now - seen > self.stale_s,
-                    "health": r.health,
-                    "safe_mode": r.safe_mode,
-                    "variety_ratio": r.variety_ratio,
-                    "alarms": list(r.alarms),
-                }
+    def peers(self, now: float) -> list[PeerStatus]:
+        """Every peer's latest report, by node name, with how long ago it came."""
+        return [
+            PeerStatus(
+                node=node,
+                zone=r.zone,
+                last_seen_s=round(now - seen, 3),
+                stale=now - seen > self.stale_s,
+                health=r.health,
+                safe_mode=r.safe_mode,
+                variety_ratio=r.variety_ratio,
+                alarms=tuple(r.alarms),
             )
-        return out
+            for node, (r, seen) in sorted(self._peers.items())
+        ]
 
 
 class Intelligence:
@@ -359,22 +359,3 @@ class Intelligence:
         self.recent_anomalies.append(anomaly)
         if len(self.recent_anomalies) > 32:
             del self.recent_anomalies[0]
-
-    def snapshot(self, now: float) -> dict[str, object]:
-        return {
-            "variety": {str(s): round(v.entropy(now), 4) for s, v in self.variety.items()},
-            "environment_bits": round(self.environment.entropy(now), 4),
-            "system_bits": round(self.system_variety(now), 4),
-            "variety_ratio": round(self.ratio(now), 4),
-            "anomalies": self.anomalies.count,
-            "recent_anomalies": [
-                {
-                    "key": a.name,
-                    "value": a.value,
-                    "mean": round(a.mean, 4),
-                    "z": round(a.z, 2),
-                    "at": a.at,
-                }
-                for a in self.recent_anomalies[-8:]
-            ],
-        }

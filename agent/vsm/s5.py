@@ -322,27 +322,3 @@ class PolicyEngine:
             self.safe_mode = False
             return False
         return None
-
-    def snapshot(self, now: float) -> dict[str, object]:
-        return {
-            "identity": {
-                "node": self.identity.node,
-                "mesh": self.identity.mesh,
-                "zone": self.identity.zone,
-                "public_key": self.identity.public_key,
-            },
-            "policy": {
-                "version": self.policy.version,
-                "signer": self.policy_signer,
-                "allowed": list(self.policy.allowed_commands),
-                "denied": list(self.policy.denied_commands),
-                "zone": self.policy.zone is not None,
-                "rejected": self.rejected_policies,
-                "last_rejection": self.last_rejection,
-            },
-            "safe_mode": self.safe_mode,
-            "safe_mode_entries": self.safe_mode_entries,
-            "pain_level": round(self.pain_level(now), 4),
-            "refusals": self.refusals,
-            "arbitrations": dict(self.arbitrations),
-        }

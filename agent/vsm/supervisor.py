@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import trio
 
 from .settings import RuntimeConfig
+from .status import TaskStatus
 
 __all__ = ["Crash", "Supervised", "Supervisor"]
 
@@ -40,14 +41,14 @@ class Supervised:
         self.last_error = ""
         self.last_crash_at: float | None = None
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "state": self.state,
-            "starts": self.starts,
-            "restarts": max(0, self.starts - 1),
-            "crashes": self.crashes,
-            "last_error": self.last_error,
-        }
+    def snapshot(self) -> TaskStatus:
+        return TaskStatus(
+            state=self.state,
+            starts=self.starts,
+            restarts=max(0, self.starts - 1),
+            crashes=self.crashes,
+            last_error=self.last_error,
+        )
 
 
 class Supervisor:

@@ -1,10 +1,11 @@
-"""Prometheus metrics, made from the status document at scrape time.
+"""Prometheus metrics, made from the status at scrape time.
 
 Nothing is counted twice: the runtime, the gateway and the replicator already
-keep their counters (the status document, ``vsm-edge status --json``); at
-each scrape :func:`agent_families` turns one status document into metric
-families, and :func:`view_families` does the same for the aggregator's merged
-view. Both are pure (document in, families out) and tested on documents;
+keep their counters (the status, ``vsm-edge status --json``); at each scrape
+:func:`agent_families` turns one typed status
+(:class:`~vsm_edge.agent.mesh.status.NodeStatus`) into metric families, and
+:func:`view_families` does the same for the aggregator's merged view document.
+Both are pure (status in, families out);
 :func:`render` gives the text exposition format with prometheus-client.
 
 Names (every series of an agent carries ``node``; the aggregator's carry
@@ -35,11 +36,16 @@ Names (every series of an agent carries ``node``; the aggregator's carry
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..mesh.status import GatewayStatus, ReplicationStatus
+
+if TYPE_CHECKING:
+    from ..mesh.status import NodeStatus
 
 __all__ = ["CONTENT_TYPE", "agent_families", "render", "view_families"]
 
@@ -62,14 +68,6 @@ def _map(value: Any) -> Mapping[str, Any]:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _get(doc: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, Mapping):
-            return None
-        doc = doc.get(key)
-    return doc
 
 
 class _Families:
@@ -107,84 +105,108 @@ class _Families:
         return list(self._by_name.values())
 
 
-def _node_metrics(f: _Families, base: Sequence[str], status: Mapping[str, Any]) -> None:
-    """The metrics of one agent's status document."""
-    node = _map(status.get("node"))
-    f.gauge("vsm_uptime_seconds", "Seconds since the agent started.", base, node.get("uptime_s"))
-    f.gauge("vsm_safe_mode", "1 while S5 holds the node in safe mode.", base, node.get("safe_mode"))
-    budgets = _map(_get(status, "s3", "budgets"))
-    variety = _map(_get(status, "s4", "variety"))
+def _node_metrics(f: _Families, base: Sequence[str], status: NodeStatus) -> None:
+    """The metrics of one agent's status."""
+    vsm = status.vsm
+    f.gauge("vsm_uptime_seconds", "Seconds since the agent started.", base, vsm.node.uptime_s)
+    f.gauge("vsm_safe_mode", "1 while S5 holds the node in safe mode.", base, vsm.node.safe_mode)
+    budgets, variety = vsm.s3.budgets, vsm.s4.variety
     for sub in SUBSYSTEMS:
-        budget = _map(budgets.get(sub))
-        f.gauge("vsm_budget_tokens", "Tokens left in the S3 budget.", base,
-                budget.get("tokens"), subsystem=sub)  # fmt: skip
-        f.gauge("vsm_budget_capacity", "Capacity of the S3 budget.", base,
-                budget.get("capacity"), subsystem=sub)  # fmt: skip
-        f.gauge("vsm_budget_refill_per_second", "Refill rate of the S3 budget.", base,
-                budget.get("refill_per_s"), subsystem=sub)  # fmt: skip
-        f.counter("vsm_budget_passed", "Events admitted by the S3 budget.", base,
-                  budget.get("passed"), subsystem=sub)  # fmt: skip
+        budget = budgets.get(sub)
+        if budget is not None:
+            f.gauge("vsm_budget_tokens", "Tokens left in the S3 budget.", base,
+                    budget.tokens, subsystem=sub)  # fmt: skip
+            f.gauge("vsm_budget_capacity", "Capacity of the S3 budget.", base,
+                    budget.capacity, subsystem=sub)  # fmt: skip
+            f.gauge("vsm_budget_refill_per_second", "Refill rate of the S3 budget.", base,
+                    budget.refill_per_s, subsystem=sub)  # fmt: skip
+            f.counter("vsm_budget_passed", "Events admitted by the S3 budget.", base,
+                      budget.passed, subsystem=sub)  # fmt: skip
         f.gauge("vsm_variety_bits", "S4 temporal variety of the subsystem, bits.", base,
                 variety.get(sub), subsystem=sub)  # fmt: skip
-    s4 = _map(status.get("s4"))
+    s4 = vsm.s4
     f.gauge("vsm_environment_variety_bits", "Variety of the environment (S1 readings), bits.",
-            base, s4.get("environment_bits"))  # fmt: skip
+            base, s4.environment_bits)  # fmt: skip
     f.gauge("vsm_system_variety_bits", "Variety the node can answer with, bits.", base,
-            s4.get("system_bits"))  # fmt: skip
+            s4.system_bits)  # fmt: skip
     f.gauge("vsm_variety_ratio", "Environment over system variety (> 1: overwhelmed).", base,
-            s4.get("variety_ratio"))  # fmt: skip
-    attenuation = _map(_get(status, "s3", "attenuation"))
-    f.gauge("vsm_attenuation_active", "1 while S3 attenuates S1.", base, attenuation.get("active"))
-    for kind in ("aggregated", "dropped"):
-        counts = _map(attenuation.get(kind))
+            s4.variety_ratio)  # fmt: skip
+    attenuation = vsm.s3.attenuation
+    f.gauge("vsm_attenuation_active", "1 while S3 attenuates S1.", base, attenuation.active)
+    for kind, counts in (("aggregated", attenuation.aggregated), ("dropped", attenuation.dropped)):
         f.counter("vsm_attenuated", "Readings attenuated by S3.", base,
-                  sum(v for v in counts.values() if _num(v) is not None), kind=kind)  # fmt: skip
-    algedonic = _map(status.get("algedonic"))
-    alarms = [a for a in _list(algedonic.get("alarms")) if isinstance(a, Mapping)]
-    active = [a for a in alarms if not a.get("acked")]
+                  sum(counts.values()), kind=kind)  # fmt: skip
+    algedonic = vsm.algedonic
+    active = [a for a in algedonic.alarms if not a.acked]
     f.gauge("vsm_algedonic_active_alarms", "Unacknowledged alarms.", base, len(active))
-    pain = [
-        float(a["intensity"]) for a in active
-        if a.get("valence", "pain") == "pain" and _num(a.get("intensity")) is not None
-    ]  # fmt: skip
+    pain = [a.intensity for a in active if a.valence == "pain"]
     f.gauge("vsm_algedonic_pain", "Strongest active pain signal (0..1).", base,
             max(pain, default=0.0))  # fmt: skip
-    for outcome, value in sorted(_map(algedonic.get("counters")).items()):
+    for outcome, value in sorted(algedonic.counters.to_json().items()):
         f.counter("vsm_algedonic_signals", "Algedonic signals by outcome.", base, value,
-                  outcome=str(outcome))  # fmt: skip
-    gateway = _map(status.get("gateway"))
-    for verdict in ("allow", "deny"):
+                  outcome=outcome)  # fmt: skip
+    gateway = status.gateway
+    if isinstance(gateway, GatewayStatus):
+        _gateway_metrics(f, base, gateway.allow, gateway.deny, gateway.maybe, gateway.reasons)
+        f.gauge("vsm_gateway_quarantined", "Peers quarantined by the gateway now.", base,
+                gateway.quarantined)  # fmt: skip
+    replication = status.replication
+    if isinstance(replication, ReplicationStatus):
+        _replication_metrics(f, base, _Replication.of(replication))
+        f.gauge("vsm_peers", "Peers by state.", base, len(replication.online_peers),
+                state="online")  # fmt: skip
+    f.gauge("vsm_peers", "Peers by state.", base, sum(1 for p in vsm.peers if p.stale),
+            state="stale")  # fmt: skip
+    channels = (vsm.s1.channel, vsm.s2.channel, vsm.s3.channel, vsm.s4.channel, vsm.s5.channel,
+                algedonic.channel)  # fmt: skip
+    for sub, channel in zip((*SUBSYSTEMS, "algedonic"), channels, strict=True):
+        if channel is not None:
+            f.counter("vsm_bus_dropped", "Events dropped by the bus channel.", base,
+                      channel.dropped, channel=sub)  # fmt: skip
+
+
+def _gateway_metrics(
+    f: _Families, base: Sequence[str], allow: Any, deny: Any, maybe: Any, reasons: Mapping[str, Any]
+) -> None:
+    """Decisions by verdict, MAYBE cases (None: not known) and decisions by reason."""
+    for verdict, value in (("allow", allow), ("deny", deny)):
         f.counter("vsm_gateway_decisions", "Ingress gateway decisions.", base,
-                  gateway.get(verdict), verdict=verdict)  # fmt: skip
-    f.counter("vsm_gateway_maybe", "Decisions the arbitrator made (MAYBE cases).", base,
-              gateway.get("maybe"))  # fmt: skip
-    for reason, value in sorted(_map(gateway.get("reasons")).items()):
+                  value, verdict=verdict)  # fmt: skip
+    f.counter("vsm_gateway_maybe", "Decisions the arbitrator made (MAYBE cases).", base, maybe)
+    for reason, value in sorted(reasons.items()):
         f.counter("vsm_gateway_reasons", "Ingress gateway decisions by reason.", base, value,
                   reason=str(reason))  # fmt: skip
-    f.gauge("vsm_gateway_quarantined", "Peers quarantined by the gateway now.", base,
-            gateway.get("quarantined"))  # fmt: skip
-    _replication_metrics(f, base, _map(status.get("replication")))
-    peers = [p for p in _list(status.get("peers")) if isinstance(p, Mapping)]
-    online = _get(status, "replication", "online_peers")
-    stale = sum(1 for p in peers if p.get("stale"))
-    if isinstance(online, list):
-        f.gauge("vsm_peers", "Peers by state.", base, len(online), state="online")
-    f.gauge("vsm_peers", "Peers by state.", base, stale, state="stale")
-    for sub in (*SUBSYSTEMS, "algedonic"):
-        channel = _map(_get(status, sub, "channel"))
-        f.counter("vsm_bus_dropped", "Events dropped by the bus channel.", base,
-                  channel.get("dropped"), channel=sub)  # fmt: skip
 
 
-def _replication_metrics(f: _Families, base: Sequence[str], rep: Mapping[str, Any]) -> None:
-    latency = _map(rep.get("latency_ms"))
+class _Replication(NamedTuple):
+    """What the replication metrics read, from a typed status or a view document."""
+
+    latency: Mapping[str, Any]
+    transport: Mapping[str, Any]
+    refused: Mapping[str, Any]
+    keys: Any
+
+    @classmethod
+    def of(cls, rep: ReplicationStatus) -> _Replication:
+        stats = rep.replicator
+        return cls(rep.latency_ms.to_json(), stats.transport.to_json(), stats.refused, rep.keys)
+
+    @classmethod
+    def of_view(cls, rep: Mapping[str, Any]) -> _Replication:
+        return cls(
+            _map(rep.get("latency_ms")), _map(rep.get("transport")), _map(rep.get("refused")),
+            rep.get("keys"),
+        )  # fmt: skip
+
+
+def _replication_metrics(f: _Families, base: Sequence[str], rep: _Replication) -> None:
+    latency, transport = rep.latency, rep.transport
     for key, quantile in QUANTILES:
         f.gauge("vsm_replication_lag_ms",
                 "Replication latency of peers' readings, ms (write to arrival here).",
                 base, latency.get(key), quantile=quantile)  # fmt: skip
     f.gauge("vsm_replication_lag_samples", "Samples behind vsm_replication_lag_ms.", base,
             latency.get("count"))  # fmt: skip
-    transport = _map(rep.get("transport"))
     if transport:
         f.gauge("vsm_mqtt_connected", "1 while connected to the broker.", base,
                 transport.get("state") == "connected")  # fmt: skip
@@ -195,21 +217,20 @@ def _replication_metrics(f: _Families, base: Sequence[str], rep: Mapping[str, An
                   transport.get(f"bytes_{direction}"), direction=direction)  # fmt: skip
     f.counter("vsm_mqtt_reconnects", "Reconnections to the broker.", base,
               transport.get("reconnects"))  # fmt: skip
-    for reason, value in sorted(_map(rep.get("refused")).items()):
+    for reason, value in sorted(rep.refused.items()):
         f.counter("vsm_replication_refused", "Inbound messages refused, by reason.", base,
                   value, reason=str(reason))  # fmt: skip
     f.gauge("vsm_replication_keys", "Keys in the replicated mesh document.", base,
-            rep.get("keys"))  # fmt: skip
+            rep.keys)  # fmt: skip
 
 
-def agent_families(status: Mapping[str, Any]) -> list[Metric]:
-    """Metric families of one agent's status document (pure)."""
+def agent_families(status: NodeStatus) -> list[Metric]:
+    """Metric families of one agent's status (pure)."""
     f = _Families(["node"])
-    node = _map(status.get("node"))
-    node_id = str(node.get("id", ""))
-    f.gauge("vsm_node_info", "The node's mesh and zone.", [node_id], 1,
-            mesh=str(node.get("mesh", "")), zone=str(node.get("zone", "")))  # fmt: skip
-    _node_metrics(f, [node_id], status)
+    node = status.vsm.node
+    f.gauge("vsm_node_info", "The node's mesh and zone.", [node.id], 1,
+            mesh=node.mesh, zone=node.zone)  # fmt: skip
+    _node_metrics(f, [node.id], status)
     return f.families()
 
 
@@ -249,14 +270,10 @@ def view_families(view: Mapping[str, Any]) -> list[Metric]:
         if not isinstance(mesh, Mapping):
             continue
         base = [str(mesh.get("mesh", "")), str(source.get("id", ""))]
-        _replication_metrics(f, base, _map(mesh.get("replication")))
+        _replication_metrics(f, base, _Replication.of_view(_map(mesh.get("replication"))))
         gateway = _map(mesh.get("gateway"))
-        for verdict in ("allow", "deny"):
-            f.counter("vsm_gateway_decisions", "Ingress gateway decisions.", base,
-                      gateway.get(verdict), verdict=verdict)  # fmt: skip
-        for reason, value in sorted(_map(gateway.get("reasons")).items()):
-            f.counter("vsm_gateway_reasons", "Ingress gateway decisions by reason.", base,
-                      value, reason=str(reason))  # fmt: skip
+        _gateway_metrics(f, base, gateway.get("allow"), gateway.get("deny"), None,
+                         _map(gateway.get("reasons")))  # fmt: skip
         f.gauge("vsm_peers", "Peers by state.", base, len(_list(mesh.get("online_peers"))),
                 state="online")  # fmt: skip
     alarms = [a for a in _list(view.get("alarms")) if isinstance(a, Mapping)]

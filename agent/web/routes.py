@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
 
 from ..mesh.schema import MESH_DOC
+from ..mesh.status import NodeStatus
+from ..vsm.record import StatusRecord
 from .http import HttpResponse, json_response
 from .status import StatusServer, serve_status
 from .view import History, LagTracker, build_view, mesh_nodes
@@ -51,13 +53,13 @@ def _agent_metrics(runtime: Runtime) -> HttpResponse:
     # prometheus_client (~1.5 MB of RSS) is imported on the first scrape, not at start.
     from .metrics import agent_families
 
-    return metrics_response(agent_families(runtime.status()))
+    return metrics_response(agent_families(NodeStatus(runtime.status())))
 
 
 def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dict[str, Any]:
     """The view document of one agent: itself and the peers in its mesh document."""
     now_ms = wall_clock_ms() if now_ms is None else now_ms
-    status = runtime.status()
+    status = NodeStatus(runtime.status())
     mesh = runtime.identity.mesh
     replicator = agent.replicator
     lag = LagTracker()
@@ -76,27 +78,32 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
             {
                 "mesh": mesh,
                 "online_peers": replicator.online_peers(),
-                "replication": status.get("replication", {}),
-                "gateway": status.get("gateway", {}),
+                "replication": _section_json(status.replication),
+                "gateway": _section_json(status.gateway),
             }
         )
     nodes = mesh_nodes(mesh, values, now_ms=now_ms, online=online, lag=lag, self_node=agent.node)
     alarms = [
         {
             "mesh": mesh,
-            "node": a.get("node"),
-            "id": str(a.get("id")),
-            "source": a.get("source"),
-            "intensity": a.get("intensity"),
-            "valence": a.get("valence", "pain"),
-            "reason": a.get("reason", ""),
-            "age_s": a.get("age_s"),
-            "critical": bool(a.get("critical")),
+            "node": a.node,
+            "id": a.id,
+            "source": a.source,
+            "intensity": a.intensity,
+            "valence": a.valence,
+            "reason": a.reason,
+            "age_s": a.age_s,
+            "critical": a.critical,
         }
-        for a in status.get("algedonic", {}).get("alarms", [])
-        if isinstance(a, dict) and not a.get("acked")
+        for a in status.vsm.algedonic.alarms
+        if not a.acked
     ]
     return build_view("agent", agent.node, now_ms, meshes, nodes, alarms)
+
+
+def _section_json(section: StatusRecord | None) -> Any:
+    """A section's JSON for the view (``{}`` while the agent has none)."""
+    return {} if section is None else section.to_json()
 
 
 def serve_agent(agent: Agent, runtime: Runtime) -> StatusServer | None:

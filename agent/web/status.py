@@ -95,7 +95,7 @@ class StatusServer(HttpServer):
         runtime = self.runtime
         if target == "/status":
             _allow(method, "GET")
-            return json_response(runtime.status())
+            return json_response(runtime.status().to_json())
         if target == "/health":
             _allow(method, "GET")
             return json_response({"ok": True, "node": runtime.node})
