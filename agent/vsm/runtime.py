@@ -6,6 +6,24 @@ rest keep running. ``run`` returns after a graceful stop (``stop()``,
 SIGTERM/SIGINT when ``handle_signals``) that runs the flush hooks within
 ``runtime.shutdown_timeout_s`` (5 s).
 
+The work is done by parts, one per subsystem, which share a
+:class:`~.kernel.Kernel` (the bus, the HLC, the supervisor, S2..S5 and the
+publish/response/failure/pattern services) and know nothing of the runtime:
+:class:`~.operations.Operations` (S1: units, readings, commands),
+:class:`~.coordination_loops.CoordinationLoops` (S2, leases),
+:class:`~.control_loops.ControlLoops` (S3: aggregates, audits, breakers),
+:class:`~.intelligence_loops.IntelligenceLoops` (S4: anomalies, variety
+overflow, mesh view), :class:`~.policy_loops.PolicyLoops` (S5: arbitration,
+safe mode, policy) and :class:`~.alarms.Alarms` (the algedonic channel's
+delivery). The runtime builds them, starts and stops them, and is the one
+object the rest of the agent holds. Why :class:`Runtime` has more than ~25
+methods: most of them are one-line delegations to the parts, or properties
+reading their state, that keep its public API (the seams below, used by
+mesh/, web/, cli/ and the tests) on one object. Why the module is ~700
+lines: :func:`build_status` (the last ~110) reads the runtime and every part
+into the types of :mod:`.status`; anywhere else it would import the runtime
+back, a cycle.
+
 Seams for the agent process (the mesh, the store, the gateway):
 
 * ``algedonic_port`` — outgoing signals for ``vsm/{mesh}/alg/{node}``;
@@ -27,40 +45,36 @@ Seams for the agent process (the mesh, the store, the gateway):
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
-import math
 import os
-import random
 import signal as signal_module
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from vsm_edge.sync import ClockDriftError, HybridLogicalClock, Timestamp, wall_clock_ms
+from vsm_edge.sync import HybridLogicalClock, wall_clock_ms
 
-from .._errors import PolicyError, UnitError
-from .algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
+from .._errors import UnitError
+from .alarms import Alarms
+from .algedonic import PAIN, Alarm, AlgedonicCore, AlgedonicPort, Signal
 from .bus import Channel, EventBus
-from .event import HIGH, Event, Scalar, Subsystem
+from .control_loops import ControlLoops
+from .coordination_loops import CoordinationLoops
+from .event import Scalar, Subsystem
+from .intelligence_loops import IntelligenceLoops
+from .kernel import Kernel
 from .lease import LeaseMap
-from .patterns import (
-    CascadeDetector,
-    ClockSkewDetector,
-    Pattern,
-    PatternLog,
-    VarietyOverflowDetector,
-)
-from .s2 import Coordination, Oscillation
-from .s3 import Admission, CircuitBreaker, Control
-from .s4 import Anomaly, Intelligence, MeshView, PeerReport
-from .s5 import Identity, PolicyEngine, Recommendation
-from .settings import UnitConfig, VsmConfig
+from .operations import COMMAND_CONFIRM_TIMEOUT_S, Operations, PendingUnit, UnitRecord
+from .patterns import CascadeDetector, ClockSkewDetector, VarietyOverflowDetector
+from .policy_loops import PolicyLoops
+from .s2 import Coordination
+from .s3 import CircuitBreaker, Control
+from .s4 import Intelligence, MeshView, PeerReport
+from .s5 import Identity, PolicyEngine
+from .settings import BusConfig, UnitConfig, VsmConfig
 from .status import (
     AlgedonicCounters,
     AlgedonicStatus,
@@ -84,136 +98,22 @@ from .status import (
     VsmStatus,
 )
 from .supervisor import Crash, Supervisor
-from .unit import Command, CommandResult, CommandSpec, ReadingSpec, Unit, load_unit
+from .unit import CommandResult, Unit, load_unit
 
 __all__ = ["Runtime"]
 
 log = logging.getLogger("vsm_edge.agent.runtime")
 
-_new_event = tuple.__new__  # builds an Event without NamedTuple's Python-level __new__
-
-COMMAND_QUEUE = 64
-COMMAND_CONFIRM_TIMEOUT_S = 10.0
-MAX_BINS = 4096  # cached category names per reading
-EXEMPT_S = 10.0
-SAFE_MODE_TICK_S = 0.5
-PATTERN_PAIN = {
-    "variety-overflow": 0.6,
-    "variety-warning": 0.3,
-    "oscillation": 0.5,
-    "cascade": 0.9,
-    "clock-skew": 0.5,
-}
 FlushHook = Callable[[VsmStatus], Awaitable[None]]
 # started with ``nursery.start``: reports a value (or None) through task_status
 Service = Callable[..., Awaitable[None]]
 
 
-class _UnitRecord:
-    def __init__(self, name: str, kind: str, unit: Unit) -> None:
-        self.name = name
-        self.kind = kind
-        self.unit = unit
-        self.specs: dict[str, ReadingSpec] = {}
-        self.categories: dict[str, str] = {}
-        self.bins: dict[str, dict[int, str]] = {}
-        self.commands: dict[str, CommandSpec] = {}
-        self.declare(unit.readings, unit.commands)
-        self.inbox_send, self.inbox_receive = trio.open_memory_channel[Command](COMMAND_QUEUE)
-        self.emitted = 0
-        self.attenuated = 0
-        self.blocked = 0
-        self.commands_applied = 0
-        self.confirms = bool(getattr(unit, "confirms_commands", False))
-        self.commands_confirmed = 0
-        self.commands_failed = 0
-        self.last_outcome: dict[str, Any] | None = None
-        # command id -> [done, error] for callers awaiting the unit's outcome
-        self.waiters: dict[int, tuple[trio.Event, list[str | None]]] = {}
-
-    def declare(
-        self, readings: Iterable[ReadingSpec] | None, commands: Iterable[CommandSpec] | None
-    ) -> None:
-        if readings is not None:
-            specs = _unique(readings, self.name, "reading")
-            self.specs = specs
-            self.categories = {r: f"{self.name}.{r}" for r in specs}
-            self.bins = {r: self.bins.get(r, {}) for r in specs}
-        if commands is not None:
-            self.commands = _unique(commands, self.name, "command")
-
-
-class _Context:
-    """The :class:`UnitContext` the runtime hands each unit."""
-
-    def __init__(self, runtime: Runtime, record: _UnitRecord, options: Mapping[str, Any]) -> None:
-        self._runtime = runtime
-        self._record = record
-        self._options = options
-        self._random = random.Random(record.name)  # noqa: S311 - simulation, not crypto
-        # a partial (C) rather than a method: emit is the hot path of every unit
-        self.emit: Callable[..., bool] = functools.partial(runtime._emit, record)
-
-    @property
-    def name(self) -> str:
-        return self._record.name
-
-    @property
-    def options(self) -> Mapping[str, Any]:
-        return self._options
-
-    @property
-    def random(self) -> random.Random:
-        return self._random
-
-    async def commands(self) -> Any:  # an async generator of Command
-        async for command in self._record.inbox_receive:
-            yield command
-
-    async def command(self, target: str, name: str, value: Scalar) -> CommandResult:
-        return await self._runtime.execute_command(target, name, value, issuer=self._record.name)
-
-    def pain(self, intensity: float, reason: str = "") -> None:
-        self._runtime.raise_signal(f"s1.{self._record.name}", intensity, reason)
-
-    def clear_pain(self, reason: str = "") -> int:
-        return self._runtime.clear_pain(f"s1.{self._record.name}", reason)
-
-    def declare(
-        self,
-        readings: Iterable[ReadingSpec] | None = None,
-        commands: Iterable[CommandSpec] | None = None,
-    ) -> None:
-        self._record.declare(readings, commands)
-        if commands is not None:
-            runtime = self._runtime
-            runtime.s4.set_repertoire(sum(len(r.commands) for r in runtime.units.values()))
-
-    def complete(self, command: Command, error: str | None = None) -> None:
-        record = self._record
-        if error is None:
-            record.commands_confirmed += 1
-        else:
-            record.commands_failed += 1
-        record.last_outcome = {
-            "id": command.id,
-            "command": command.name,
-            "value": command.value,
-            "ok": error is None,
-            "error": error,
-            "at_s": round(trio.current_time() - self._runtime.started_at, 3),
-        }
-        waiter = record.waiters.get(command.id)
-        if waiter is not None:
-            waiter[1][0] = error
-            waiter[0].set()
-
-
 class Runtime:
     """One node's VSM: build it from a config, then ``nursery.start(runtime.run)``.
 
-    The config is anything that provides :class:`~vsm_edge.agent.vsm.settings.VsmConfig`
-    (the agent's :class:`~vsm_edge.agent.config.schema.AgentConfig` does).
+    The config is anything with the sections the VSM reads
+    (:class:`~vsm_edge.agent.vsm.settings.VsmConfig`): an ``AgentConfig``.
 
     ``wall_clock`` gives the HLC its physical time (ms); tests on MockClock pass
     a function of ``trio.current_time()``. ``units`` adds units built in code to
@@ -237,79 +137,94 @@ class Runtime:
         self.hlc = clock or HybridLogicalClock(self.node, wall_clock)
         self.handle_signals = handle_signals
         self.write_state = write_state
-        bus_cfg = config.bus
-        self.bus = EventBus(
-            self.hlc,
-            {
-                s: Channel(
-                    str(s),
-                    capacity=c.capacity,
-                    window_s=c.window_ms / 1000.0,
-                    overflow=c.overflow,
-                    # at most half the capacity waits in the window: past that the
-                    # window shrinks (order kept) before anything is dropped
-                    window_capacity=max(1, c.capacity // 2),
-                    dedup_capacity=bus_cfg.dedup_capacity,
-                    bypass_intensity=bus_cfg.bypass_intensity,
-                )
-                for s, c in bus_cfg.channels.items()
-            },
-        )
-        self.bus.subscribe(Subsystem.S1, ["command"])
-        self.bus.subscribe(Subsystem.S2, ["command"])
-        self.bus.subscribe(Subsystem.S3, ["response"])
-        self.bus.subscribe(Subsystem.S4, ["reading", "aggregate"])
-        self.bus.subscribe(Subsystem.S5, ["anomaly", "pattern", "audit", "policy"])
-        self.bus.subscribe(Subsystem.ALGEDONIC, ["signal"])
+        self.bus = _event_bus(config.bus, self.hlc)
         self.identity = Identity(self.node, config.node.mesh, config.node.zone, public_key)
         self.supervisor = Supervisor(config.runtime, self._on_crash)
-        self.algedonic = AlgedonicCore(config.algedonic, self.node)
-        self.algedonic_port = AlgedonicPort(config.algedonic.outbound_capacity)
+        self.s2 = Coordination(config.s2)
         self.s5 = PolicyEngine(config.s5, self.identity)
         self.mesh_view = MeshView(config.s4.peer_stale_s)
-        self.patterns = PatternLog()
-        self._overflow = VarietyOverflowDetector(config.s4.warning_ratio, config.s4.overflow_ratio)
-        self._cascade = CascadeDetector(config.s4.cascade_window_s)
-        self._skew = ClockSkewDetector(config.s4.clock_skew_s)
-        self.leases = LeaseMap()
-        self.on_lease_delta: list[Callable[[LeaseMap], None]] = []
+        skew = ClockSkewDetector(config.s4.clock_skew_s)  # S4's mesh view and peers' signals
+        self._kernel = kernel = Kernel(
+            bus=self.bus,
+            hlc=self.hlc,
+            supervisor=self.supervisor,
+            s2=self.s2,
+            # S3 and S4 need "now": made anew in run(); placeholders keep the types simple
+            s3=Control(config.s3, 0.0),
+            s4=Intelligence(config.s4, 0.0),
+            s5=self.s5,
+            cascade=CascadeDetector(config.s4.cascade_window_s),
+            raise_signal=self.raise_signal,
+        )
+        self.patterns = kernel.patterns
+        self._policy = PolicyLoops(kernel)
+        self._alarms = Alarms(
+            kernel,
+            AlgedonicCore(config.algedonic, self.node),
+            AlgedonicPort(config.algedonic.outbound_capacity),
+            skew=skew,
+            wall_clock=wall_clock,
+            evaluate_safe_mode=self._policy.evaluate_safe_mode,
+        )
+        self.algedonic = self._alarms.core
+        self.algedonic_port = self._alarms.port
+        self.algedonic_latencies = self._alarms.latencies
+        self.s5_heard = self._alarms.s5_heard
+        self._intelligence = IntelligenceLoops(
+            kernel,
+            evaluate_interval_s=config.s4.evaluate_interval_s,
+            overflow=VarietyOverflowDetector(config.s4.warning_ratio, config.s4.overflow_ratio),
+            identity=self.identity,
+            mesh_view=self.mesh_view,
+            skew=skew,
+            algedonic=self.algedonic,
+            wall_clock=wall_clock,
+        )
+        self._coordination = CoordinationLoops(kernel, self.node, lease_ttl_s=config.s2.lease_ttl_s)
+        self.on_lease_delta = self._coordination.on_lease_delta
+        self._operations = Operations(
+            kernel,
+            _load_units(config.units, units or {}),
+            attenuation_pain=config.s3.attenuation_pain,
+            clear_pain=self._alarms.clear_pain,
+        )
+        self.units = self._operations.units  # filled when the runtime starts
         # (unit, reading, value, stamp) for each admitted reading: the agent
         # replicates the latest ones (rate-limited) into the mesh state.
-        self.on_reading: list[Callable[[str, str, float, Timestamp], None]] = []
-        self._units_pending: dict[str, tuple[str, Unit, Mapping[str, Any]]] = {}
-        for uc in config.units:
-            self._units_pending[uc.name] = (uc.kind, _load(uc), uc.options)
-        for name, made in (units or {}).items():
-            if name in self._units_pending:
-                raise UnitError(f"unit {name!r} is defined twice")
-            self._units_pending[name] = ("code", made, {})
-        self.units: dict[str, _UnitRecord] = {}
+        self.on_reading = self._operations.on_reading
+        self._control = ControlLoops(
+            kernel,
+            self.units,
+            aggregate_interval_s=config.s3.aggregate_interval_s,
+            audit_interval_s=config.s3.audit_interval_s,
+        )
         self._flush_hooks: list[FlushHook] = []
         self._status_sections: dict[str, Callable[[], StatusSection]] = {}
         self._services: list[tuple[str, Service]] = []
         self.service_values: dict[str, Any] = {}  # name -> what the service reported started
         self._stop = trio.Event()
         self._started = trio.Event()
-        self._alarm_wakeup = trio.lowlevel.ParkingLot()
         self.started_at = 0.0
-        self.first_event_at: float | None = None
-        self.algedonic_latencies: deque[float] = deque(maxlen=4096)
-        self.s5_heard: deque[tuple[float, Signal]] = deque(maxlen=256)
-        self._command_ids = 0
-        self._episodes_seen = 0
-        self._now: Callable[[], float] = trio.current_time
-        self.s2: Coordination = Coordination(config.s2)
-        # S3 and S4 need "now": made in run(); placeholders keep the types simple
-        self.s3: Control = Control(config.s3, 0.0)
-        self.s4: Intelligence = Intelligence(config.s4, 0.0)
-        self._bind_hot_path()
 
-    def _bind_hot_path(self) -> None:
-        # bound methods looked up once: _emit runs for every reading
-        self._env_add = self.s4.environment.add
-        self._admit = self.s3.admit_reading
-        self._stamp = self.hlc.now
-        self._publish_now = self.bus.publish
+    # -- the state the parts keep -------------------------------------------------------
+
+    @property
+    def s3(self) -> Control:
+        return self._kernel.s3
+
+    @property
+    def s4(self) -> Intelligence:
+        return self._kernel.s4
+
+    @property
+    def leases(self) -> LeaseMap:
+        """The S2 lease CRDT as this node knows it (a new value after each merge)."""
+        return self._coordination.leases
+
+    @property
+    def first_event_at(self) -> float | None:
+        """When the first reading was published (trio time), None before."""
+        return self._operations.first_event_at
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -319,14 +234,8 @@ class Runtime:
         """Run until :meth:`stop` (or a signal); then flush within the shutdown timeout."""
         now = trio.current_time()
         self.started_at = now
-        # one call instead of trio.current_time()'s three, on the hot path
-        self._now = trio.lowlevel.current_clock().current_time
-        self.s3 = Control(self.config.s3, now)
-        self.s4 = Intelligence(self.config.s4, now)
-        self._bind_hot_path()
-        for name, (kind, made, _options) in self._units_pending.items():
-            self.units[name] = _UnitRecord(name, kind, made)
-        self.s4.set_repertoire(sum(len(r.commands) for r in self.units.values()))
+        self._kernel.start(Control(self.config.s3, now), Intelligence(self.config.s4, now))
+        self._operations.start(now)
         if self.config.s5.policy_file is not None and self.config.s5.policy_file.exists():
             self.accept_policy(self.config.s5.policy_file.read_bytes(), raise_errors=False)
         try:
@@ -334,12 +243,12 @@ class Runtime:
                 if self.handle_signals:  # first, so no signal finds Python's default handler
                     await root.start(self._watch_signals)
                 for name, body in (
-                    ("algedonic", self._algedonic_subsystem),
-                    ("s5", self._s5_subsystem),
-                    ("s4", self._s4_subsystem),
-                    ("s3", self._s3_subsystem),
-                    ("s2", self._s2_subsystem),
-                    ("s1", self._s1_subsystem),
+                    ("algedonic", self._alarms.subsystem),
+                    ("s5", self._policy.subsystem),
+                    ("s4", self._intelligence.subsystem),
+                    ("s3", self._control.subsystem),
+                    ("s2", self._coordination.subsystem),
+                    ("s1", self._operations.subsystem),
                 ):
                     await root.start(self._subsystem, name, body)
                 for name, start in self._services:
@@ -422,11 +331,6 @@ class Runtime:
             await body(nursery)
             task_status.started()
 
-    def _supervise(
-        self, nursery: trio.Nursery, name: str, group: str, fn: Callable[[], Awaitable[None]]
-    ) -> None:
-        nursery.start_soon(self.supervisor.supervise, name, group, fn)
-
     def _on_crash(self, crash: Crash) -> None:
         intensity = min(0.9, 0.5 + 0.1 * (crash.crashes - 1))
         self.raise_signal(
@@ -436,92 +340,9 @@ class Runtime:
             f"at +{crash.next_start - crash.at:.2f} s",
         )
         if crash.group == "s1":
-            self._failure(Subsystem.S1, f"{crash.name} crashed")
+            self._kernel.failure(Subsystem.S1, f"{crash.name} crashed")
 
-    # -- S1: units ------------------------------------------------------------------------
-
-    async def _s1_subsystem(self, nursery: trio.Nursery) -> None:
-        for name, record in self.units.items():
-            options = self._units_pending[name][2]
-            ctx = _Context(self, record, options)
-
-            async def run_unit(record: _UnitRecord = record, ctx: _Context = ctx) -> None:
-                await record.unit.run(ctx)
-
-            self._supervise(nursery, name, "s1", run_unit)
-        self._supervise(nursery, "s1.bus", "s1", self._s1_loop)
-
-    async def _s1_loop(self) -> None:
-        """Commands delivered to S1 units: part of the variety the system deploys."""
-        channel = self.bus.channels[Subsystem.S1]
-        responses = self.s4.responses
-        while True:
-            batch = await channel.receive_batch()
-            now = trio.current_time()
-            for event in batch:
-                responses.add(event.category, now)
-
-    def _emit(
-        self, record: _UnitRecord, reading: str, value: float, priority: int | None = None
-    ) -> bool:
-        """A unit's reading: S3 admission, then the bus (the hot path)."""
-        spec = record.specs.get(reading)
-        if spec is None:
-            raise UnitError(f"unit {record.name} emitted undeclared reading {reading!r}")
-        if priority is None:
-            priority = spec.priority
-        now = self._now()
-        category: str | None
-        if spec.resolution is None:
-            category = record.categories[reading]
-        else:
-            bin_ = math.floor(value / spec.resolution)
-            bins = record.bins[reading]
-            category = bins.get(bin_)
-            if category is None:
-                category = f"{record.name}.{reading}:{bin_}"
-                if len(bins) < MAX_BINS:
-                    bins[bin_] = category
-        self._env_add(category, now)
-        decision = self._admit(record.name, priority, now)
-        if decision is not Admission.PASS:
-            s3 = self.s3
-            episodes = s3.attenuation_episodes
-            if episodes != self._episodes_seen:
-                self._episodes_seen = episodes
-                self._attenuation_started(record.name, now)
-            if decision is Admission.AGGREGATE:
-                s3.fold(record.name, reading, value)
-                record.attenuated += 1
-                return False
-            if decision is Admission.DROP:
-                record.attenuated += 1
-                return False
-        event = _new_event(
-            Event,
-            ("reading", record.name, reading, value, self._stamp(), priority, category, 0.0, ()),
-        )
-        try:
-            self._publish_now(event, now)
-        except trio.WouldBlock:
-            record.blocked += 1
-            return False
-        record.emitted += 1
-        if self.first_event_at is None:
-            self.first_event_at = now
-        if self.on_reading:
-            for hook in self.on_reading:
-                hook(record.name, reading, value, event.hlc)
-        return True
-
-    def _attenuation_started(self, source: str, now: float) -> None:
-        self._response("attenuate", f"s1 over budget (first: {source})")
-        self.raise_signal(
-            "s3.attenuation",
-            self.config.s3.attenuation_pain,
-            f"S1 budget exhausted; attenuating (first over budget: {source})",
-        )
-        self._failure(Subsystem.S3, "S1 budget exhausted")
+    # -- S1: commands (Operations) ------------------------------------------------------
 
     def submit_command(
         self,
@@ -537,41 +358,9 @@ class Runtime:
         Returns a :class:`CommandResult`; a refusal carries the reason (which
         subsystem refused, and why). Never blocks.
         """
-        key = f"{target}.{name}"
-        record = self.units.get(target)
-        if record is None or name not in record.commands:
-            return self._refused(key, f"s1: no unit {target!r} with command {name!r}")
-        problem = record.commands[name].check(value)
-        if problem is not None:
-            return self._refused(key, f"s1: {key} {problem}")
-        reason = self.s5.check_command(key, value)
-        if reason is not None:
-            return self._refused(key, reason)
-        now = trio.current_time()
-        damping, oscillation = self.s2.command(key, issuer, value, now)
-        if oscillation is not None:
-            self._oscillation(oscillation)
-        if damping.suppressed is not None:
-            self._response("damp", key)
-            return CommandResult(False, damping.suppressed, damping.value, damped=True)
-        reason = self.s3.authorize(subsystem, now)
-        if reason is not None:
-            return self._refused(key, reason)
-        self._command_ids += 1
-        command = Command(target, name, damping.value, issuer, value, self._command_ids)
-        try:
-            record.inbox_send.send_nowait(command)
-        except trio.WouldBlock:
-            return self._refused(key, f"s1: {target} command queue full ({COMMAND_QUEUE})")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return self._refused(key, f"s1: {target} is not accepting commands")
-        record.commands_applied += 1
-        if damping.damped:
-            self._response("damp", key)
-        self._publish(
-            self.bus.event("command", issuer, key, damping.value, category=f"command:{key}")
+        return self._operations.submit_command(
+            target, name, value, issuer=issuer, subsystem=subsystem
         )
-        return CommandResult(True, "", damping.value, damping.damped, command)
 
     async def execute_command(
         self,
@@ -582,318 +371,60 @@ class Runtime:
         issuer: str = "operator",
         timeout_s: float = COMMAND_CONFIRM_TIMEOUT_S,
     ) -> CommandResult:
-        """:meth:`submit_command`, then, when the target unit confirms commands
-        (``confirms_commands``), wait for its outcome: accepted only when the unit
-        carried the command out (a device acknowledged it), else refused with the
-        unit's reason, or after ``timeout_s`` without an answer. For other units
-        the result is the admission, as :meth:`submit_command` returns it."""
-        await trio.lowlevel.checkpoint()
-        result = self.submit_command(target, name, value, issuer=issuer)
-        record = self.units.get(target)
-        if not result.accepted or result.command is None or record is None or not record.confirms:
-            return result
-        command = result.command
-        done, slot = record.waiters[command.id] = (trio.Event(), [None])
-        try:
-            with trio.move_on_after(timeout_s):
-                await done.wait()
-        finally:
-            del record.waiters[command.id]
-        if not done.is_set():
-            reason = f"s1: {target} did not confirm {command.key} within {timeout_s:g} s"
-        elif slot[0] is not None:
-            reason = f"s1: {target}: {slot[0]}"
-        else:
-            return result
-        self._response("refuse", command.key)
-        return CommandResult(False, reason, result.value, result.damped, command)
+        """:meth:`submit_command`, then, for a unit that confirms commands, its
+        outcome (refused when it failed or did not answer within ``timeout_s``);
+        see :meth:`Operations.execute_command`."""
+        return await self._operations.execute_command(
+            target, name, value, issuer=issuer, timeout_s=timeout_s
+        )
 
-    def _refused(self, key: str, reason: str) -> CommandResult:
-        self._response("refuse", key)
-        return CommandResult(False, reason)
-
-    # -- S2 --------------------------------------------------------------------------------
-
-    async def _s2_subsystem(self, nursery: trio.Nursery) -> None:
-        self._supervise(nursery, "s2.bus", "s2", self._s2_loop)
-
-    async def _s2_loop(self) -> None:
-        channel = self.bus.channels[Subsystem.S2]
-        meter = self.s4.variety[Subsystem.S2]
-        while True:
-            batch = await channel.receive_batch()
-            now = trio.current_time()
-            for event in batch:
-                damped = self.s2.is_damped(str(event.name), now)
-                meter.add(f"{event.category}:{'damped' if damped else 'free'}", now)
-
-    def _oscillation(self, o: Oscillation) -> None:
-        self._pattern(Pattern("oscillation", "alarm", o.target, f"{o.rule}: {o.detail}", o.at))
-        self._failure(Subsystem.S2, f"oscillation on {o.target}")
+    # -- S2: leases (CoordinationLoops) -------------------------------------------------
 
     def acquire_lease(self, resource: str, ttl_s: float | None = None) -> LeaseMap:
         """Claim ``resource`` mesh-wide; returns the delta (also given to ``on_lease_delta``).
 
         Raises :class:`LeaseHeldError` when a live lease of another node is known.
         """
-        ttl_ms = int(1000 * (ttl_s if ttl_s is not None else self.config.s2.lease_ttl_s))
-        delta = self.leases.acquire(resource, self.node, self.hlc.now(), ttl_ms)
-        self.leases = self.leases.merge(delta)
-        for callback in self.on_lease_delta:
-            callback(delta)
-        return delta
+        return self._coordination.acquire_lease(resource, ttl_s)
 
     def merge_leases(self, delta: LeaseMap) -> None:
         """Merge a lease delta or state received from the mesh."""
-        self.leases = self.leases.merge(delta)
+        self._coordination.merge_leases(delta)
 
     def lease_holder(self, resource: str) -> str | None:
-        return self.leases.holder(resource, self.hlc.now())
+        """The node holding a live lease on ``resource``, or None."""
+        return self._coordination.lease_holder(resource)
 
-    # -- S3 --------------------------------------------------------------------------------
-
-    async def _s3_subsystem(self, nursery: trio.Nursery) -> None:
-        self._supervise(nursery, "s3.bus", "s3", self._s3_loop)
-        self._supervise(nursery, "s3.aggregate", "s3", self._aggregate_loop)
-        self._supervise(nursery, "s3.audit", "s3", self._audit_loop)
-
-    async def _s3_loop(self) -> None:
-        channel = self.bus.channels[Subsystem.S3]
-        meter = self.s4.variety[Subsystem.S3]
-        while True:
-            batch = await channel.receive_batch()
-            now = trio.current_time()
-            for event in batch:
-                meter.add(event.category, now)
-
-    async def _aggregate_loop(self) -> None:
-        interval = self.config.s3.aggregate_interval_s
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            for agg in self.s3.flush(now):
-                self._response("aggregate", f"{agg.source}.{agg.name}")
-                self._publish(
-                    self.bus.event(
-                        "aggregate",
-                        agg.source,
-                        agg.name,
-                        agg.mean,
-                        category=f"{agg.source}.{agg.name}:aggregate",
-                        attrs=(("count", agg.count), ("max", agg.maximum), ("min", agg.minimum)),
-                    )
-                )
-
-    async def _audit_loop(self) -> None:
-        interval = self.config.s3.audit_interval_s
-        while True:
-            await trio.sleep(interval)
-            probes: dict[str, bool] = {}
-            async with trio.open_nursery() as nursery:
-                for name, record in self.units.items():
-                    probe = getattr(record.unit, "probe", None)
-                    if probe is not None:
-                        nursery.start_soon(self._probe, name, probe, probes)
-            now = trio.current_time()
-            states = {
-                n: self.supervisor.tasks[n].state for n in self.units if n in self.supervisor.tasks
-            }
-            readers = [
-                n for n, r in self.units.items() if any(s.period_s for s in r.specs.values())
-            ]
-            for finding in self.s3.audit(now, states, probes, readers):
-                self._response("audit", finding.unit)
-                self._publish(
-                    self.bus.event(
-                        "audit",
-                        "s3",
-                        finding.unit,
-                        finding.problem,
-                        category=f"audit:{finding.unit}",
-                    )
-                )
-                self.raise_signal(f"s3.audit.{finding.unit}", 0.5, finding.problem)
-                self._failure(Subsystem.S1, f"audit: {finding.unit} {finding.problem}")
-
-    async def _probe(
-        self, name: str, probe: Callable[[], Awaitable[bool]], out: dict[str, bool]
-    ) -> None:
-        with trio.move_on_after(1.0):
-            try:
-                out[name] = bool(await probe())
-            except Exception:  # a probe that raises is a failed probe
-                out[name] = False
-            return
-        out[name] = False
+    # -- S3: breakers (ControlLoops) ----------------------------------------------------
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The S3 circuit breaker of external dependency ``name`` (created on first use).
 
         Call :meth:`breaker_failure` / ``breaker(name).success()`` around calls.
         """
-        return self.s3.breaker(name)
+        return self._control.breaker(name)
 
     def breaker_failure(self, name: str) -> bool:
         """Record a failure of dependency ``name``; True when it opened the breaker (with pain)."""
-        opened = self.s3.breaker(name).failure(trio.current_time())
-        if opened:
-            self._response("breaker", name)
-            self.raise_signal(f"s3.breaker.{name}", 0.7, f"circuit breaker for {name} opened")
-            self._failure(Subsystem.S3, f"breaker {name} opened")
-        return opened
+        return self._control.breaker_failure(name)
 
-    # -- S4 --------------------------------------------------------------------------------
-
-    async def _s4_subsystem(self, nursery: trio.Nursery) -> None:
-        self._supervise(nursery, "s4.bus", "s4", self._s4_loop)
-        self._supervise(nursery, "s4.evaluate", "s4", self._evaluate_loop)
-
-    async def _s4_loop(self) -> None:
-        channel = self.bus.channels[Subsystem.S4]
-        s4 = self.s4
-        meter = s4.variety[Subsystem.S4]
-        observe = s4.anomalies.observe
-        while True:
-            batch = await channel.receive_batch(8192)
-            now = trio.current_time()
-            counts: dict[str, int] = {}
-            get = counts.get
-            for event in batch:
-                category = event.category
-                counts[category] = get(category, 0) + 1
-                value = event.value
-                if type(value) is float or type(value) is int:
-                    anomaly = observe(event.source, event.name, value, now)
-                    if anomaly is not None:
-                        self._anomaly(anomaly)
-            meter.add_counts(counts, now)
-
-    def _anomaly(self, anomaly: Anomaly) -> None:
-        self.s4.note_anomaly(anomaly)
-        self._publish(
-            self.bus.event(
-                "anomaly",
-                "s4",
-                anomaly.name,
-                anomaly.z,
-                category=f"anomaly:{anomaly.key}",
-                priority=HIGH,
-            )
-        )
-
-    async def _evaluate_loop(self) -> None:
-        interval = self.config.s4.evaluate_interval_s
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            s4 = self.s4
-            ratio = s4.ratio(now)
-            found = self._overflow.evaluate(
-                ratio, s4.environment.entropy(now), s4.system_variety(now), now
-            )
-            if found is not None:
-                self._pattern(found)
-                if found.name == "variety-overflow":
-                    self._failure(Subsystem.S4, "variety overflow")
+    # -- S4: the mesh view (IntelligenceLoops) ------------------------------------------
 
     def update_peer(self, report: PeerReport) -> None:
         """Feed the S4 mesh view from replicated state (the gossip layer calls this)."""
-        now = trio.current_time()
-        self.mesh_view.update(report, now)
-        skew = self._skew.observe(report.node, report.hlc_wall_ms, self.wall_clock(), now)
-        if skew is not None:
-            self._pattern(skew)
+        self._intelligence.update_peer(report)
 
     def local_report(self) -> PeerReport:
         """What this node replicates about itself for its peers' mesh views."""
-        now = trio.current_time()
-        active = [a for a in self.algedonic.active() if not a.remote]
-        worst = max((a.signal.intensity for a in active if a.signal.pain), default=0.0)
-        return PeerReport(
-            self.node,
-            self.identity.zone,
-            self.hlc.now().wall,
-            round(1.0 - worst, 4),
-            self.s5.safe_mode,
-            round(self.s4.ratio(now), 4),
-            tuple(a.signal.id for a in active)[:256],
-        )
+        return self._intelligence.local_report()
 
-    # -- S5 ----------------------------------------------------------------------------------
-
-    async def _s5_subsystem(self, nursery: trio.Nursery) -> None:
-        self._supervise(nursery, "s5.bus", "s5", self._s5_loop)
-        self._supervise(nursery, "s5.safe-mode", "s5", self._safe_mode_loop)
-
-    async def _s5_loop(self) -> None:
-        channel = self.bus.channels[Subsystem.S5]
-        meter = self.s4.variety[Subsystem.S5]
-        while True:
-            batch = await channel.receive_batch()
-            now = trio.current_time()
-            for event in batch:
-                meter.add(event.category, now)
-                if event.kind == "anomaly":
-                    self._arbitrate(event, now)
-
-    def _arbitrate(self, event: Event, now: float) -> None:
-        """S4 says a source is anomalous; if S3 is attenuating it, S5 decides who wins."""
-        if not self.s3.attenuating:
-            return
-        source = event.name.split(".", 1)[0]
-        z = float(event.value) if isinstance(event.value, int | float) else 0.0
-        decision = self.s5.arbitrate(
-            Recommendation("s3", source, "attenuate", self.s3.load_share(source)),
-            Recommendation("s4", source, "watch", z),
-        )
-        self._response("arbitrate", f"{source}:{decision.winner.source}")
-        if decision.winner.source == "s4":
-            self.s3.exempt_source(source, now + EXEMPT_S)
-
-    async def _safe_mode_loop(self) -> None:
-        while True:
-            await trio.sleep(SAFE_MODE_TICK_S)
-            self._evaluate_safe_mode()
-
-    def _evaluate_safe_mode(self) -> None:
-        now = trio.current_time()
-        changed = self.s5.evaluate(now)
-        if changed is True:
-            self.s3.set_scale(0.5)
-            self._response("safe-mode", "enter")
-            self._publish(
-                self.bus.event(
-                    "policy", "s5", "safe-mode", True, category="safe-mode:on", priority=HIGH
-                )
-            )
-        elif changed is False:
-            self.s3.set_scale(1.0)
-            self._publish(
-                self.bus.event("policy", "s5", "safe-mode", False, category="safe-mode:off")
-            )
-            self.raise_signal("s5.safe-mode", 0.5, "left safe mode", valence=PLEASURE)
+    # -- S5: policy (PolicyLoops) -------------------------------------------------------
 
     def accept_policy(self, document: bytes, *, raise_errors: bool = True) -> bool:
         """Install an admin-signed policy document; PolicyError (counted) when refused."""
-        try:
-            policy = self.s5.accept_policy(document)
-        except PolicyError as exc:
-            self.raise_signal("s5.policy", 0.4, f"policy refused: {exc}")
-            if raise_errors:
-                raise
-            return False
-        self._publish(
-            self.bus.event(
-                "policy", "s5", "policy", policy.version, category=f"policy:v{policy.version}"
-            )
-        )
-        return True
+        return self._policy.accept_policy(document, raise_errors=raise_errors)
 
-    # -- the algedonic channel --------------------------------------------------------------
-
-    async def _algedonic_subsystem(self, nursery: trio.Nursery) -> None:
-        self._supervise(nursery, "algedonic.s5", "algedonic", self._algedonic_loop)
-        self._supervise(nursery, "algedonic.escalation", "algedonic", self._escalation_loop)
+    # -- the algedonic channel (Alarms) -------------------------------------------------
 
     def raise_signal(
         self, source: str, intensity: float, reason: str = "", *, valence: str = PAIN
@@ -902,163 +433,22 @@ class Runtime:
 
         Raises :class:`SignalError` for an intensity outside [0, 1] or a bad source.
         """
-        now = trio.current_time()
-        sig = Signal(self.node, source, float(intensity), valence, self.hlc.now(), reason[:512])
-        return self._offer(sig, now, remote=False)
+        return self._alarms.raise_signal(source, intensity, reason, valence=valence)
 
     def inject_remote_signal(self, sig: Signal) -> Alarm | None:
-        """A signal received from a peer (already verified by the transport).
-
-        Updates the HLC (a stamp too far ahead is refused: clock-skew pattern),
-        checks the peer's clock skew, then delivers it to S5 like a local one
-        but never re-broadcasts it. Returns the alarm, or None when refused,
-        duplicated, adapted or folded.
-        """
-        now = trio.current_time()
-        skew = self._skew.observe(sig.node, sig.hlc.wall, self.wall_clock(), now)
-        if skew is not None:
-            self._pattern(skew)
-        try:
-            self.hlc.update(sig.hlc)
-        except ClockDriftError:
-            return None
-        return self._offer(sig, now, remote=True)
-
-    def _storm_signal(self) -> Signal:
-        return Signal(
-            self.node,
-            "algedonic.storm",
-            0.8,
-            PAIN,
-            self.hlc.now(),
-            f"more than {self.config.algedonic.storm_signals} signals in "
-            f"{self.config.algedonic.storm_window_s:g} s",
-        )
-
-    def _offer(self, sig: Signal, now: float, *, remote: bool) -> Alarm | None:
-        delivery = self.algedonic.offer(sig, now, remote=remote, storm_signal=self._storm_signal)
-        if delivery.storm_started is not None:
-            self._deliver(delivery.storm_started, to_mesh=True)
-            self._pattern(
-                Pattern(
-                    "algedonic-storm",
-                    "alarm",
-                    "algedonic",
-                    delivery.storm_started.signal.reason,
-                    now,
-                ),
-                signal=False,
-            )
-        if delivery.alarm is not None:
-            self._deliver(delivery.alarm, to_mesh=delivery.to_mesh)
-        return delivery.alarm
-
-    def _deliver(self, alarm: Alarm, *, to_mesh: bool) -> None:
-        sig = alarm.signal
-        self._publish(
-            Event(
-                "signal",
-                sig.source,
-                sig.valence,
-                sig.id,
-                sig.hlc,
-                HIGH,
-                f"{sig.valence}:{sig.source}",
-                sig.intensity if sig.pain else 0.0,
-            )
-        )
-        if to_mesh:
-            self.algedonic_port.put(sig, alarm.critical)
-        if alarm.critical:
-            self._alarm_wakeup.unpark_all()
-
-    async def _algedonic_loop(self) -> None:
-        """S5's direct line: signals reach S5 here, bypassing S2-S4."""
-        channel = self.bus.channels[Subsystem.ALGEDONIC]
-        while True:
-            batch = await channel.receive_batch()
-            now = trio.current_time()
-            for event in batch:
-                alarm = self.algedonic.alarms.get(str(event.value))
-                if alarm is None:
-                    continue
-                self.algedonic_latencies.append(now - alarm.raised_at)
-                self.s5_heard.append((now, alarm.signal))
-                if alarm.signal.pain:
-                    self.s5.hear_pain(alarm.signal.intensity, now)
-            self._update_critical_pain()
-            self._evaluate_safe_mode()
-
-    def _update_critical_pain(self) -> None:
-        self.s5.set_critical_pain(self.algedonic.critical_pain())
-
-    async def _escalation_loop(self) -> None:
-        while True:
-            deadline = self.algedonic.next_escalation()
-            with trio.move_on_at(deadline):
-                await self._alarm_wakeup.park()
-            now = trio.current_time()
-            for alarm in self.algedonic.due_escalations(now):
-                sig = escalated(alarm.signal, self.hlc.now())
-                self._offer(sig, now, remote=False)
+        """A signal received from a peer (already verified by the transport): to S5, never
+        re-broadcast. None when refused (clock too far ahead), duplicated, adapted or folded."""
+        return self._alarms.inject_remote_signal(sig)
 
     def ack_alarm(self, alarm_id: str) -> Alarm | None:
         """Acknowledge an alarm (by id or a unique prefix of 6+ characters); None if unknown."""
-        alarm = self.algedonic.ack(alarm_id, trio.current_time())
-        if alarm is not None:
-            self._update_critical_pain()
-        return alarm
+        return self._alarms.ack_alarm(alarm_id)
 
     def clear_pain(self, source: str, reason: str = "") -> int:
         """The condition behind ``source``'s pain is over: acknowledge this node's
         active pain alarms from ``source`` and, if there were any, raise a
         pleasure signal (intensity 0.3) saying why. Returns how many were acked."""
-        now = trio.current_time()
-        ids = [
-            a.signal.id
-            for a in self.algedonic.active()
-            if a.signal.pain and a.signal.source == source and a.signal.node == self.node
-        ]
-        for alarm_id in ids:
-            self.algedonic.ack(alarm_id, now)
-        if ids:
-            self._update_critical_pain()
-            self.raise_signal(source, 0.3, reason or "recovered", valence=PLEASURE)
-        return len(ids)
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _publish(self, event: Event) -> None:
-        # a full block-policy channel refuses: counted in the channel's statistics
-        with contextlib.suppress(trio.WouldBlock):
-            self.bus.publish(event)
-
-    def _response(self, action: str, subject: str) -> None:
-        now = trio.current_time()
-        self.s4.responses.add(action, now)
-        self._publish(
-            self.bus.event("response", "s3", action, subject, category=f"response:{action}")
-        )
-
-    def _failure(self, subsystem: Subsystem, detail: str) -> None:
-        found = self._cascade.failure(subsystem, detail, trio.current_time())
-        if found is not None:
-            self._pattern(found)
-
-    def _pattern(self, pattern: Pattern, *, signal: bool = True) -> None:
-        self.patterns.add(pattern)
-        self._publish(
-            self.bus.event(
-                "pattern",
-                "s4",
-                pattern.name,
-                pattern.detail,
-                category=f"pattern:{pattern.name}",
-                priority=HIGH,
-            )
-        )
-        if signal and pattern.name in PATTERN_PAIN:
-            self.raise_signal(f"pattern.{pattern.name}", PATTERN_PAIN[pattern.name], pattern.detail)
+        return self._alarms.clear_pain(source, reason)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -1066,19 +456,6 @@ class Runtime:
         """The node's status now: the VSM and the added sections (``status().to_json()``
         is the document of ``vsm-edge status --json``; see :mod:`.status`)."""
         return build_status(self, trio.current_time(), self._status_sections)
-
-
-def _unique(specs: Iterable[Any], unit: str, what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for spec in specs:
-        if spec.name in out:
-            raise UnitError(f"unit {unit} declares {what} {spec.name!r} twice")
-        out[spec.name] = spec
-    return out
-
-
-def _load(uc: UnitConfig) -> Unit:
-    return load_unit(uc.name, uc.kind, uc.options)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -1093,6 +470,52 @@ def _write_json(path: Path, obj: Any) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)  # a half-written file only takes space
         raise
+
+
+def _event_bus(config: BusConfig, hlc: HybridLogicalClock) -> EventBus:
+    """The bus with one channel per subsystem, each subscribed to the kinds it handles."""
+    bus = EventBus(
+        hlc,
+        {
+            s: Channel(
+                str(s),
+                capacity=c.capacity,
+                window_s=c.window_ms / 1000.0,
+                overflow=c.overflow,
+                # at most half the capacity waits in the window: past that the
+                # window shrinks (order kept) before anything is dropped
+                window_capacity=max(1, c.capacity // 2),
+                dedup_capacity=config.dedup_capacity,
+                bypass_intensity=config.bypass_intensity,
+            )
+            for s, c in config.channels.items()
+        },
+    )
+    bus.subscribe(Subsystem.S1, ["command"])
+    bus.subscribe(Subsystem.S2, ["command"])
+    bus.subscribe(Subsystem.S3, ["response"])
+    bus.subscribe(Subsystem.S4, ["reading", "aggregate"])
+    bus.subscribe(Subsystem.S5, ["anomaly", "pattern", "audit", "policy"])
+    bus.subscribe(Subsystem.ALGEDONIC, ["signal"])
+    return bus
+
+
+def _load_units(
+    configured: Iterable[UnitConfig], made: Mapping[str, Unit]
+) -> dict[str, PendingUnit]:
+    """The units of the config, loaded, then those built in code.
+
+    Raises :class:`UnitError` for a unit that cannot be loaded or a name used twice.
+    """
+    pending = {
+        uc.name: PendingUnit(uc.kind, load_unit(uc.name, uc.kind, uc.options), uc.options)
+        for uc in configured
+    }
+    for name, unit in made.items():
+        if name in pending:
+            raise UnitError(f"unit {name!r} is defined twice")
+        pending[name] = PendingUnit("code", unit, {})
+    return pending
 
 
 # -- the status of a runtime (the types are in status.py) -------------------------------
@@ -1159,7 +582,7 @@ def build_status(
     )
 
 
-def _unit(rt: Runtime, r: _UnitRecord) -> UnitStatus:
+def _unit(rt: Runtime, r: UnitRecord) -> UnitStatus:
     task = rt.supervisor.tasks.get(r.name)
     return UnitStatus(
         kind=r.kind,
