@@ -1,7 +1,7 @@
 """The mesh as the dashboard shows it: one JSON document for an agent or the aggregator.
 
 Both an agent and the aggregator hold the replicated ``mesh`` document (keys
-``{node}/report`` and ``{node}/r/{unit}.{reading}``, see ``_schema.py``); the
+``{node}/report`` and ``{node}/r/{unit}.{reading}``, see ``mesh/schema.py``); the
 view is computed from it the same way in both, so the dashboard has one
 shape to read (``GET /view.json``)::
 
