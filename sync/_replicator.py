@@ -48,6 +48,10 @@ retries a probe write, the clock's pending ceiling and the snapshots with
 backoff; when they succeed the fault clears and writes resume. Nothing in the
 fault path stops replication or the goodbye: peers still get our digests and
 repairs, and the "offline" presence still goes out at shutdown.
+
+Why one module over ~600 lines: it is the I/O adapter that owns the transport,
+the store and the tasks around the pure cores (gossip, ingress); every task
+shares its peer table and outbox. The decisions live in the cores.
 """
 
 from __future__ import annotations

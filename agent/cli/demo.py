@@ -20,6 +20,9 @@ The script, for a run of ``--duration D`` seconds after the mesh has formed:
 Each agent connects through a small TCP proxy owned by the demo, which is how
 partitions and outages are made without touching the broker. Everything lives
 in a temporary directory, removed at the end (``--keep`` keeps it).
+
+Why one module over ~600 lines: the demo is one script (start, flood, outage,
+partition, alarm, check), read top to bottom; its parts are used nowhere else.
 """
 
 from __future__ import annotations

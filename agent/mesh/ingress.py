@@ -44,6 +44,10 @@ node's name even though CRDT state is not attributed per entry. A node
 quarantines a peer on proposals only when ``quarantine_quorum`` distinct
 in-zone proposers (other than the peer) agree; 0 never. Quarantines decided
 by quorum are not proposed again (no echo).
+
+Why one module over ~600 lines: the guard's state (zone, pins, evidence,
+quarantine proposals) is one policy that every check reads; its decisions are
+in models (the gateway) and sync (the ingress core), this is the agent's glue.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ stamped with the lease's grant, so the greatest grant wins, as in the lease
 CRDT), all HLC-ordered registers. A reading's register holds ``[value, wall_ms]`` so a
 receiver can measure replication latency (on one machine, or with synced
 clocks).
+
+Why one module over ~600 lines and an :class:`Agent` of ~29 methods: it is the
+seam between the VSM and the mesh, and each method is one arrow of that seam
+(readings out, reports and leases in, signals both ways, store faults); split,
+the order of its start and shutdown would span files.
 """
 
 from __future__ import annotations
