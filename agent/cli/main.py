@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -326,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = handler(args)
     except AgentError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"vsm-edge {args.command}: {exc}", file=sys.stderr)
         return 1
     return result

@@ -20,7 +20,12 @@ class StatusClient:
     """Talks to ``http://127.0.0.1:PORT``. Every failure raises :class:`StatusClientError`."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 5.0) -> None:
-        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        try:
+            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        except ValueError as exc:  # "Invalid IPv6 URL" for http://[::1
+            raise StatusClientError(
+                f"endpoint must be http://HOST:PORT, got {endpoint!r} ({exc})"
+            ) from None
         if parts.scheme != "http" or not parts.hostname:
             raise StatusClientError(f"endpoint must be http://HOST:PORT, got {endpoint!r}")
         try:
@@ -28,7 +33,8 @@ class StatusClient:
         except ValueError:
             raise StatusClientError(f"invalid port in {endpoint!r}") from None
         self.host = parts.hostname
-        self.endpoint = f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.endpoint = f"http://{host}:{self.port}"
         self.timeout_s = timeout_s
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
