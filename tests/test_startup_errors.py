@@ -8,6 +8,7 @@ fails before the agent needs its broker (``mqtt://127.0.0.1:1``, nothing there).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -62,6 +63,13 @@ def data_dir_uncreatable(tmp: Path) -> list[str]:
 def data_dir_unwritable(tmp: Path) -> list[str]:
     (tmp / "data").mkdir(mode=0o500)
     return write_config(tmp)
+
+
+def status_port_in_use(tmp: Path, taken: int) -> list[str]:
+    argv = write_config(tmp)
+    text = (tmp / "node.toml").read_text().replace("port = 0", f"port = {taken}")
+    (tmp / "node.toml").write_text(text)
+    return argv
 
 
 Case = Callable[[Path], list[str]]
@@ -156,6 +164,16 @@ def test_a_startup_failure_is_one_line_naming_the_fix(tmp: Path, case: str) -> N
     setup, names = CASES[case]
     argv = setup(tmp)
     assert_one_line(vsm_edge(*argv), argv[0], names)
+
+
+def test_a_status_port_in_use_names_the_key_and_port_zero(tmp: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = vsm_edge(*status_port_in_use(tmp, port))
+    line = assert_one_line(proc, "run", ["[status] port", "port = 0", f"127.0.0.1:{port}"])
+    assert "Address already in use" in line
 
 
 def test_a_database_in_use_names_the_data_dir(tmp: Path) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
+from .._errors import AgentError
 from ..vsm.algedonic import SignalError
 from .http import (
     HEAD_TIMEOUT_S,
@@ -81,9 +82,20 @@ class StatusServer(HttpServer):
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """:meth:`run`, then write the bound port to ``port_file`` (if given)."""
+        """:meth:`run`, then write the bound port to ``port_file`` (if given).
+
+        Raises :class:`AgentError` naming ``[status] port`` when it cannot listen.
+        """
         async with trio.open_nursery() as nursery:
-            port: int = await nursery.start(self.run)
+            try:
+                port: int = await nursery.start(self.run)
+            except AgentError as exc:
+                # Most often a second agent on this host, on the default port.
+                written = "" if port_file is None else f" (written to {port_file})"
+                raise AgentError(
+                    f"{exc}; another agent on this host? set [status] port to a free port, "
+                    f"or port = 0 for any free one{written}"
+                ) from None
             self.bound_port = port
             if port_file is not None:
                 _write_port_file(port_file, port)
