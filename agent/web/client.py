@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ __all__ = ["DEFAULT_ENDPOINT", "StatusClient"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:7787"
 MAX_RESPONSE = 4 * 1024 * 1024
+_ALARM_ID = re.compile(r"^[0-9a-fA-F]{1,32}$")
 
 
 class StatusClient:
@@ -59,7 +61,11 @@ class StatusClient:
             raise StatusClientError(f"{self.endpoint}{path} did not answer JSON: {exc}") from None
         if response.status >= 400:
             message = decoded.get("error") if isinstance(decoded, dict) else decoded
-            raise StatusClientError(f"{method} {path}: HTTP {response.status}: {message}")
+            raise StatusClientError(
+                f"{method} {path}: HTTP {response.status}: {message}",
+                http_status=response.status,
+                detail=str(message),
+            )
         return response.status, decoded
 
     def status(self) -> dict[str, Any]:
@@ -76,5 +82,18 @@ class StatusClient:
         return dict(doc)
 
     def ack_alarm(self, alarm_id: str) -> dict[str, Any]:
-        _, doc = self.request("POST", f"/alarm/{alarm_id}/ack")
+        """Acknowledge the alarm whose id is or starts with ``alarm_id`` (hex digits).
+
+        Raises :class:`StatusClientError` saying so when no alarm or several match.
+        """
+        if not _ALARM_ID.match(alarm_id):
+            raise StatusClientError(f"an alarm id is 1-32 hex digits, got {alarm_id!r}")
+        try:
+            _, doc = self.request("POST", f"/alarm/{alarm_id.lower()}/ack")
+        except StatusClientError as exc:
+            if exc.http_status in (404, 409) and exc.detail.startswith(("no alarm", "alarm id")):
+                raise StatusClientError(
+                    f"{exc.detail} (at {self.endpoint})", http_status=exc.http_status
+                ) from None
+            raise
         return dict(doc)
