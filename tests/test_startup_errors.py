@@ -106,7 +106,7 @@ CASES: dict[str, tuple[Case, list[str]]] = {
     ),
     "unit kind unknown": (
         lambda t: write_config(t, extra='[[units]]\nname = "u"\nkind = "nope"\n'),
-        ["unit kind 'nope'"],
+        ["unit u: unknown unit kind 'nope'"],
     ),
     "unit options bad": (
         lambda t: write_config(
