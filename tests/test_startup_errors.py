@@ -60,6 +60,15 @@ def data_dir_uncreatable(tmp: Path) -> list[str]:
     return ["run", "--config", str(tmp / "node.toml")]
 
 
+def data_dir_on_procfs(tmp: Path) -> list[str]:
+    # a directory that exists and that no one, root included, can create files in
+    (tmp / "node.toml").write_text(
+        '[node]\nid = "n1"\ndata_dir = "/proc/1"\n'
+        '[discovery]\nenabled = false\n[broker]\nurl = "mqtt://127.0.0.1:1"\n[status]\nport = 0\n'
+    )
+    return ["run", "--config", str(tmp / "node.toml")]
+
+
 def data_dir_unwritable(tmp: Path) -> list[str]:
     (tmp / "data").mkdir(mode=0o500)
     return write_config(tmp)
@@ -84,6 +93,7 @@ CASES: dict[str, tuple[Case, list[str]]] = {
     "data dir a file": (data_dir_is_a_file, ["node.data_dir", "data"]),
     "data dir uncreatable": (data_dir_uncreatable, ["node.data_dir", "/proc/1/vsm-edge-data"]),
     "data dir unwritable": (data_dir_unwritable, ["node.data_dir"]),
+    "data dir not writable (procfs)": (data_dir_on_procfs, ["node.data_dir", "/proc/1/node.key"]),
     "password_file missing": (
         lambda t: write_config(t, broker=f'username = "u"\npassword_file = "{t / "pw"}"'),
         ["broker.password_file", "pw"],
