@@ -42,7 +42,16 @@ class UnitError(AgentError):
 
 
 class StatusClientError(AgentError):
-    """The status endpoint of a running agent could not be reached or answered an error."""
+    """The status endpoint of a running agent could not be reached or answered an error.
+
+    When it answered an error, ``http_status`` is its status code and ``detail``
+    its message; else ``http_status`` is None.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.detail = detail
 
 
 class StatusError(AgentError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import nacl.signing
 import pytest
 import trio
@@ -125,6 +127,37 @@ async def test_a_crashing_unit_is_restarted_with_backoff_and_raises_pain_others_
     assert t1.crashes == 0
     assert t1_state == "running"
     assert emitted == 6  # t = 0, 1, 2, 3, 4, 5: one reading a second throughout
+
+
+async def test_each_crash_of_a_unit_is_logged_with_its_backoff_traceback_only_at_debug(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    @unit(readings=[ReadingSpec("x")])
+    async def t1(ctx: UnitContext) -> None:
+        await trio.sleep(1.0)
+        raise RuntimeError("boom")
+
+    logger = "vsm_edge.agent.supervisor"
+    with caplog.at_level(logging.WARNING, logger=logger):
+        async with running(config(), {"t1": t1()}):
+            await trio.sleep(3.5)  # crashes at 1.0, 2.1, 3.3
+    warnings = [r for r in caplog.records if r.name == logger]
+    assert [r.getMessage() for r in warnings] == [
+        "unit t1 crashed (RuntimeError: boom); restart #1 in 0.10 s",
+        "unit t1 crashed (RuntimeError: boom); restart #2 in 0.20 s",
+        "unit t1 crashed (RuntimeError: boom); restart #3 in 0.40 s",
+    ]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in warnings)
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=logger):
+        async with running(config(), {"t1": t1()}):
+            await trio.sleep(1.05)
+    [warning, debug] = [r for r in caplog.records if r.name == logger]
+    assert warning.levelno == logging.WARNING
+    assert debug.levelno == logging.DEBUG
+    assert debug.exc_info is not None
+    assert 'raise RuntimeError("boom")' in caplog.text  # the traceback, with the source line
 
 
 async def test_a_policy_signed_by_a_wrong_key_is_rejected(

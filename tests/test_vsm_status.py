@@ -96,7 +96,9 @@ period_s = 0.2
 
         unknown = cli("alarm", "ack", "abcdef12", "--endpoint", endpoint)
         assert unknown.returncode == 1
-        assert "HTTP 404" in unknown.stderr
+        assert unknown.stderr == (
+            f"vsm-edge alarm: no alarm with an id starting abcdef12 (at {endpoint})\n"
+        )
 
         stop = time.monotonic()
         agent.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -93,7 +94,7 @@ def add_status_commands(sub: Any) -> None:
     _endpoint(raise_)
     raise_.set_defaults(handler=cmd_alarm_raise)
     ack = alarm_sub.add_parser("ack", help="acknowledge an alarm")
-    ack.add_argument("id", help="alarm id (or a unique prefix of 6+ hex digits)")
+    ack.add_argument("id", help="alarm id, or any prefix of it that no other alarm shares")
     _endpoint(ack)
     ack.set_defaults(handler=cmd_alarm_ack)
 
@@ -198,7 +199,7 @@ def format_status(status: NodeStatus) -> str:
         f"{sum(att.aggregated.values())}, dropped {sum(att.dropped.values())}",
     ]
     lines += _format_units(vsm.s1.units)
-    lines += _format_alarms(vsm.algedonic.alarms)
+    lines += _format_alarms(vsm.algedonic.alarms, vsm.algedonic.active)
     lines += ["", f"PEERS ({len(vsm.peers)})"]
     for p in vsm.peers:
         lines.append(
@@ -234,17 +235,32 @@ def _format_units(units: Mapping[str, UnitStatus]) -> list[str]:
     return lines
 
 
-def _format_alarms(alarms: Sequence[AlarmStatus]) -> list[str]:
+ALARMS_SHOWN = 20
+
+
+def _format_alarms(alarms: Sequence[AlarmStatus], total: int) -> list[str]:
+    """The newest active alarms, at most ``ALARMS_SHOWN``; the header says when it cuts.
+
+    ``total`` is the node's count of active alarms (the document lists the latest 64).
+    """
     active = [a for a in alarms if not a.acked]
-    lines = ["", f"ALARMS ({len(active)} active)"]
+    total = max(total, len(active))
+    shown = active[:ALARMS_SHOWN]
+    cut = f", showing {len(shown)}" if len(shown) < total else ""
+    lines = ["", f"ALARMS ({total} active{cut})"]
     if active:
         lines.append(f"{'ID':<12} {'NODE':<10} {'SOURCE':<28} {'INTENSITY':>9} {'AGE S':>8}  FLAGS")
-    for a in active[:20]:
+    for a in shown:
         marks = (("critical", a.critical), ("remote", a.remote), ("escalated", a.escalated))
         flags = ",".join(f for f, on in marks if on)
         lines.append(
             f"{a.id[:12]:<12} {a.node[:10]:<10} {a.source[:28]:<28} {_num(a.intensity):>9} "
             f"{_num(a.age_s, '{:.1f}'):>8}  {flags}"
+        )
+    if cut:
+        lines.append(
+            f"({total - len(shown)} more not shown, newest first; "
+            "`vsm-edge status --json` lists the latest 64 alarms)"
         )
     return lines
 
@@ -326,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = handler(args)
     except AgentError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"vsm-edge {args.command}: {exc}", file=sys.stderr)
         return 1
     return result

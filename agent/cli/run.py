@@ -54,6 +54,11 @@ def add_run_commands(sub: Any) -> None:
         help="MQTT version (default: 5, falling back to 3.1.1)",
     )
     add_log_options(run)
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="a startup failure prints its traceback, not only its one line",
+    )
     run.set_defaults(handler=cmd_run)
 
 
@@ -65,6 +70,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         save_public_key(key.public_key, out.with_suffix(".pub"), overwrite=args.force)
     except (SyncError, FileExistsError) as exc:
         raise AgentError(f"{exc} (use --force to replace it)") from exc
+    except OSError as exc:
+        raise AgentError(
+            f"cannot write {out}: {exc.strerror or exc}; "
+            "give --out a file in an existing directory this user can write"
+        ) from exc
     check = load_node_key(out)
     print(f"wrote {out} (private, 0600) and {out.with_suffix('.pub')}; kid {check.kid.hex()}")
     return 0
@@ -109,11 +119,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         trio.run(run_agent, config, args.broker, args.protocol)
     except BaseExceptionGroup as group:  # Trio's nurseries wrap what they raise
-        # An AgentError says in one line what is wrong (a store, a port...);
-        # anything else is a bug and keeps its traceback.
-        error = next((e for e in _leaves(group) if isinstance(e, AgentError)), None)
+        # An AgentError says in one line what is wrong and how to fix it (a key
+        # file, a port...); an OSError that no part translated still names its
+        # file. Anything else is a bug and keeps its traceback; --debug keeps
+        # every traceback.
+        leaves = _leaves(group)
+        error = next((e for e in leaves if isinstance(e, AgentError)), None)
         if error is None:
-            raise
+            os_error = next((e for e in leaves if isinstance(e, OSError)), None)
+            if os_error is None or args.debug:
+                raise
+            error = AgentError(f"{os_error} (run with --debug for the traceback)")
+        if args.debug:  # keep the error's own cause (the OSError...) for the traceback
+            raise error  # noqa: B904
         raise error from None
     return 0
 

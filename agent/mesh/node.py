@@ -83,7 +83,7 @@ from vsm_edge.sync import (
     wall_clock_ms,
 )
 
-from .._errors import AgentError
+from .._errors import AgentError, ConfigError
 from ..config.schema import AgentConfig
 from ..vsm.algedonic import decode_peer_signal
 from ..vsm.lease import Lease, LeaseMap
@@ -200,6 +200,14 @@ class Agent:
         try:
             store = await AsyncStore.open(data_dir / "node.db")
         except StoreError as exc:  # names the file and says what is wrong with it
+            if exc.cause == "busy":  # two agents on one host sharing a data directory
+                raise AgentError(
+                    f"{exc}; stop the other agent, or give this one its own [node] data_dir"
+                ) from None
+            if exc.cause == "read-only":
+                raise AgentError(
+                    f"{exc}; set [node] data_dir to a directory this user can write"
+                ) from None
             raise AgentError(str(exc)) from None
         self.store = store
         try:
@@ -311,8 +319,19 @@ class Agent:
         await self._finished.wait()
 
     def _load_key(self, data_dir: Path) -> NodeKey:
-        """The configured key, else data_dir/node.key (made on first start)."""
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """The configured key, else data_dir/node.key (made on first start).
+
+        Raises :class:`ConfigError` naming ``node.data_dir`` or ``node.key_file``
+        when the directory cannot be made or the key cannot be read or written.
+        """
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "node.data_dir",
+                f"cannot create {data_dir}: {exc.strerror or exc}; "
+                "set it to a directory this user can write",
+            ) from exc
         path = self.config.node.key_file
         default = data_dir / "node.key"
         try:
@@ -321,6 +340,22 @@ class Agent:
             return load_node_key(path if path is not None else default)
         except SyncError as exc:
             raise AgentError(f"node key: {exc}") from exc
+        except OSError as exc:
+            if path is None:  # the key made in the data directory
+                raise ConfigError(
+                    "node.data_dir",
+                    f"cannot write or read the node key {default}: {exc.strerror or exc}; "
+                    "set it to a directory this user can write",
+                ) from exc
+            fix = (
+                "it must be a file"
+                if isinstance(exc, IsADirectoryError)
+                else "make one with `vsm-edge keygen --out FILE`, or remove the key "
+                "to use data_dir/node.key"
+            )
+            raise ConfigError(
+                "node.key_file", f"cannot read {path}: {exc.strerror or exc}; {fix}"
+            ) from exc
 
     def transport_factory(self, client_suffix: str = "") -> Callable[[Will], Transport]:
         """Transports to this agent's broker for a companion client (Home Assistant: ``-ha``)."""
@@ -346,17 +381,27 @@ class Agent:
         if cfg.username is not None:
             options["username"] = cfg.username
             if cfg.password_file is not None:
-                options["password"] = Path(cfg.password_file).read_text().strip()
+                options["password"] = _read_config_file(
+                    "broker.password_file", cfg.password_file
+                ).strip()
         if cfg.tls or broker_url.startswith("mqtts://"):
             import ssl
 
-            context = ssl.create_default_context(
-                cafile=str(cfg.ca_file) if cfg.ca_file is not None else None
-            )
-            if cfg.cert_file is not None:
-                context.load_cert_chain(
-                    str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None
+            try:
+                context = ssl.create_default_context(
+                    cafile=str(cfg.ca_file) if cfg.ca_file is not None else None
                 )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise _file_error("broker.ca_file", cfg.ca_file, exc) from exc
+            if cfg.cert_file is not None:
+                try:
+                    context.load_cert_chain(
+                        str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None
+                    )
+                except (OSError, ValueError) as exc:
+                    raise _file_error(
+                        "broker.cert_file / broker.key_file", cfg.cert_file, exc
+                    ) from exc
             options["tls"] = context
 
         def make(will: Will) -> Transport:
@@ -642,3 +687,16 @@ def _percentiles(samples: list[float]) -> LatencyStatus:
 
 def _digest_fingerprint(state: ORMap) -> str:
     return hashlib.blake2b(cbor_dumps(state.digest().to_cbor()), digest_size=8).hexdigest()
+
+
+def _read_config_file(key: str, path: Path) -> str:
+    """The text of the file a config key names; :class:`ConfigError` naming the key."""
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _file_error(key, path, exc) from exc
+
+
+def _file_error(key: str, path: Path | None, exc: Exception) -> ConfigError:
+    problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConfigError(key, f"cannot use {path}: {problem}; fix the file or the key")

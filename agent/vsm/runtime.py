@@ -57,7 +57,7 @@ import trio
 
 from vsm_edge.sync import HybridLogicalClock, wall_clock_ms
 
-from .._errors import UnitError
+from .._errors import ConfigError, UnitError
 from .alarms import Alarms
 from .algedonic import PAIN, Alarm, AlgedonicCore, AlgedonicPort, Signal
 from .bus import Channel, EventBus
@@ -231,13 +231,25 @@ class Runtime:
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until :meth:`stop` (or a signal); then flush within the shutdown timeout."""
+        """Run until :meth:`stop` (or a signal); then flush within the shutdown timeout.
+
+        Raises :class:`ConfigError` when ``s5.policy_file`` is set but cannot be read.
+        """
         now = trio.current_time()
         self.started_at = now
         self._kernel.start(Control(self.config.s3, now), Intelligence(self.config.s4, now))
         self._operations.start(now)
-        if self.config.s5.policy_file is not None and self.config.s5.policy_file.exists():
-            self.accept_policy(self.config.s5.policy_file.read_bytes(), raise_errors=False)
+        policy_file = self.config.s5.policy_file
+        if policy_file is not None:
+            try:
+                document = policy_file.read_bytes()
+            except OSError as exc:  # a policy the operator named must not be skipped unseen
+                raise ConfigError(
+                    "s5.policy_file",
+                    f"cannot read {policy_file}: {exc.strerror or exc}; "
+                    "write it with `vsm-edge policy sign`, or remove the key",
+                ) from exc
+            self.accept_policy(document, raise_errors=False)
         try:
             async with trio.open_nursery() as root:
                 if self.handle_signals:  # first, so no signal finds Python's default handler

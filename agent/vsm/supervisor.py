@@ -3,11 +3,13 @@
 Time comes from Trio's clock (``trio.sleep``), so tests on ``MockClock`` see
 exact restart times: a task that crashes at ``t`` restarts at ``t + backoff``,
 the backoff doubling from ``initial_s`` to ``max_s`` and resetting to
-``initial_s`` once a run lasted ``reset_after_s``.
+``initial_s`` once a run lasted ``reset_after_s``. Each crash is logged: one
+WARNING line naming the task, the error and the backoff, the traceback at DEBUG.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ from .settings import RuntimeConfig
 from .status import TaskStatus
 
 __all__ = ["Crash", "Supervised", "Supervisor"]
+
+log = logging.getLogger("vsm_edge.agent.supervisor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class Supervisor:
                 record.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 record.last_crash_at = now
                 record.state = "restarting"
+                _log_crash(record, backoff, exc)
                 self.on_crash(
                     Crash(name, group, record.last_error, now, record.crashes, now + backoff)
                 )
@@ -89,3 +94,18 @@ class Supervisor:
                 raise
             record.state = "finished"
             return
+
+
+def _log_crash(record: Supervised, backoff: float, exc: Exception) -> None:
+    """One WARNING line an operator can act on; the traceback only at DEBUG."""
+    # an S1 task other than S1's own loops ("s1.bus") is a unit
+    what = "unit" if record.group == "s1" and not record.name.startswith("s1.") else "task"
+    log.warning(
+        "%s %s crashed (%s); restart #%d in %.2f s",
+        what,
+        record.name,
+        record.last_error,
+        record.crashes,
+        backoff,
+    )
+    log.debug("%s %s crash traceback", what, record.name, exc_info=exc)

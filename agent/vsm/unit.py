@@ -304,8 +304,11 @@ def _resolve(kind: str) -> Any:
 
 
 def load_unit(name: str, kind: str, options: Mapping[str, Any]) -> Unit:
-    """Instantiate the unit ``kind`` as ``name``. Raises :class:`UnitError`."""
-    factory = _resolve(kind)
+    """Instantiate the unit ``kind`` as ``name``. Raises :class:`UnitError` naming the unit."""
+    try:
+        factory = _resolve(kind)
+    except UnitError as exc:
+        raise UnitError(f"unit {name}: {exc}") from None
     try:
         made = factory(name, options)
     except UnitError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,13 +15,19 @@ __all__ = ["DEFAULT_ENDPOINT", "StatusClient"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:7787"
 MAX_RESPONSE = 4 * 1024 * 1024
+_ALARM_ID = re.compile(r"^[0-9a-fA-F]{1,32}$")
 
 
 class StatusClient:
     """Talks to ``http://127.0.0.1:PORT``. Every failure raises :class:`StatusClientError`."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 5.0) -> None:
-        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        try:
+            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        except ValueError as exc:  # "Invalid IPv6 URL" for http://[::1
+            raise StatusClientError(
+                f"endpoint must be http://HOST:PORT, got {endpoint!r} ({exc})"
+            ) from None
         if parts.scheme != "http" or not parts.hostname:
             raise StatusClientError(f"endpoint must be http://HOST:PORT, got {endpoint!r}")
         try:
@@ -28,7 +35,8 @@ class StatusClient:
         except ValueError:
             raise StatusClientError(f"invalid port in {endpoint!r}") from None
         self.host = parts.hostname
-        self.endpoint = f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.endpoint = f"http://{host}:{self.port}"
         self.timeout_s = timeout_s
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -53,7 +61,11 @@ class StatusClient:
             raise StatusClientError(f"{self.endpoint}{path} did not answer JSON: {exc}") from None
         if response.status >= 400:
             message = decoded.get("error") if isinstance(decoded, dict) else decoded
-            raise StatusClientError(f"{method} {path}: HTTP {response.status}: {message}")
+            raise StatusClientError(
+                f"{method} {path}: HTTP {response.status}: {message}",
+                http_status=response.status,
+                detail=str(message),
+            )
         return response.status, decoded
 
     def status(self) -> dict[str, Any]:
@@ -70,5 +82,18 @@ class StatusClient:
         return dict(doc)
 
     def ack_alarm(self, alarm_id: str) -> dict[str, Any]:
-        _, doc = self.request("POST", f"/alarm/{alarm_id}/ack")
+        """Acknowledge the alarm whose id is or starts with ``alarm_id`` (hex digits).
+
+        Raises :class:`StatusClientError` saying so when no alarm or several match.
+        """
+        if not _ALARM_ID.match(alarm_id):
+            raise StatusClientError(f"an alarm id is 1-32 hex digits, got {alarm_id!r}")
+        try:
+            _, doc = self.request("POST", f"/alarm/{alarm_id.lower()}/ack")
+        except StatusClientError as exc:
+            if exc.http_status in (404, 409) and exc.detail.startswith(("no alarm", "alarm id")):
+                raise StatusClientError(
+                    f"{exc.detail} (at {self.endpoint})", http_status=exc.http_status
+                ) from None
+            raise
         return dict(doc)

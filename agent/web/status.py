@@ -16,7 +16,8 @@ Routes::
     GET  /health             {"ok": true}
     POST /alarm              {"intensity": 0..1, "source": NAME, "reason"?: TEXT}
                              -> {"id", "delivered"}
-    POST /alarm/{id}/ack     -> {"id", "acked": true} (404 for an unknown id)
+    POST /alarm/{id}/ack     -> {"id", "acked": true}; {id} is the id or any unique prefix
+                             (1-32 hex digits; 404 when no alarm has it, 409 when several do)
     GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
 
 :func:`serve_status` composes it with a runtime: the server starts as one of
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
+from .._errors import AgentError
 from ..vsm.algedonic import SignalError
 from .http import (
     HEAD_TIMEOUT_S,
@@ -58,7 +60,8 @@ log = logging.getLogger("vsm_edge.agent.web")
 
 MAX_BODY = 8 * 1024
 MAX_CONNECTIONS = 16
-_ACK = re.compile(r"^/alarm/([0-9a-fA-F]{6,32})/ack$")
+_ACK = re.compile(r"^/alarm/([0-9a-fA-F]{1,32})/ack$")
+ACK_CANDIDATES_SHOWN = 5
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -81,9 +84,20 @@ class StatusServer(HttpServer):
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """:meth:`run`, then write the bound port to ``port_file`` (if given)."""
+        """:meth:`run`, then write the bound port to ``port_file`` (if given).
+
+        Raises :class:`AgentError` naming ``[status] port`` when it cannot listen.
+        """
         async with trio.open_nursery() as nursery:
-            port: int = await nursery.start(self.run)
+            try:
+                port: int = await nursery.start(self.run)
+            except AgentError as exc:
+                # Most often a second agent on this host, on the default port.
+                written = "" if port_file is None else f" (written to {port_file})"
+                raise AgentError(
+                    f"{exc}; another agent on this host? set [status] port to a free port, "
+                    f"or port = 0 for any free one{written}"
+                ) from None
             self.bound_port = port
             if port_file is not None:
                 _write_port_file(port_file, port)
@@ -109,15 +123,33 @@ class StatusServer(HttpServer):
         match = _ACK.match(target)
         if match:
             _allow(method, "POST")
-            alarm = runtime.ack_alarm(match.group(1).lower())
-            if alarm is None:
-                raise HttpError(404, f"no alarm {match.group(1)}")
+            alarm = runtime.ack_alarm(self._resolve_alarm(match.group(1).lower()))
+            if alarm is None:  # gone between resolving and acknowledging
+                raise HttpError(404, f"no alarm with an id starting {match.group(1)}")
             return json_response({"id": alarm.signal.id, "acked": True})
         extra = self.routes.get(target)
         if extra is not None:
             _allow(method, "GET")
             return extra()  # one that raises answers 500 (HttpServer)
         raise HttpError(404, f"no route {target}")
+
+    def _resolve_alarm(self, prefix: str) -> str:
+        """The one alarm id ``prefix`` starts; 404 when none does, 409 when several do."""
+        alarms = self.runtime.algedonic.alarms
+        if prefix in alarms:
+            return prefix
+        matches = sorted(k for k in alarms if k.startswith(prefix))
+        if not matches:
+            raise HttpError(404, f"no alarm with an id starting {prefix}")
+        if len(matches) > 1:
+            some = ", ".join(matches[:ACK_CANDIDATES_SHOWN])
+            more = "" if len(matches) <= ACK_CANDIDATES_SHOWN else ", ..."
+            raise HttpError(
+                409,
+                f"alarm id prefix {prefix} is ambiguous: {len(matches)} alarms start with it "
+                f"({some}{more}); give more digits",
+            )
+        return matches[0]
 
     def _raise(self, obj: Any) -> HttpResponse:
         if not isinstance(obj, dict):
