@@ -453,13 +453,40 @@ def test_cascade_needs_the_order_and_the_window() -> None:
 
 def test_clock_skew_reported_once_per_peer_until_it_recovers() -> None:
     d = ClockSkewDetector(30.0)
-    assert d.observe("b", 1_030_000, 1_000_000, 0) is None
-    found = d.observe("b", 1_031_000, 1_000_000, 0)
+    assert d.observe("b", 1_030_000, 1_000_000, 0) is None  # 30 s ahead: the bound
+    found = d.observe("b", 1_031_000, 1_000_000, 0)  # a live stamp 31 s ahead
     assert found is not None
+    assert (found.name, found.subject) == ("clock-skew", "b")
     assert "+31.0 s" in found.detail
-    assert d.observe("b", 1_040_000, 1_000_000, 1) is None
-    assert d.observe("b", 1_000_000, 1_000_000, 2) is None
-    assert d.observe("b", 960_000, 1_000_000, 3) is not None
+    assert d.observe("b", 1_040_000, 1_000_000, 1) is None  # once per peer
+    assert d.observe("b", 1_000_000, 1_000_000, 2) is None  # back within the bound
+    assert d.observe("b", 1_070_000, 1_000_000, 3) is not None  # 70 s ahead: again
+
+
+def test_a_stale_report_read_back_later_is_not_clock_skew() -> None:
+    # A peer's last report (or retained alarm) written 208.3 s ago and read
+    # back now (after a restart, relayed late): the sample is 208.3 s behind.
+    # Late delivery and a slow clock look alike in one sample: not skew.
+    d = ClockSkewDetector(30.0)
+    written = 1_000_000
+    assert d.observe("n1", written, written + 208_300, 100.0) is None
+    assert d.observe("n1", written, written + 208_300, 100.1) is None  # the same burst
+    # then the peer's first live message: its clock is fine
+    assert d.observe("n1", written + 209_000, written + 209_050, 101.0) is None
+    assert d.skewed == {}
+    # a late burst again long after: still the start of a wait, not skew
+    assert d.observe("n1", written, written + 400_000, 300.0) is None
+    assert d.skewed == {}
+
+
+def test_a_clock_really_behind_is_reported_after_the_bound() -> None:
+    d = ClockSkewDetector(30.0)
+    for t in range(0, 30, 5):  # 40 s behind on every live message, for 25 s
+        assert d.observe("c", 1_000_000 + t * 1000 - 40_000, 1_000_000 + t * 1000, t) is None
+    found = d.observe("c", 1_030_000 - 40_000, 1_030_000, 30.0)  # for 30 s: a clock behind
+    assert found is not None
+    assert "-40.0 s" in found.detail
+    assert d.observe("c", 1_035_000 - 40_000, 1_035_000, 35.0) is None  # once
 
 
 def test_math_sanity_of_the_variety_ratio() -> None:

@@ -374,21 +374,40 @@ async def test_metasystemic_cascade_s1_s2_s3_s4_within_60s(
     assert "s4: variety overflow" in cascade[0].detail
 
 
-async def test_clock_skew_of_a_peer_is_detected_and_far_future_stamps_refused(
+async def test_clock_skew_of_a_peer_is_measured_from_live_stamps_and_far_future_stamps_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with running(config()) as rt:
-        rt.update_peer(PeerReport("n2", "lab", wall_clock() + 10_000, 1.0, False, 0.5, ()))
+        rt.peer_clock("n2", wall_clock() + 10_000, wall_clock())
         assert rt.patterns.counts["clock-skew"] == 0
-        rt.update_peer(PeerReport("n2", "lab", wall_clock() + 31_000, 1.0, False, 0.5, ()))
+        rt.peer_clock("n2", wall_clock() + 31_000, wall_clock())
         assert rt.patterns.counts["clock-skew"] == 1
         far = Signal(
             "n3", "s1.x", 0.5, "pain", rt.hlc.now().__class__(wall_clock() + 70_000, 0, "n3")
         )
-        assert rt.inject_remote_signal(far) is None
+        assert rt.inject_remote_signal(far) is None  # refused by the HLC
+        rt.peer_clock("n3", far.hlc.wall, wall_clock())  # the envelope that carried it
+        assert rt.patterns.counts["clock-skew"] == 2
+        rt.update_peer(PeerReport("n4", "lab", wall_clock(), 1.0, False, 0.5, ()))
         peers = rt.status().peers
-    assert rt.patterns.counts["clock-skew"] == 2
-    assert [p.node for p in peers] == ["n2"]
+    assert [p.node for p in peers] == ["n4"]
+    assert [p.subject for p in rt.patterns.recent if p.name == "clock-skew"] == ["n2", "n3"]
+
+
+async def test_an_old_report_or_signal_of_a_quiet_peer_is_stale_not_skew(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # what a node reads back after a restart: a quiet peer's report and its
+    # retained alarm, both written 208.3 s ago
+    async with running(config({"s4": {"peer_stale_s": 30}})) as rt:
+        old = wall_clock() - 208_300
+        rt.update_peer(PeerReport("n1", "lab", old, 1.0, False, 0.5, ()))
+        sig = Signal("n1", "s1.x", 0.5, "pain", rt.hlc.now().__class__(old, 0, "n1"))
+        rt.inject_remote_signal(sig)
+        await trio.sleep(31)
+        peers = rt.status().peers
+    assert rt.patterns.counts["clock-skew"] == 0
+    assert [(p.node, p.stale) for p in peers] == [("n1", True)]
 
 
 async def test_the_algedonic_mesh_port_carries_an_alarm_to_a_peer(

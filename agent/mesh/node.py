@@ -16,7 +16,10 @@ discovery. The arrows between them:
 * ``vsm/{mesh}/policy`` -> S5 (accepted only when admin-signed) -> the
   gateway's zone (``_security.IngressGuard``);
 * every inbound envelope -> the ingress guard and its gateway, before
-  anything is merged; quarantines -> pain and the signed proposal
+  anything is merged; each live one from a known peer (not retained, signed
+  by the key bound to its sender, admitted, or refused as too far ahead) ->
+  S4's clock-skew measurement (its HLC wall time against our wall clock at
+  receipt, ``runtime.peer_clock``); quarantines -> pain and the signed proposal
   ``{node}/quarantine`` in the ``mesh`` document;
 * a store fault (disk full, I/O error) -> pain from source ``store`` (cleared
   with a pleasure signal when the store takes writes again) and the ``store``
@@ -62,6 +65,7 @@ from vsm_edge.sync import (
     CrdtDocument,
     Envelope,
     HybridLogicalClock,
+    Inbound,
     MqttSettings,
     MqttTransport,
     NodeKey,
@@ -247,7 +251,7 @@ class Agent:
                 self._make_transport_factory(broker_url),
                 {MESH_DOC: mesh_doc},
                 store=store,
-                ingress=guard.ingress,
+                ingress=self._ingress,
                 blame=guard.blame,
                 key_binding=guard.bind_key,
                 on_app=self._on_app,
@@ -596,6 +600,17 @@ class Agent:
         except (ValueError, TypeError):
             log.debug("malformed lease %s", key)
 
+    # -- ingress and peers' clocks ------------------------------------------------------
+
+    def _ingress(self, inbound: Inbound) -> str | None:
+        """The replicator's ingress check: the guard's, then a clock sample."""
+        assert self.security is not None
+        reason = self.security.ingress(inbound)
+        runtime = self.runtime
+        if runtime is not None and _live_stamp(inbound, reason, self.replicator):
+            runtime.peer_clock(inbound.sender, inbound.envelope.hlc >> 16, inbound.received_ms)
+        return reason
+
     # -- algedonic and policy -----------------------------------------------------------
 
     async def _algedonic_out(self, runtime: Runtime, replicator: Replicator) -> None:
@@ -667,6 +682,27 @@ class Agent:
             from .mdns_host import explain_mdns_error
 
             log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
+
+
+def _live_stamp(inbound: Inbound, reason: str | None, replicator: Replicator | None) -> bool:
+    """Does ``inbound``'s envelope stamp say how far its sender's clock is from ours?
+
+    Only a message received live (a retained one is old by design) whose
+    signature is good and whose sender is sure: any channel but presence names
+    it by its bound key; a presence must be signed by the key already bound to
+    the node it names (anybody can sign a presence naming any node). Only if
+    the gateway admitted it, or refused it as too far ahead (a signed stamp
+    from the future is the sender's clock); a refused replay or a too-old
+    stamp may be somebody else's doing or a late delivery.
+    """
+    if inbound.retained or not inbound.signature_ok:
+        return False
+    if reason is not None and reason != "gateway:too-far-ahead":
+        return False
+    if inbound.channel == "presence":
+        peer = None if replicator is None else replicator.peers.get(inbound.sender)
+        return peer is not None and peer.kid == inbound.envelope.kid
+    return True
 
 
 def _percentiles(samples: list[float]) -> LatencyStatus:

@@ -24,7 +24,7 @@ from vsm_edge.sync import ClockDriftError
 from .algedonic import PAIN, PLEASURE, Alarm, AlgedonicCore, AlgedonicPort, Signal, escalated
 from .event import HIGH, Event, Subsystem
 from .kernel import Kernel
-from .patterns import ClockSkewDetector, Pattern
+from .patterns import Pattern
 
 __all__ = ["Alarms"]
 
@@ -32,10 +32,13 @@ __all__ = ["Alarms"]
 class Alarms:
     """Raise, inject, deliver, escalate and acknowledge algedonic signals.
 
-    ``core`` decides, ``port`` queues the signals for the mesh. ``skew`` is
-    shared with S4's mesh view (a peer's clock is checked on each report and
-    each signal); ``evaluate_safe_mode`` is S5's, called after each batch S5
-    hears. :class:`SignalError` is this part's error (a malformed signal).
+    ``core`` decides, ``port`` queues the signals for the mesh;
+    ``evaluate_safe_mode`` is S5's, called after each batch S5 hears. A
+    signal's stamp is when it was raised, not when it arrived (a retained or
+    relayed signal is old by design), so it says nothing of the peer's clock:
+    S4 measures clock skew from live envelopes
+    (:meth:`~.intelligence_loops.IntelligenceLoops.peer_clock`).
+    :class:`SignalError` is this part's error (a malformed signal).
     """
 
     def __init__(
@@ -44,14 +47,10 @@ class Alarms:
         core: AlgedonicCore,
         port: AlgedonicPort,
         *,
-        skew: ClockSkewDetector,
-        wall_clock: Callable[[], int],
         evaluate_safe_mode: Callable[[], None],
     ) -> None:
         self._kernel = kernel
         self._node = core.node
-        self._skew = skew
-        self._wall_clock = wall_clock
         self._evaluate_safe_mode = evaluate_safe_mode
         self.core = core
         self.port = port
@@ -79,15 +78,11 @@ class Alarms:
     def inject_remote_signal(self, sig: Signal) -> Alarm | None:
         """A signal received from a peer (already verified by the transport).
 
-        Updates the HLC (a stamp too far ahead is refused: clock-skew pattern),
-        checks the peer's clock skew, then delivers it to S5 like a local one
-        but never re-broadcasts it. Returns the alarm, or None when refused,
+        Updates the HLC (a stamp too far ahead is refused), then delivers it
+        to S5 like a local one but never re-broadcasts it. Returns the alarm, or None when refused,
         duplicated, adapted or folded.
         """
         now = trio.current_time()
-        skew = self._skew.observe(sig.node, sig.hlc.wall, self._wall_clock(), now)
-        if skew is not None:
-            self._kernel.pattern(skew)
         try:
             self._kernel.hlc.update(sig.hlc)
         except ClockDriftError:

@@ -5,14 +5,14 @@ large batches: each category counts toward the environment's variety, and
 each numeric value goes through the EWMA/z-score anomaly detector; an anomaly
 is published (high priority) for S5. Every ``evaluate_interval_s`` the variety
 ratio is checked for the overflow patterns. From the mesh, :meth:`update_peer`
-feeds the peer table (and checks the peer's clock skew); :meth:`local_report`
-is what this node replicates about itself. The arithmetic is
+feeds the peer table (a peer whose last report is old is "stale" there);
+:meth:`peer_clock` measures a peer's clock skew from a message received live
+(never from a report's stamp: that is its age); :meth:`local_report` is what
+this node replicates about itself. The arithmetic is
 :class:`~.s4.Intelligence`'s; this part carries it out.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import trio
 
@@ -29,9 +29,9 @@ __all__ = ["IntelligenceLoops"]
 class IntelligenceLoops:
     """S4 at work: its bus loop, the overflow evaluation, and the mesh view's seams.
 
-    ``overflow`` is evaluated every ``evaluate_interval_s``; ``skew`` is shared
-    with the algedonic channel (signals from peers carry their clock too);
-    ``algedonic`` is read for this node's active alarms.
+    ``overflow`` is evaluated every ``evaluate_interval_s``; ``skew`` takes
+    the stamps of live messages (:meth:`peer_clock`); ``algedonic`` is read
+    for this node's active alarms.
     """
 
     def __init__(
@@ -44,7 +44,6 @@ class IntelligenceLoops:
         mesh_view: MeshView,
         skew: ClockSkewDetector,
         algedonic: AlgedonicCore,
-        wall_clock: Callable[[], int],
     ) -> None:
         self._kernel = kernel
         self._evaluate_interval_s = evaluate_interval_s
@@ -53,17 +52,23 @@ class IntelligenceLoops:
         self._mesh_view = mesh_view
         self._skew = skew
         self._algedonic = algedonic
-        self._wall_clock = wall_clock
 
     async def subsystem(self, nursery: trio.Nursery) -> None:
         self._kernel.supervise(nursery, "s4.bus", "s4", self._s4_loop)
         self._kernel.supervise(nursery, "s4.evaluate", "s4", self._evaluate_loop)
 
     def update_peer(self, report: PeerReport) -> None:
-        """Feed the S4 mesh view from replicated state (the gossip layer calls this)."""
-        now = trio.current_time()
-        self._mesh_view.update(report, now)
-        skew = self._skew.observe(report.node, report.hlc_wall_ms, self._wall_clock(), now)
+        """Feed the S4 mesh view from replicated state (the gossip layer calls this).
+
+        The report may be old (read back after a restart, relayed by another
+        peer): its stamp is not checked against our clock.
+        """
+        self._mesh_view.update(report, trio.current_time())
+
+    def peer_clock(self, peer: str, sent_ms: int, received_ms: int) -> None:
+        """A message of ``peer`` received live: its envelope's HLC wall time and
+        our wall clock at receipt (ms); a clock-skew pattern when they are too far apart."""
+        skew = self._skew.observe(peer, sent_ms, received_ms, trio.current_time())
         if skew is not None:
             self._kernel.pattern(skew)
 

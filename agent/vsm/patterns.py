@@ -6,8 +6,13 @@
 * metasystemic cascade: failures in S1, then S2, then S3, then S4, each after
   the previous, the whole chain within ``cascade_window_s`` (60 s).
 * algedonic storm: reported by the algedonic core.
-* clock skew: a peer's HLC wall time more than ``clock_skew_s`` (30 s) away
-  from ours, reported once per peer until it comes back within the bound.
+* clock skew: measured only from messages received live, as each arrives:
+  the HLC wall time of the peer's signed envelope against our wall clock at
+  receipt (:class:`ClockSkewDetector`); never from the stamp of a stored or
+  replicated value (a report or alarm read back after a restart, relayed by
+  another peer, or retained by the broker: its age is silence, which the mesh
+  view calls "stale"). Reported once per peer until it comes back within the
+  bound.
 """
 
 from __future__ import annotations
@@ -121,28 +126,61 @@ class CascadeDetector:
 
 
 class ClockSkewDetector:
+    """How far a peer's clock is from ours, from the stamps of its live messages.
+
+    Each sample is ``sent_ms - received_ms``: the HLC wall time of a message
+    the peer signed, minus our wall clock when it arrived. It is the clock
+    offset minus the time in transit, and transit is never negative, so:
+
+    * a sample more than ``bound_s`` *ahead* proves the peer's clock is ahead
+      (nothing arrives before it was sent): reported at once;
+    * a sample more than ``bound_s`` *behind* is either a clock behind or a
+      message delivered late (a broker's queued session after a reconnect,
+      a backlog): reported only when every sample from that peer stayed
+      behind for ``bound_s`` seconds (``now``), so a late burst followed by
+      one live message is no skew, while a clock that is really behind is.
+
+    A sample within the bound clears the peer. Pure: ``now`` (seconds, the
+    caller's monotonic clock) and both wall times (ms) are arguments.
+    """
+
     def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
         self.bound_ms = bound_s * 1000
         self.skewed: dict[str, int] = {}
+        self._behind_since: dict[str, float] = {}
 
-    def observe(
-        self, peer: str, remote_wall_ms: int, local_wall_ms: int, now: float
-    ) -> Pattern | None:
-        skew = remote_wall_ms - local_wall_ms
-        if abs(skew) > self.bound_ms:
-            first = peer not in self.skewed
-            if first and len(self.skewed) >= MAX_PEERS:
-                del self.skewed[next(iter(self.skewed))]
-            self.skewed[peer] = skew
-            if first:
-                return Pattern(
-                    "clock-skew",
-                    ALARM,
-                    peer,
-                    f"{peer}'s clock is {skew / 1000:+.1f} s from ours "
-                    f"(bound {self.bound_ms / 1000:g} s)",
-                    now,
-                )
+    def observe(self, peer: str, sent_ms: int, received_ms: int, now: float) -> Pattern | None:
+        """One live message of ``peer``: its pattern when the peer is found skewed.
+
+        ``sent_ms`` is the wall time of the envelope's HLC, ``received_ms``
+        our wall clock when it arrived; never pass the stamp of a value read
+        back from replicated or retained state.
+        """
+        skew = sent_ms - received_ms
+        if -self.bound_ms <= skew <= self.bound_ms:
+            self.skewed.pop(peer, None)
+            self._behind_since.pop(peer, None)
             return None
-        self.skewed.pop(peer, None)
-        return None
+        if skew < 0:
+            since = self._behind_since.get(peer)
+            if since is None:
+                if len(self._behind_since) >= MAX_PEERS:
+                    del self._behind_since[next(iter(self._behind_since))]
+                self._behind_since[peer] = now
+                return None
+            if now - since < self.bound_s:
+                return None  # perhaps late: wait for a live message to say
+        first = peer not in self.skewed
+        if first and len(self.skewed) >= MAX_PEERS:
+            del self.skewed[next(iter(self.skewed))]
+        self.skewed[peer] = skew
+        if not first:
+            return None
+        return Pattern(
+            "clock-skew",
+            ALARM,
+            peer,
+            f"{peer}'s clock is {skew / 1000:+.1f} s from ours (bound {self.bound_ms / 1000:g} s)",
+            now,
+        )

@@ -30,6 +30,7 @@ Seams for the agent process (the mesh, the store, the gateway):
   :meth:`Runtime.inject_remote_signal` for signals received from peers;
 * :meth:`Runtime.update_peer` / :meth:`Runtime.local_report` — the S4 mesh view
   from replicated state, and what to replicate about this node;
+  :meth:`Runtime.peer_clock` for each message received live (clock skew);
 * :meth:`Runtime.accept_policy` — a signed policy document from ``vsm/{mesh}/policy``;
 * ``leases`` with :meth:`Runtime.acquire_lease`, :meth:`Runtime.merge_leases` and
   ``on_lease_delta`` callbacks — the S2 lease CRDT to gossip;
@@ -143,7 +144,6 @@ class Runtime:
         self.s2 = Coordination(config.s2)
         self.s5 = PolicyEngine(config.s5, self.identity)
         self.mesh_view = MeshView(config.s4.peer_stale_s)
-        skew = ClockSkewDetector(config.s4.clock_skew_s)  # S4's mesh view and peers' signals
         self._kernel = kernel = Kernel(
             bus=self.bus,
             hlc=self.hlc,
@@ -162,8 +162,6 @@ class Runtime:
             kernel,
             AlgedonicCore(config.algedonic, self.node),
             AlgedonicPort(config.algedonic.outbound_capacity),
-            skew=skew,
-            wall_clock=wall_clock,
             evaluate_safe_mode=self._policy.evaluate_safe_mode,
         )
         self.algedonic = self._alarms.core
@@ -176,9 +174,8 @@ class Runtime:
             overflow=VarietyOverflowDetector(config.s4.warning_ratio, config.s4.overflow_ratio),
             identity=self.identity,
             mesh_view=self.mesh_view,
-            skew=skew,
+            skew=ClockSkewDetector(config.s4.clock_skew_s),
             algedonic=self.algedonic,
-            wall_clock=wall_clock,
         )
         self._coordination = CoordinationLoops(kernel, self.node, lease_ttl_s=config.s2.lease_ttl_s)
         self.on_lease_delta = self._coordination.on_lease_delta
@@ -425,6 +422,12 @@ class Runtime:
     def update_peer(self, report: PeerReport) -> None:
         """Feed the S4 mesh view from replicated state (the gossip layer calls this)."""
         self._intelligence.update_peer(report)
+
+    def peer_clock(self, peer: str, sent_ms: int, received_ms: int) -> None:
+        """A message of ``peer`` received live (the mesh calls this for each):
+        its envelope's HLC wall time and our wall clock at receipt, in ms. S4's
+        clock-skew pattern comes from these alone (:class:`.patterns.ClockSkewDetector`)."""
+        self._intelligence.peer_clock(peer, sent_ms, received_ms)
 
     def local_report(self) -> PeerReport:
         """What this node replicates about itself for its peers' mesh views."""

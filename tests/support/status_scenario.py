@@ -159,6 +159,7 @@ async def busy_runtime() -> AsyncIterator[Any]:
         await trio.sleep(6.0137)  # odd times: nothing else wakes then
         rt.update_peer(PeerReport("n2", "lab", wall_clock(), 0.9, False, 0.5, ("abc",)))
         rt.update_peer(PeerReport("n3", "lab", wall_clock() + 31_000, 1.0, True, 1.5, ()))
+        rt.peer_clock("n3", wall_clock() + 31_000, wall_clock())  # n3's live envelope: skewed
         stamp = rt.hlc.now().__class__(wall_clock(), 0, "n2")
         rt.inject_remote_signal(Signal("n2", "s1.pump", 0.6, "pain", stamp, reason="dry run"))
         alarm = rt.raise_signal("operator.estop", 0.97, "stop it")
