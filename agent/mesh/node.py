@@ -14,7 +14,7 @@ discovery. The arrows between them:
 * the algedonic port -> ``vsm/{mesh}/alg/{node}`` (QoS 1, retained, signed);
   peers' signals -> the local algedonic channel (S5 directly);
 * ``vsm/{mesh}/policy`` -> S5 (accepted only when admin-signed) -> the
-  gateway's zone (``_security.IngressGuard``);
+  gateway's zone (``mesh.ingress.IngressGuard``);
 * every inbound envelope -> the ingress guard and its gateway, before
   anything is merged; each live one from a known peer (not retained, signed
   by the key bound to its sender, admitted, or refused as too far ahead) ->

@@ -1,6 +1,6 @@
 """The local status endpoint: HTTP/1.1 + JSON on a loopback address.
 
-h11 (sans-I/O HTTP/1.1) does the parsing and :class:`~._http.HttpServer` the
+h11 (sans-I/O HTTP/1.1) does the parsing and :class:`~.http.HttpServer` the
 connections; this module is only the routes. One request per connection
 (``Connection: close``); heads are limited to 16 KiB (431) and must be
 complete within ``[status] head_timeout_s`` (5 s; 408), bodies to 8 KiB (413)
@@ -66,7 +66,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class StatusServer(HttpServer):
-    """The routes above on ``host:port`` (see :class:`~._http.HttpServer` for ``run``)."""
+    """The routes above on ``host:port`` (see :class:`~.http.HttpServer` for ``run``)."""
 
     what = "status endpoint"
 
