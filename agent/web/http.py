@@ -3,7 +3,7 @@
 :class:`HttpResponse` is what a route returns: status, content type, bytes.
 :class:`HttpServer` is the connection layer both servers share: the agent's
 loopback status endpoint (:mod:`._status`, which also serves the routes
-registered by :mod:`._web`) and :class:`ReadOnlyServer`, the aggregator's
+registered by :mod:`.routes`) and :class:`ReadOnlyServer`, the aggregator's
 dashboard server. A subclass only answers a parsed request (:meth:`HttpServer.handle`).
 
 Theory of operation
