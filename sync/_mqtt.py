@@ -96,6 +96,8 @@ _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason (MQTT 5); paho maps a 3.1.1 broke
 # before 3.1.1 is tried: a broker answers CONNECT within one round trip.
 _V5_PROBE_TIMEOUT = 2.0
 _READ_BATCH = 64  # packets read in a row before the reader yields to the loop
+# Failed attempts before a transport that never connected warns (INFO until then).
+_QUIET_START_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -557,7 +559,14 @@ class MqttTransport:
         else:
             condition = "down"
             text = f"cannot reach the broker at {s.host}:{s.port}: {exc.reason}"
-        level = logging.WARNING if condition != self._logged else logging.DEBUG
+            if self._connects == 0 and self._attempts < _QUIET_START_ATTEMPTS:
+                # Never connected yet: INFO first, WARNING if it lasts. A process
+                # that fails to start a moment later then ends with its one line.
+                condition = "starting"
+        if condition == self._logged:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO if condition == "starting" else logging.WARNING
         self._logged = condition
         log.log(
             level, "%s: %s; reconnecting in %.1f s (attempt %d)",

@@ -391,6 +391,22 @@ async def test_a_refusal_gives_the_brokers_reason_and_is_logged_once(
     assert len(retries) >= 2  # the later attempts: DEBUG, not one WARNING each
 
 
+async def test_a_broker_never_reached_is_info_first_then_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="vsm_edge.sync.mqtt")
+    t = MqttTransport(MqttSettings(client_id="t", port=free_port(), backoff=FAST))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.run)
+        await _backing_off(t, 8)
+        nursery.cancel_scope.cancel()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["INFO", "WARNING"], lines
+    assert "(attempt 1)" in lines[0][1]
+    assert "cannot reach the broker" in lines[1][1]
+    assert "(attempt 5)" in lines[1][1]
+
+
 async def test_a_lost_broker_is_logged_once_and_the_attempts_counted(
     mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
