@@ -339,6 +339,10 @@ class MemoryTransport:
         self._dropped = self._connects = self._connect_failures = self._lost = 0
         self._waiting_acks = 0
         self._last_error: str | None = None
+        self._connected_since: float | None = None
+        self._disconnected_since: float | None = None
+        self._attempts = 0
+        self._next_attempt_at: float | None = None
 
     @property
     def client_id(self) -> str:
@@ -358,6 +362,7 @@ class MemoryTransport:
             raise RuntimeError(f"transport {self._client_id!r} is already running")
         self._running = True
         attempt = 0
+        self._disconnected_since = trio.current_time()
         try:
             task_status.started()
             while True:
@@ -367,12 +372,13 @@ class MemoryTransport:
                     link = self._broker._attach(self._client_id, self._will)
                 except _Unavailable as exc:
                     self._connect_failures += 1
+                    self._attempts += 1
                     self._last_error = str(exc)
-                    self._state = TransportState.BACKOFF
-                    await trio.sleep(self._backoff.delay(attempt, self._random()))
+                    await self._back_off(self._backoff.delay(attempt, self._random()))
                     attempt += 1
                     continue
-                attempt = 0
+                attempt = self._attempts = 0
+                self._connected_since, self._disconnected_since = trio.current_time(), None
                 self._connects += 1
                 self._link = link
                 for topic_filter, qos in self._wanted.items():
@@ -383,6 +389,7 @@ class MemoryTransport:
                     await self._pump(link)
                 finally:
                     self._link = None
+                    self._connected_since, self._disconnected_since = None, trio.current_time()
                     self._events.mark_disconnected()
                     if not link.lost.is_set():  # we are being cancelled: leave cleanly
                         self._broker._detach(link)
@@ -390,11 +397,18 @@ class MemoryTransport:
                         self._lost += 1
                         self._last_error = f"connection lost: {link.lost_reason}"
                 # A short pause even after a loss, so a flapping broker is not hammered.
-                self._state = TransportState.BACKOFF
-                await trio.sleep(self._backoff.delay(0, self._random()))
+                await self._back_off(self._backoff.delay(0, self._random()))
         finally:
             self._running = False
             self._state = TransportState.CLOSED
+
+    async def _back_off(self, delay: float) -> None:
+        self._state = TransportState.BACKOFF
+        self._next_attempt_at = trio.current_time() + delay
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._next_attempt_at = None
 
     async def _pump(self, link: _Link) -> None:
         while not link.lost.is_set():
@@ -491,6 +505,10 @@ class MemoryTransport:
             inflight=self._waiting_acks,
             subscriptions=len(self._wanted),
             last_error=self._last_error,
+            connected_since=self._connected_since,
+            disconnected_since=self._disconnected_since,
+            attempts=self._attempts,
+            next_attempt_at=self._next_attempt_at,
         )
 
     def subscriptions(self) -> Iterable[str]:

@@ -96,6 +96,8 @@ _UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason (MQTT 5); paho maps a 3.1.1 broke
 # before 3.1.1 is tried: a broker answers CONNECT within one round trip.
 _V5_PROBE_TIMEOUT = 2.0
 _READ_BATCH = 64  # packets read in a row before the reader yields to the loop
+# Failed attempts before a transport that never connected warns (INFO until then).
+_QUIET_START_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,11 +199,17 @@ class _PahoClient(paho.Client):
 
 class _ConnectFailed(Exception):
     def __init__(
-        self, reason: str, *, reason_code: int | None = None, before_connack: bool = False
+        self,
+        reason: str,
+        *,
+        reason_code: int | None = None,
+        refusal: str | None = None,
+        before_connack: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reason_code = reason_code
+        self.refusal = refusal  # the broker's reason, when its CONNACK refused us
         self.before_connack = before_connack  # the socket was open, no CONNACK came
 
 
@@ -418,6 +426,14 @@ class MqttTransport:
         self._messages_in = self._bytes_in = self._messages_out = self._bytes_out = 0
         self._dropped = self._connects = self._connect_failures = self._lost = 0
         self._last_error: str | None = None
+        self._connected_since: float | None = None
+        self._disconnected_since: float | None = None
+        self._attempts = 0  # failed attempts since the last connection
+        self._next_attempt_at: float | None = None
+        self._refused: str | None = None
+        # What the log last said about the connection ("connected", "down" or
+        # "refused: <reason>"): one line per change, not one per retry.
+        self._logged: str | None = None
 
     @property
     def client_id(self) -> str:
@@ -459,6 +475,11 @@ class MqttTransport:
             inflight=len(conn.publishes) if conn is not None else 0,
             subscriptions=len(self._wanted),
             last_error=self._last_error,
+            connected_since=self._connected_since,
+            disconnected_since=self._disconnected_since,
+            attempts=self._attempts,
+            next_attempt_at=self._next_attempt_at,
+            refused=self._refused,
         )
 
     # --- the service -------------------------------------------------------------
@@ -469,6 +490,7 @@ class MqttTransport:
             raise RuntimeError(f"transport {self.client_id!r} is already running")
         self._running = True
         attempt = 0
+        self._disconnected_since = trio.current_time()
         try:
             task_status.started()
             while True:
@@ -487,7 +509,6 @@ class MqttTransport:
                         continue
                     self._connect_failures += 1
                     self._last_error = exc.reason
-                    log.debug("%s: connect failed: %s", self.client_id, exc.reason)
                     if (
                         self._protocol is None
                         and exc.before_connack
@@ -495,19 +516,62 @@ class MqttTransport:
                     ):
                         # Some 3.1.1 brokers (amqtt) never answer an MQTT 5
                         # CONNECT: try 3.1.1 at once, kept if it is accepted.
+                        log.debug("%s: connect failed: %s", self.client_id, exc.reason)
                         self._fallback = MQTTProtocolVersion.MQTTv311
                         continue
                     self._fallback = None
-                    self._state = TransportState.BACKOFF
-                    await trio.sleep(self.settings.backoff.delay(attempt, self._random()))
+                    self._attempts += 1
+                    self._refused = exc.refusal
+                    delay = self.settings.backoff.delay(attempt, self._random())
+                    self._log_failure(exc, delay)
+                    await self._back_off(delay)
                     attempt += 1
                 else:
                     attempt = 0
-                    self._state = TransportState.BACKOFF
-                    await trio.sleep(self.settings.backoff.delay(0, self._random()))
+                    delay = self.settings.backoff.delay(0, self._random())
+                    self._logged = "down"
+                    s = self.settings
+                    log.warning(
+                        "%s: lost the connection to the broker at %s:%d (%s); "
+                        "reconnecting in %.1f s",
+                        self.client_id, s.host, s.port, self._last_error, delay,
+                    )  # fmt: skip
+                    await self._back_off(delay)
         finally:
             self._running = False
+            self._next_attempt_at = None
             self._state = TransportState.CLOSED
+
+    async def _back_off(self, delay: float) -> None:
+        self._state = TransportState.BACKOFF
+        self._next_attempt_at = trio.current_time() + delay
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._next_attempt_at = None
+
+    def _log_failure(self, exc: _ConnectFailed, delay: float) -> None:
+        """One WARNING when the connection's condition changes, DEBUG for each retry after."""
+        s = self.settings
+        if exc.refusal is not None:
+            condition = f"refused: {exc.refusal}"
+            text = f"the broker at {s.host}:{s.port} refused the connection: {exc.refusal}"
+        else:
+            condition = "down"
+            text = f"cannot reach the broker at {s.host}:{s.port}: {exc.reason}"
+            if self._connects == 0 and self._attempts < _QUIET_START_ATTEMPTS:
+                # Never connected yet: INFO first, WARNING if it lasts. A process
+                # that fails to start a moment later then ends with its one line.
+                condition = "starting"
+        if condition == self._logged:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO if condition == "starting" else logging.WARNING
+        self._logged = condition
+        log.log(
+            level, "%s: %s; reconnecting in %.1f s (attempt %d)",
+            self.client_id, text, delay, self._attempts,
+        )  # fmt: skip
 
     async def _connection(self, version: MQTTProtocolVersion) -> None:
         """One connection, from socket to loss. Raises _ConnectFailed before CONNACK."""
@@ -581,17 +645,23 @@ class MqttTransport:
         self._spoken = version
         self._conn = conn
         self._connects += 1
+        failed, self._attempts, self._refused = self._attempts, 0, None
+        self._connected_since, self._disconnected_since = trio.current_time(), None
         self._state = TransportState.CONNECTED
         self._events.mark_connected()
         s = self.settings
+        self._logged = "connected"
         log.info(
-            "%s: connected to %s:%d (MQTT %s, session %s)",
+            "%s: connected to the broker at %s:%d (MQTT %s, session %s%s)",
             self.client_id, s.host, s.port, self.protocol, conn.session_present,
+            f", after {failed} failed attempts" if failed else "",
         )  # fmt: skip
-        await conn.lost.wait()
+        try:
+            await conn.lost.wait()
+        finally:
+            self._connected_since, self._disconnected_since = None, trio.current_time()
         self._lost += 1
         self._last_error = conn.lost_reason
-        log.info("%s: %s", self.client_id, self._last_error)
 
     async def _establish(
         self, conn: _Connection, version: MQTTProtocolVersion
@@ -604,7 +674,7 @@ class MqttTransport:
             await conn.connack.wait()
             if conn.refused is not None:  # (paho also closes the socket then)
                 code, name = conn.refused
-                return _ConnectFailed(f"connection refused: {name}", reason_code=code)
+                return _ConnectFailed(f"connection refused: {name}", reason_code=code, refusal=name)
             if conn.lost.is_set():
                 return _ConnectFailed(
                     f"connection closed before CONNACK: {conn.lost_reason}", before_connack=True

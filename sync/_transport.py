@@ -156,7 +156,13 @@ class Overflow(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TransportStatistics:
-    """Counters of one transport since it was created (payload bytes only)."""
+    """Counters of one transport since it was created (payload bytes only).
+
+    ``attempts``, ``next_attempt_at`` and ``refused`` say how a reconnection
+    goes: how many attempts failed in a row, when the next one starts, and the
+    broker's own reason when it refused (bad credentials, not authorized);
+    ``last_error`` is the last failure or loss, whatever its kind.
+    """
 
     state: TransportState
     protocol: str | None  # "5" or "3.1.1" once negotiated
@@ -171,6 +177,12 @@ class TransportStatistics:
     inflight: int  # QoS 1 publishes waiting for their PUBACK
     subscriptions: int
     last_error: str | None
+    # Where the connection stands (times on Trio's clock, ``trio.current_time()``):
+    connected_since: float | None = None  # the current connection's CONNACK; None while down
+    disconnected_since: float | None = None  # when the last connection ended (or run() began)
+    attempts: int = 0  # failed connection attempts since the last success (or since run())
+    next_attempt_at: float | None = None  # while in BACKOFF: when the next attempt starts
+    refused: str | None = None  # the broker's reason, when the last attempt's CONNACK refused
 
     @property
     def reconnects(self) -> int:

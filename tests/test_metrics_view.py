@@ -83,6 +83,23 @@ def test_agent_metrics_from_a_status_document() -> None:
     assert got[("vsm_bus_dropped_total", (("channel", "s1"), ("node", "n1")))] == 4
 
 
+def test_broker_metrics_from_the_broker_section() -> None:
+    doc = status_document()
+    doc["broker"].update(state="refused", attempts=4, refused="Not authorized", connects=2,
+                         reconnects=1, connect_failures=6, connections_lost=1)  # fmt: skip
+    got = samples(render(agent_families(NodeStatus.from_json(doc))).decode())
+    n = (("node", "n1"),)
+    assert got[("vsm_broker_connected", n)] == 0
+    assert got[("vsm_broker_refused", n)] == 1
+    assert got[("vsm_broker_reconnect_attempts", n)] == 4
+    assert got[("vsm_broker_reconnects_total", n)] == 1
+    assert got[("vsm_broker_connect_failures_total", n)] == 6
+    assert got[("vsm_broker_connections_lost_total", n)] == 1
+    doc["broker"].update(state="connected", attempts=0, refused=None)
+    got = samples(render(agent_families(NodeStatus.from_json(doc))).decode())
+    assert (got[("vsm_broker_connected", n)], got[("vsm_broker_refused", n)]) == (1, 0)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: (

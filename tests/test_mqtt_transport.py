@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import ssl
@@ -30,6 +31,7 @@ from vsm_edge.sync import (
     NotConnectedError,
     PayloadTooLargeError,
     TransportState,
+    TransportStatistics,
     Will,
 )
 
@@ -353,6 +355,90 @@ async def test_wrong_password_is_refused_and_retried(
         )
         assert t.statistics().connects == 0
         nursery.cancel_scope.cancel()
+
+
+async def _backing_off(t: MqttTransport, attempts: int) -> TransportStatistics:
+    """A snapshot taken while the transport waits, after ``attempts`` failed attempts."""
+    with trio.fail_after(WAIT):
+        while True:
+            stats = t.statistics()
+            if stats.state is TransportState.BACKOFF and stats.attempts >= attempts:
+                return stats
+            await trio.sleep(0.01)
+
+
+async def test_a_refusal_gives_the_brokers_reason_and_is_logged_once(
+    tls_broker: tuple[Mosquitto, int, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, _, _ = tls_broker
+    caplog.set_level(logging.DEBUG, logger="vsm_edge.sync.mqtt")
+    t = transport(broker, "t", username="node1", password="wrong")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.run)
+        stats = await _backing_off(t, 3)
+        assert stats.refused in ("Bad user name or password", "Not authorized")
+        assert stats.connected_since is None
+        assert stats.disconnected_since is not None
+        assert stats.next_attempt_at is not None
+        assert stats.next_attempt_at >= trio.current_time()
+        nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"the broker at 127.0.0.1:{broker.port} refused the connection: " in warnings[0]
+    retries = [
+        r for r in caplog.records if r.levelno == logging.DEBUG and "refused" in r.getMessage()
+    ]
+    assert len(retries) >= 2  # the later attempts: DEBUG, not one WARNING each
+
+
+async def test_a_broker_never_reached_is_info_first_then_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="vsm_edge.sync.mqtt")
+    t = MqttTransport(MqttSettings(client_id="t", port=free_port(), backoff=FAST))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.run)
+        await _backing_off(t, 8)
+        nursery.cancel_scope.cancel()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["INFO", "WARNING"], lines
+    assert "(attempt 1)" in lines[0][1]
+    assert "cannot reach the broker" in lines[1][1]
+    assert "(attempt 5)" in lines[1][1]
+
+
+async def test_a_lost_broker_is_logged_once_and_the_attempts_counted(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vsm_edge.sync.mqtt")
+    t = transport(mosquitto, "t")
+    async with trio.open_nursery() as nursery:
+        await connected(nursery, t)
+        up = t.statistics()
+        assert up.connected_since is not None
+        assert (up.attempts, up.refused, up.next_attempt_at, up.disconnected_since) == (
+            0, None, None, None,
+        )  # fmt: skip
+        await trio.to_thread.run_sync(mosquitto.stop)
+        down = await _backing_off(t, 3)
+        assert down.connected_since is None
+        assert down.disconnected_since is not None
+        assert down.refused is None
+        assert down.last_error is not None
+        assert "ECONNREFUSED" in down.last_error
+        await trio.to_thread.run_sync(mosquitto.start)
+        with trio.fail_after(WAIT):
+            await t.wait_connected()
+        again = t.statistics()
+        assert again.attempts == 0
+        assert again.connected_since is not None
+        assert again.connected_since > up.connected_since
+        nursery.cancel_scope.cancel()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [level for level, _ in lines] == ["INFO", "WARNING", "INFO"], lines
+    assert "lost the connection to the broker at 127.0.0.1" in lines[1][1]
+    assert "reconnecting in" in lines[1][1]
+    assert "failed attempts" in lines[2][1]
 
 
 # --- settings ----------------------------------------------------------------------

@@ -50,6 +50,31 @@ def test_the_count_is_the_nodes_when_the_document_holds_fewer() -> None:
     assert "(65 more not shown" in text
 
 
+@pytest.mark.parametrize(
+    ("broker", "line"),
+    [
+        ({"state": "connected", "protocol": "5", "since_ms": 1_764_770_400_000, "reconnects": 2},
+         "broker 10.0.0.9:1883  connected since 14:00:00Z (MQTT 5), reconnects 2"),
+        ({"state": "reconnecting", "since_ms": 1_764_770_400_000, "attempts": 3,
+          "next_attempt_in_s": 0.8, "last_error": "cannot connect: ECONNREFUSED"},
+         "broker 10.0.0.9:1883  RECONNECTING since 14:00:00Z (attempt 3, next in 0.8 s): "
+         "cannot connect: ECONNREFUSED"),
+        ({"state": "refused", "since_ms": None, "attempts": 1, "next_attempt_in_s": 0.1,
+          "refused": "Not authorized"},
+         "broker 10.0.0.9:1883  REFUSED by the broker: Not authorized (attempt 1, next in 0.1 s)"),
+        ({"error": "RuntimeError('boom')"}, "broker: unavailable: RuntimeError('boom')"),
+    ],
+)  # fmt: skip
+def test_status_shows_the_broker_connection(broker: dict[str, object], line: str) -> None:
+    doc = agent_document()
+    if "error" in broker:
+        doc["broker"] = broker
+    else:
+        doc["broker"].update(address="10.0.0.9:1883", **broker)
+    lines = format_status(NodeStatus.from_json(doc)).splitlines()
+    assert lines[1] == line
+
+
 def shortest_unique_prefix(ids: list[str], target: str) -> str:
     for n in range(1, len(target) + 1):
         if sum(i.startswith(target[:n]) for i in ids) == 1:

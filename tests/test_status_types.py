@@ -7,6 +7,7 @@ was typed (see tests/support/status_scenario.py); ``status --json``, ``GET
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -29,6 +30,7 @@ from support.vsm import config, running, wall_clock
 
 from vsm_edge.agent import ChannelStatistics, Runtime, StatusError
 from vsm_edge.agent.mesh.status import (
+    BrokerStatus,
     DiscoveryCounters,
     DiscoveryStatus,
     GatewayStatus,
@@ -37,7 +39,7 @@ from vsm_edge.agent.mesh.status import (
     StoreStatus,
 )
 from vsm_edge.agent.vsm.status import ChannelStatus, RawSection, SectionError, VsmStatus
-from vsm_edge.sync import DiscoveryStatistics
+from vsm_edge.sync import DiscoveryStatistics, TransportState, TransportStatistics
 
 
 def differences(actual: Any, expected: Any, path: str = "$") -> list[str]:
@@ -141,10 +143,11 @@ async def test_a_live_agents_status_has_todays_shape(tmp_path: Path) -> None:
     doc = as_json(await live_agent_status(tmp_path))
     assert list(doc) == list(expected)
     for section in ("node", "s1", "s2", "s3", "s4", "s5", "algedonic", "gateway", "replication",
-                    "store", "discovery"):  # fmt: skip
+                    "store", "broker", "discovery"):  # fmt: skip
         assert list(doc[section]) == list(expected[section]), section
     for part in ("transport", "latency_ms"):
         assert list(doc["replication"][part]) == list(expected["replication"][part])
+    assert doc["broker"]["state"] == "connected"
     assert list(doc["s1"]["units"]["temp"]) == list(expected["s1"]["units"]["temp"])
     assert list(doc["peers"][0]) == list(expected["peers"][0])
     assert list(doc["algedonic"]["alarms"][0]) == list(expected["algedonic"]["alarms"][0])
@@ -156,6 +159,44 @@ def test_the_mirrored_statistics_have_the_fields_of_their_sources() -> None:
     pairs = ((ChannelStatus, ChannelStatistics), (DiscoveryCounters, DiscoveryStatistics))
     for ours, theirs in pairs:
         assert [f.name for f in fields(ours)] == [f.name for f in fields(theirs)]
+
+
+def _transport(state: TransportState, **changes: Any) -> TransportStatistics:
+    base = TransportStatistics(state=state, protocol=None, messages_in=0, bytes_in=0,
+                               messages_out=0, bytes_out=0, messages_dropped=0, connects=0,
+                               connect_failures=0, connections_lost=0, inflight=0,
+                               subscriptions=0, last_error=None)  # fmt: skip
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("stats", "state"),
+    [
+        (_transport(TransportState.IDLE), "connecting"),
+        (_transport(TransportState.CONNECTING, disconnected_since=90.0), "connecting"),
+        (_transport(TransportState.CONNECTED, protocol="5", connects=1, connected_since=90.0),
+         "connected"),
+        (_transport(TransportState.BACKOFF, attempts=2, connect_failures=2, next_attempt_at=101.5,
+                    disconnected_since=90.0, last_error="cannot connect"), "reconnecting"),
+        (_transport(TransportState.CONNECTING, connects=1, connections_lost=1,
+                    disconnected_since=90.0), "reconnecting"),
+        (_transport(TransportState.BACKOFF, attempts=1, refused="Not authorized",
+                    next_attempt_at=100.5, disconnected_since=90.0), "refused"),
+        (_transport(TransportState.CLOSED, disconnected_since=90.0), "stopped"),
+    ],
+)  # fmt: skip
+def test_the_broker_section_names_the_connections_state(
+    stats: TransportStatistics, state: str
+) -> None:
+    broker = BrokerStatus.of(stats, "127.0.0.1:1883", now=100.0, wall_ms=1_000_000)
+    assert broker.state == state
+    since = stats.connected_since if state == "connected" else stats.disconnected_since
+    assert broker.since_ms == (None if since is None else 1_000_000 - round((100 - since) * 1000))
+    assert broker.next_attempt_in_s == (
+        None if stats.next_attempt_at is None else stats.next_attempt_at - 100
+    )
+    assert broker.refused == stats.refused
+    assert BrokerStatus.from_json(broker.to_json()) == broker
 
 
 # -- refusals: one StatusError naming the place ----------------------------------------------

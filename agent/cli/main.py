@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import AgentError, StatusClientError
 from ..config.loader import load_config
-from ..mesh.status import GatewayStatus, StoreStatus
+from ..mesh.status import BrokerStatus, GatewayStatus, StoreStatus
 from ..vsm.status import SectionError
 from ..web.client import DEFAULT_ENDPOINT, StatusClient
 
@@ -176,6 +177,7 @@ def format_status(status: NodeStatus) -> str:
         f"node {node.id}  mesh {node.mesh}  zone {node.zone}  "
         f"uptime {_num(node.uptime_s, '{:.1f}')} s  safe mode "
         f"{'ON' if node.safe_mode else 'off'}  hlc {node.hlc}",
+        *_format_broker(status.broker),
         *_format_store(status.store),
         "",
         f"{'SUBSYSTEM':<10} {'TOKENS':>10} {'CAPACITY':>9} {'REFILL/S':>9} {'VARIETY':>8} "
@@ -263,6 +265,30 @@ def _format_alarms(alarms: Sequence[AlarmStatus], total: int) -> list[str]:
             "`vsm-edge status --json` lists the latest 64 alarms)"
         )
     return lines
+
+
+def _format_broker(broker: BrokerStatus | SectionError | None) -> list[str]:
+    """One line: the broker connection, and while it is down, why and what comes next."""
+    if broker is None:
+        return []
+    if isinstance(broker, SectionError):
+        return [f"broker: unavailable: {broker.error}"]
+    since = ""
+    if broker.since_ms is not None:
+        since = time.strftime(" since %H:%M:%SZ", time.gmtime(broker.since_ms / 1000))
+    head = f"broker {broker.address or '-'}"
+    if broker.state == "connected":
+        return [
+            f"{head}  connected{since} (MQTT {broker.protocol or '?'}), "
+            f"reconnects {broker.reconnects}"
+        ]
+    next_in = _num(broker.next_attempt_in_s, "{:.1f}")
+    retry = f"attempt {broker.attempts}, next in {next_in} s"
+    if broker.state == "refused":
+        return [f"{head}  REFUSED by the broker: {broker.refused}{since} ({retry})"]
+    if broker.state == "reconnecting":
+        return [f"{head}  RECONNECTING{since} ({retry}): {broker.last_error or '?'}"]
+    return [f"{head}  {broker.state}{since}"]
 
 
 def _format_store(store: StoreStatus | SectionError | None) -> list[str]:

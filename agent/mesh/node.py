@@ -50,6 +50,7 @@ import hashlib
 import json
 import logging
 import statistics as stats
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -106,6 +107,7 @@ from .schema import (
     report_key,
 )
 from .status import (
+    BrokerStatus,
     DiscoveryStatus,
     GatewayStatus,
     LatencyStatus,
@@ -172,6 +174,7 @@ class Agent:
         self._advertise_broker_port = advertise_broker_port
         self.runtime: Runtime | None = None
         self.replicator: Replicator | None = None
+        self._broker_address = ""
         self.gateway: Gateway | None = None
         self.security: IngressGuard | None = None
         self.store: AsyncStore | None = None
@@ -266,6 +269,8 @@ class Agent:
             runtime.set_status_section("gateway", self._gateway_status)
             runtime.set_status_section("replication", self._replication_status)
             runtime.set_status_section("store", self._store_status)
+            self._broker_address = _broker_address(broker_url)
+            runtime.set_status_section("broker", self._broker_status)
             replicator.observe_store_faults(self._on_store_fault)
             for extend in self._extensions:  # e.g. the web face: cli/run.py composes it
                 extend(self, runtime)
@@ -447,6 +452,15 @@ class Agent:
         # sync's dict, read (and checked) here, where it enters
         assert self.replicator is not None
         return ReplicatorStatistics.from_json(self.replicator.statistics(), "replication")
+
+    def _broker_status(self) -> BrokerStatus:
+        assert self.replicator is not None
+        return BrokerStatus.of(
+            self.replicator.transport.statistics(),
+            self._broker_address,
+            now=trio.current_time(),
+            wall_ms=self._wall_clock(),
+        )
 
     def _store_status(self) -> StoreStatus:
         assert self.replicator is not None
@@ -703,6 +717,21 @@ def _live_stamp(inbound: Inbound, reason: str | None, replicator: Replicator | N
         peer = None if replicator is None else replicator.peers.get(inbound.sender)
         return peer is not None and peer.kid == inbound.envelope.kid
     return True
+
+
+def _broker_address(url: str) -> str:
+    """``host:port`` of a broker URL, without the credentials it may hold ("" for none)."""
+    if "://" not in url:
+        return url  # a stand-in broker (tests, the embedded one's name)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port or (8883 if parts.scheme == 'mqtts' else 1883)}"
 
 
 def _percentiles(samples: list[float]) -> LatencyStatus:

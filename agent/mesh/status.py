@@ -1,12 +1,14 @@
 """The mesh's sections of the node status, and :class:`NodeStatus`, the whole of it.
 
-The agent adds four top-level keys to the VSM's status
+The agent adds five top-level keys to the VSM's status
 (:meth:`Runtime.set_status_section <vsm_edge.agent.vsm.runtime.Runtime.set_status_section>`):
 
 * ``gateway`` (:class:`GatewayStatus`): the ingress guard and its gateway's decisions;
 * ``replication`` (:class:`ReplicationStatus`): the replicator, its transport,
   the replication latency of peers' readings, the mesh document's version vector;
 * ``store`` (:class:`StoreStatus`): whether the store takes writes, and what is held;
+* ``broker`` (:class:`BrokerStatus`): the connection to the MQTT broker (connected,
+  reconnecting, refused and why);
 * ``discovery`` (:class:`DiscoveryStatus`): peers found by mDNS (while discovery runs).
 
 :class:`NodeStatus` is the node's status as readers want it: the VSM part
@@ -33,9 +35,10 @@ from ..vsm.record import OMIT_NONE, StatusRecord, expect_object
 from ..vsm.status import SectionError, SectionParser, StatusSection, VsmStatus
 
 if TYPE_CHECKING:
-    from vsm_edge.sync import DiscoveryStatistics, ZeroconfDiscovery
+    from vsm_edge.sync import DiscoveryStatistics, TransportStatistics, ZeroconfDiscovery
 
 __all__ = [
+    "BrokerStatus",
     "DiscoveredPeer",
     "DiscoveryCounters",
     "DiscoveryStatus",
@@ -242,6 +245,74 @@ class StoreStatus(StatusRecord):
     rounds_held: int
 
 
+# -- broker -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus(StatusRecord):
+    """The ``broker`` section: the connection to the MQTT broker at ``address``.
+
+    ``state`` is ``connected``; ``connecting`` (the first attempt, not failed
+    yet); ``reconnecting`` (attempts failed or the connection was lost:
+    ``attempts`` failed in a row, the next in ``next_attempt_in_s``,
+    ``last_error`` the last failure); ``refused`` (the broker answered and said
+    no: ``refused`` is its reason, e.g. "Bad user name or password" or "Not
+    authorized"; the agent keeps retrying); or ``stopped``. ``since_ms`` (wall
+    clock, ms) is when the connection came up while connected, else when it
+    went down (or the agent started). The counters are the transport's since
+    the agent started.
+    """
+
+    address: str
+    state: str
+    protocol: str | None
+    since_ms: int | None
+    attempts: int
+    next_attempt_in_s: float | None
+    refused: str | None
+    last_error: str | None
+    connects: int
+    reconnects: int
+    connect_failures: int
+    connections_lost: int
+
+    @classmethod
+    def of(
+        cls, stats: TransportStatistics, address: str, *, now: float, wall_ms: int
+    ) -> BrokerStatus:
+        """From the transport's statistics; ``now`` is Trio's clock, ``wall_ms`` the wall's."""
+        state = stats.state.value
+        if state == "connected":
+            since = stats.connected_since
+        else:
+            since = stats.disconnected_since
+            if state in ("idle", "closed"):
+                state = "connecting" if state == "idle" else "stopped"
+            elif stats.refused is not None:
+                state = "refused"
+            elif stats.attempts or stats.connections_lost:
+                state = "reconnecting"
+            else:
+                state = "connecting"
+        next_in = None
+        if stats.next_attempt_at is not None:
+            next_in = round(max(stats.next_attempt_at - now, 0.0), 3)
+        return cls(
+            address=address,
+            state=state,
+            protocol=stats.protocol,
+            since_ms=None if since is None else wall_ms - round((now - since) * 1000),
+            attempts=stats.attempts,
+            next_attempt_in_s=next_in,
+            refused=stats.refused,
+            last_error=stats.last_error,
+            connects=stats.connects,
+            reconnects=stats.reconnects,
+            connect_failures=stats.connect_failures,
+            connections_lost=stats.connections_lost,
+        )
+
+
 # -- discovery --------------------------------------------------------------------------
 
 
@@ -305,6 +376,7 @@ SECTIONS: Mapping[str, SectionParser] = {
     "gateway": SectionError.parse(GatewayStatus.from_json),
     "replication": SectionError.parse(ReplicationStatus.from_json),
     "store": SectionError.parse(StoreStatus.from_json),
+    "broker": SectionError.parse(BrokerStatus.from_json),
     "discovery": SectionError.parse(DiscoveryStatus.from_json),
 }
 """How each mesh section is read from JSON (an ``{"error": ...}`` object is a SectionError)."""
@@ -329,6 +401,10 @@ class NodeStatus:
     @property
     def store(self) -> StoreStatus | SectionError | None:
         return self._section("store", StoreStatus)
+
+    @property
+    def broker(self) -> BrokerStatus | SectionError | None:
+        return self._section("broker", BrokerStatus)
 
     @property
     def discovery(self) -> DiscoveryStatus | SectionError | None:

@@ -29,6 +29,10 @@ Names (every series of an agent carries ``node``; the aggregator's carry
     vsm_peers{state}                    online / stale peers
     vsm_mqtt_messages_total{direction}, vsm_mqtt_bytes_total{direction}
     vsm_mqtt_connected, vsm_mqtt_reconnects_total
+    vsm_broker_connected                0/1 (the ``broker`` section)   vsm_broker_refused 0/1
+    vsm_broker_reconnect_attempts       failed attempts in a row now (0 while connected)
+    vsm_broker_reconnects_total, vsm_broker_connect_failures_total,
+    vsm_broker_connections_lost_total
     vsm_replication_refused_total{reason}  messages refused at ingress
     vsm_bus_dropped_total{channel}      events dropped by the bus's bounded channels
 """
@@ -42,7 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..mesh.status import GatewayStatus, ReplicationStatus
+from ..mesh.status import BrokerStatus, GatewayStatus, ReplicationStatus
 
 if TYPE_CHECKING:
     from ..mesh.status import NodeStatus
@@ -157,12 +161,31 @@ def _node_metrics(f: _Families, base: Sequence[str], status: NodeStatus) -> None
                 state="online")  # fmt: skip
     f.gauge("vsm_peers", "Peers by state.", base, sum(1 for p in vsm.peers if p.stale),
             state="stale")  # fmt: skip
+    broker = status.broker
+    if isinstance(broker, BrokerStatus):
+        _broker_metrics(f, base, broker)
     channels = (vsm.s1.channel, vsm.s2.channel, vsm.s3.channel, vsm.s4.channel, vsm.s5.channel,
                 algedonic.channel)  # fmt: skip
     for sub, channel in zip((*SUBSYSTEMS, "algedonic"), channels, strict=True):
         if channel is not None:
             f.counter("vsm_bus_dropped", "Events dropped by the bus channel.", base,
                       channel.dropped, channel=sub)  # fmt: skip
+
+
+def _broker_metrics(f: _Families, base: Sequence[str], broker: BrokerStatus) -> None:
+    f.gauge("vsm_broker_connected", "1 while connected to the MQTT broker.", base,
+            broker.state == "connected")  # fmt: skip
+    f.gauge("vsm_broker_refused", "1 while the broker refuses the connection (credentials, ACL).",
+            base, broker.state == "refused")  # fmt: skip
+    f.gauge("vsm_broker_reconnect_attempts",
+            "Connection attempts failed in a row (0 while connected).", base,
+            broker.attempts)  # fmt: skip
+    f.counter("vsm_broker_reconnects", "Connections to the broker after the first.", base,
+              broker.reconnects)  # fmt: skip
+    f.counter("vsm_broker_connect_failures", "Failed connection attempts.", base,
+              broker.connect_failures)  # fmt: skip
+    f.counter("vsm_broker_connections_lost", "Connections to the broker lost.", base,
+              broker.connections_lost)  # fmt: skip
 
 
 def _gateway_metrics(
