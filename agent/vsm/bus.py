@@ -43,6 +43,7 @@ import trio
 from vsm_edge.sync import HybridLogicalClock
 
 from .event import NORMAL, Event, Scalar, Subsystem
+from .record import StatusRecord
 
 __all__ = [
     "BusStatistics",
@@ -61,7 +62,9 @@ class OverflowPolicy(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelStatistics:
+class ChannelStatistics(StatusRecord):
+    """One channel's counters; also its entry in the status (``ChannelStatus``)."""
+
     name: str
     capacity: int
     window_s: float

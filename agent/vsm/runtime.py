@@ -545,7 +545,7 @@ def build_status(
     must not break the status).
     """
     bus = rt.bus.statistics()
-    channels = {name: ChannelStatus.of(c) for name, c in bus.channels.items()}
+    channels = dict(bus.channels)
     variety = {str(s): round(v.entropy(now), 4) for s, v in rt.s4.variety.items()}
     budgets = rt.s3.budget_statuses(now)
     return VsmStatus(

@@ -25,17 +25,14 @@ command the unit completed).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Protocol, Self
 
 from .._errors import StatusError
+from .bus import ChannelStatistics
 from .event import Scalar
 from .record import StatusRecord, dump, expect_object, kind_of
-
-if TYPE_CHECKING:
-    from .bus import ChannelStatistics
 
 __all__ = [
     "AlarmStatus",
@@ -98,29 +95,8 @@ class BudgetStatus(StatusRecord):
     passed: int
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelStatus(StatusRecord):
-    """One bus channel's counters (:class:`~.bus.ChannelStatistics`, field for field)."""
-
-    name: str
-    capacity: int
-    window_s: float
-    overflow: str
-    held: int
-    ready: int
-    received: int
-    delivered: int
-    duplicates: int
-    dropped: int
-    late: int
-    bypassed: int
-    released_early: int
-    high_water: int
-    waiting_senders: int
-
-    @classmethod
-    def of(cls, stats: ChannelStatistics) -> ChannelStatus:
-        return cls(**{f.name: getattr(stats, f.name) for f in dataclasses.fields(cls)})
+# One bus channel's counters: the bus's own record, typed for the status too.
+ChannelStatus = ChannelStatistics
 
 
 @dataclass(frozen=True, slots=True)
