@@ -814,6 +814,20 @@ class CausalLWWRegister(CausalCRDT):
         best = _lww_best(self._store)
         return best[1][0] if best is not None else None
 
+    def latest_by(self, node: str) -> tuple[Timestamp, Any] | None:
+        """``(stamp, value)`` of the latest entry ``node`` wrote (its dot is ``node``'s), or None.
+
+        What a reader uses when a key belongs to one node: an entry's stamp
+        names whatever node its writer chose, its dot is the writer's own, and
+        an entry another node wrote concurrently may win :meth:`value`.
+        """
+        entries = cast(DotFun, self._store).entries
+        own = [(payload, dot) for dot, payload in entries.items() if dot.node == node]
+        if not own:
+            return None
+        payload, _ = max(own, key=lambda pd: (pd[0][0], pd[1]))
+        return payload[0], payload[1]
+
     @staticmethod
     def _value_of(store: Store) -> Any:
         best = _lww_best(store)

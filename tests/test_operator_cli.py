@@ -107,7 +107,7 @@ async def test_alarm_ack_takes_any_unique_prefix_and_names_ambiguous_and_unknown
         # upper case is the same id
         other = ids[1]
         doc = await trio.to_thread.run_sync(client.ack_alarm, other[:8].upper())
-        assert doc == {"id": other, "acked": True}
+        assert doc == {"id": other, "acked": True, "state": "acknowledged", "durable": True}
 
         # ambiguous: a first digit two ids share
         digit = next(d for d in "0123456789abcdef" if sum(i[0] == d for i in ids) > 1)

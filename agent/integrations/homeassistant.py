@@ -343,13 +343,13 @@ def publisher_for_agent(
         ]
         alarms = [
             {
-                "id": a.signal.id,
-                "source": a.signal.source,
-                "intensity": a.signal.intensity,
-                "reason": a.signal.reason,
+                "id": e.signal.id,
+                "source": e.signal.source,
+                "intensity": e.signal.intensity,
+                "reason": e.signal.reason,
             }
-            for a in runtime.algedonic.active()
-            if not a.remote and a.signal.valence == "pain"
+            for e in runtime.alarms.ledger.active()
+            if e.signal is not None and e.signal.node == runtime.node
         ]
         ratio = runtime.s4.ratio(trio.current_time())
         return infos, dict(latest), alarms, bool(runtime.s5.safe_mode), float(ratio)

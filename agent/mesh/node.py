@@ -99,7 +99,10 @@ from ..vsm.unit import Unit
 from .ingress import OPEN_ZONE, IngressGuard
 from .schema import (
     MESH_DOC,
+    alarm_key,
+    alarm_record_value,
     lease_key,
+    parse_alarm_record,
     parse_key,
     parse_reading,
     reading_key,
@@ -189,6 +192,8 @@ class Agent:
         self.alarm_heard_latency_ms: dict[str, int] = {}
         # peer alarm id -> trio time it entered the local algedonic channel, to time S5
         self._alarm_offered: dict[str, float] = {}
+        self._alarm_writes = trio.Lock()  # one writer of our alarm records at a time
+        self._alarms_loaded = False
         self._stop = trio.Event()
         self._started = trio.Event()
         self._finished = trio.Event()
@@ -271,6 +276,7 @@ class Agent:
             runtime.set_status_section("store", self._store_status)
             self._broker_address = _broker_address(broker_url)
             runtime.set_status_section("broker", self._broker_status)
+            runtime.alarms.persist = functools.partial(self._write_alarms, replicator)
             replicator.observe_store_faults(self._on_store_fault)
             for extend in self._extensions:  # e.g. the web face: cli/run.py composes it
                 extend(self, runtime)
@@ -287,6 +293,7 @@ class Agent:
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(replicator.run)
+                self._load_alarms()  # the ledger as the store left it, before any signal counts
                 await nursery.start(run_runtime)
                 guard.policy_changed(runtime)  # s5.policy_file, loaded by the runtime
 
@@ -536,6 +543,7 @@ class Agent:
                 replicator, report_key(self.node), runtime.local_report().to_cbor()
             ):
                 next_report = now + REPORT_INTERVAL_S
+            await self._write_alarms(replicator)
             leases, self._lease_out = self._lease_out, {}
             for resource, lease in sorted(leases.items()):
                 # A lease register is ordered by its grant stamp: the same
@@ -570,6 +578,70 @@ class Agent:
             return False
         return True
 
+    # -- alarms: the ledger's records in the mesh document --------------------------------
+
+    async def _write_alarms(self, replicator: Replicator) -> bool:
+        """Write our changed alarm records and remove our expired ones (durable on return).
+
+        False when the store refused some: they stay pending for the next round.
+        """
+        assert self.runtime is not None
+        alarms = self.runtime.alarms
+        async with self._alarm_writes:
+            writes, removals = alarms.take_writes()
+            ok = True
+            for alarm_id, record in writes:
+                if not await self._put(
+                    replicator, alarm_key(self.node, alarm_id), alarm_record_value(record)
+                ):
+                    alarms.ledger.mark_dirty(alarm_id)
+                    ok = False
+            for alarm_id in removals:
+                await self._remove_own(replicator, alarm_key(self.node, alarm_id))
+        return ok
+
+    async def _remove_own(self, replicator: Replicator, key: str) -> None:
+        """Remove our register ``key`` (a removal mints one dot of ours and carries the
+        removed dots as its record: the dot rules hold whoever wrote them)."""
+        node = self.node
+
+        def mutate(state: ORMap) -> ORMap:
+            return state.remove(node, key)
+
+        try:
+            await replicator.mutate(MESH_DOC, mutate)
+        except SyncError as exc:  # StoreError included: removed at the next upkeep
+            log.debug("could not remove %s: %s", key, exc)
+
+    def _load_alarms(self) -> None:
+        """Merge every alarm record of the (recovered) mesh document into the ledger once."""
+        if self._alarms_loaded or self.replicator is None:
+            return
+        self._alarms_loaded = True
+        mesh = self.replicator.docs[MESH_DOC]
+        assert isinstance(mesh, CrdtDocument)
+        state = mesh.state
+        for key in state.value():
+            info = parse_key(key)
+            if info is not None and info.kind == "alarm":
+                self._on_alarm_record(state, key, info.origin, info.name)
+
+    def _on_alarm_record(self, delta: ORMap, key: str, writer: str, alarm_id: str) -> None:
+        """``writer``'s record of ``alarm_id``: only an entry of the register that
+        ``writer`` wrote (its dot) counts, whatever another member wrote under its key."""
+        assert self.runtime is not None
+        own = delta.get(key, CausalLWWRegister).latest_by(writer)
+        if own is None:
+            self.runtime.alarms.ledger.refused += 1
+            log.debug("alarm record %s refused: not written by %s", key, writer)
+            return
+        record = parse_alarm_record(writer, thaw(own[1]))
+        if record is None:
+            self.runtime.alarms.ledger.refused += 1
+            log.debug("alarm record %s refused: malformed", key)
+            return
+        self.runtime.alarms.merge_record(writer, alarm_id, record)
+
     def _on_mesh_change(self, doc: str, delta: Any, local: bool) -> None:
         if local or self.runtime is None:
             return
@@ -582,9 +654,11 @@ class Agent:
             if info.kind == "lease":
                 self._on_remote_lease(delta, key, info.name, value)
                 continue
-            if info.origin == self.node:
+            if info.kind == "alarm":  # ours too: the store's log replayed at start
+                self._on_alarm_record(delta, key, info.origin, info.name)
+            elif info.origin == self.node:
                 continue  # our own entry, back in a peer's repair delta: not news
-            if info.kind == "report":
+            elif info.kind == "report":
                 try:
                     self.runtime.update_peer(PeerReport.from_cbor(value))
                 except (PeerReportError, TypeError, ValueError):
@@ -646,6 +720,7 @@ class Agent:
         if runtime is None:
             return None
         if channel == "alg":
+            self._load_alarms()
             signal, refused = decode_peer_signal(sender, body)
             if signal is None:
                 return refused

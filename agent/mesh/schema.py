@@ -12,8 +12,17 @@ key                             value                            written by
 ``{node}/report``               the node's S3* report (a map)    the node
 ``{node}/r/{unit}.{reading}``   ``[value, wall_ms]``             the node
 ``{node}/quarantine``           a signed proposal (COSE bytes)   the node
+``{node}/a/{alarm id}``         the node's alarm record (a map)  the node
 ``lease:{resource}``            ``[holder, expires_ms]``         any node (S2 leases)
 ==============================  ===============================  ===================
+
+An alarm record (docs/protocol.md §5.2) is the writer's word on one alarm
+(:mod:`vsm_edge.agent.vsm.alarm_ledger`): a map with any of ``"sig"`` (the
+signal, as on the algedonic channel; only in its origin's record),
+``"ack"`` and ``"clr"`` (packed HLC stamps of the writer's acknowledgement
+and clearing), at least one of them. The alarm id is the signal's content id,
+32 lowercase hex digits. A register counts only when the key's node wrote it
+(its stamp's node): a member cannot speak for another node.
 
 A reading carries the wall time it was written at, so that a receiver can
 tell how old it is and how long it took to arrive. Writers use the builders
@@ -26,14 +35,23 @@ keys is this module's.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, Literal, NamedTuple
+
+from vsm_edge.sync import Timestamp
+
+from ..vsm.alarm_ledger import AlarmRecord
+from ..vsm.algedonic import Signal, SignalError
 
 __all__ = [
     "LEASE_PREFIX",
     "MESH_DOC",
     "KeyKind",
     "MeshKeyInfo",
+    "alarm_key",
+    "alarm_record_value",
     "lease_key",
+    "parse_alarm_record",
     "parse_key",
     "parse_reading",
     "quarantine_key",
@@ -46,7 +64,8 @@ __all__ = [
 MESH_DOC: Final = "mesh"
 LEASE_PREFIX: Final = "lease:"
 
-KeyKind = Literal["report", "reading", "quarantine", "lease"]
+KeyKind = Literal["report", "reading", "quarantine", "lease", "alarm"]
+_ALARM_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class MeshKeyInfo(NamedTuple):
@@ -75,6 +94,53 @@ def reading_key(node: str, unit: str, reading: str) -> str:
     return f"{reading_prefix(node, unit)}{reading}"
 
 
+def alarm_key(node: str, alarm_id: str) -> str:
+    return f"{node}/a/{alarm_id}"
+
+
+def alarm_record_value(record: AlarmRecord) -> dict[str, Any]:
+    """The register value of ``record`` (the module docstring's map)."""
+    out: dict[str, Any] = {}
+    if record.signal is not None:
+        out["sig"] = record.signal.to_cbor()
+    if record.acked is not None:
+        out["ack"] = record.acked.packed
+    if record.cleared is not None:
+        out["clr"] = record.cleared.packed
+    return out
+
+
+def parse_alarm_record(writer: str, value: object) -> AlarmRecord | None:
+    """``writer``'s alarm record from its register value, or None if it is not one.
+
+    Checks every field: the map's keys, a signal raised by ``writer`` itself
+    (docs/protocol.md §5's limits), stamps as unsigned 64-bit packed HLCs.
+    """
+    if not isinstance(value, dict) or not value or not set(value) <= {"sig", "ack", "clr"}:
+        return None
+    signal = None
+    if "sig" in value:
+        try:
+            signal = Signal.from_cbor(value["sig"])
+        except SignalError:
+            return None
+        if signal.node != writer or not signal.pain:
+            return None
+    stamps: list[Timestamp | None] = []
+    for name in ("ack", "clr"):
+        raw = value.get(name)
+        if raw is None and name not in value:
+            stamps.append(None)
+            continue
+        if type(raw) is not int:
+            return None
+        try:
+            stamps.append(Timestamp.unpack(raw, writer))
+        except ValueError:
+            return None
+    return AlarmRecord(signal, stamps[0], stamps[1])
+
+
 def lease_key(resource: str) -> str:
     return f"{LEASE_PREFIX}{resource}"
 
@@ -99,6 +165,8 @@ def parse_key(key: object) -> MeshKeyInfo | None:
         return MeshKeyInfo("quarantine", origin, "")
     if rest.startswith("r/") and len(rest) > 2:
         return MeshKeyInfo("reading", origin, rest[2:])
+    if rest.startswith("a/") and _ALARM_ID.match(rest[2:]):
+        return MeshKeyInfo("alarm", origin, rest[2:])
     return None
 
 

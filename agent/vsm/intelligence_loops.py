@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import trio
 
-from .algedonic import AlgedonicCore
+from .alarm_ledger import AlarmLedger
 from .event import HIGH, Subsystem
 from .kernel import Kernel
 from .patterns import ClockSkewDetector, VarietyOverflowDetector
@@ -30,8 +30,8 @@ class IntelligenceLoops:
     """S4 at work: its bus loop, the overflow evaluation, and the mesh view's seams.
 
     ``overflow`` is evaluated every ``evaluate_interval_s``; ``skew`` takes
-    the stamps of live messages (:meth:`peer_clock`); ``algedonic`` is read
-    for this node's active alarms.
+    the stamps of live messages (:meth:`peer_clock`); ``alarms`` (the alarm
+    ledger) is read for this node's active alarms.
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class IntelligenceLoops:
         identity: Identity,
         mesh_view: MeshView,
         skew: ClockSkewDetector,
-        algedonic: AlgedonicCore,
+        alarms: AlarmLedger,
     ) -> None:
         self._kernel = kernel
         self._evaluate_interval_s = evaluate_interval_s
@@ -51,7 +51,7 @@ class IntelligenceLoops:
         self._identity = identity
         self._mesh_view = mesh_view
         self._skew = skew
-        self._algedonic = algedonic
+        self._alarms = alarms
 
     async def subsystem(self, nursery: trio.Nursery) -> None:
         self._kernel.supervise(nursery, "s4.bus", "s4", self._s4_loop)
@@ -76,8 +76,12 @@ class IntelligenceLoops:
         """What this node replicates about itself for its peers' mesh views."""
         k = self._kernel
         now = trio.current_time()
-        active = [a for a in self._algedonic.active() if not a.remote]
-        worst = max((a.signal.intensity for a in active if a.signal.pain), default=0.0)
+        node = self._identity.node
+        active = sorted(
+            (e.signal for e in self._alarms.active() if e.signal and e.signal.node == node),
+            key=lambda s: s.hlc,
+        )
+        worst = max((s.intensity for s in active), default=0.0)
         return PeerReport(
             self._identity.node,
             self._identity.zone,
@@ -85,7 +89,7 @@ class IntelligenceLoops:
             round(1.0 - worst, 4),
             k.s5.safe_mode,
             round(k.s4.ratio(now), 4),
-            tuple(a.signal.id for a in active)[:256],
+            tuple(s.id for s in active)[-256:],
         )
 
     async def _s4_loop(self) -> None:

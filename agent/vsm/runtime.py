@@ -59,6 +59,7 @@ import trio
 from vsm_edge.sync import HybridLogicalClock, wall_clock_ms
 
 from .._errors import ConfigError, UnitError
+from .alarm_ledger import AlarmEntry
 from .alarms import Alarms
 from .algedonic import PAIN, Alarm, AlgedonicCore, AlgedonicPort, Signal
 from .bus import Channel, EventBus
@@ -77,6 +78,7 @@ from .s4 import Intelligence, MeshView, PeerReport
 from .s5 import Identity, PolicyEngine
 from .settings import BusConfig, UnitConfig, VsmConfig
 from .status import (
+    AlarmStatus,
     AlgedonicCounters,
     AlgedonicStatus,
     AnomalyStatus,
@@ -163,7 +165,11 @@ class Runtime:
             AlgedonicCore(config.algedonic, self.node),
             AlgedonicPort(config.algedonic.outbound_capacity),
             evaluate_safe_mode=self._policy.evaluate_safe_mode,
+            wall_clock=wall_clock,
+            retention_s=config.algedonic.retention_s,
         )
+        # The algedonic part itself: the mesh reads and writes its alarm ledger.
+        self.alarms = self._alarms
         self.algedonic = self._alarms.core
         self.algedonic_port = self._alarms.port
         self.algedonic_latencies = self._alarms.latencies
@@ -175,7 +181,7 @@ class Runtime:
             identity=self.identity,
             mesh_view=self.mesh_view,
             skew=ClockSkewDetector(config.s4.clock_skew_s),
-            algedonic=self.algedonic,
+            alarms=self._alarms.ledger,
         )
         self._coordination = CoordinationLoops(kernel, self.node, lease_ttl_s=config.s2.lease_ttl_s)
         self.on_lease_delta = self._coordination.on_lease_delta
@@ -455,14 +461,16 @@ class Runtime:
         re-broadcast. None when refused (clock too far ahead), duplicated, adapted or folded."""
         return self._alarms.inject_remote_signal(sig)
 
-    def ack_alarm(self, alarm_id: str) -> Alarm | None:
-        """Acknowledge an alarm (by id or a unique prefix of 6+ characters); None if unknown."""
+    def ack_alarm(self, alarm_id: str) -> AlarmEntry | None:
+        """Acknowledge an alarm mesh-wide (by id or a unique prefix); None if unknown.
+        ``await alarms.persist_now()`` makes it durable."""
         return self._alarms.ack_alarm(alarm_id)
 
     def clear_pain(self, source: str, reason: str = "") -> int:
-        """The condition behind ``source``'s pain is over: acknowledge this node's
-        active pain alarms from ``source`` and, if there were any, raise a
-        pleasure signal (intensity 0.3) saying why. Returns how many were acked."""
+        """The condition behind ``source``'s pain is over: clear this node's
+        active pain alarms from ``source`` mesh-wide and, if there were any,
+        raise a pleasure signal (intensity 0.3, good news) saying why. Returns
+        how many were cleared."""
         return self._alarms.clear_pain(source, reason)
 
     # -- status -----------------------------------------------------------------------------
@@ -687,10 +695,21 @@ def _s5(
 
 
 def _algedonic(rt: Runtime, now: float, channel: ChannelStatus | None) -> AlgedonicStatus:
-    core = rt.algedonic
+    core, part = rt.algedonic, rt.alarms
+    ledger = part.ledger
+    wall = rt.wall_clock()
+    newest = sorted(ledger.alarms(), key=lambda e: e.signal.hlc if e.signal else 0, reverse=True)
     return AlgedonicStatus(
-        alarms=tuple(a.snapshot(now) for a in reversed(core.alarms.values()))[:64],
-        active=sum(1 for _ in core.active()),
+        alarms=tuple(_alarm_status(rt, e, wall) for e in newest[:64]),
+        active=sum(1 for _ in ledger.active()),
+        critical=tuple(e.id for e in ledger.critical_active()),
+        events=tuple(_event_status(rt, s, wall) for s in reversed(part.events))[:16],
+        ledger={
+            "alarms": len(ledger.entries),
+            "refused": ledger.refused,
+            "forgotten": ledger.forgotten,
+            "pending_writes": ledger.pending_writes,
+        },
         baselines={f"{n}/{s}": round(b, 4) for (n, s), b in sorted(core.baselines.items())},
         storm=None if core.storm is None else core.storm.snapshot(now),
         counters=AlgedonicCounters(
@@ -715,3 +734,47 @@ def _sections(providers: Mapping[str, Callable[[], StatusSection]]) -> dict[str,
         except Exception as exc:  # a broken provider must not break status
             out[key] = SectionError(repr(exc))
     return out
+
+
+def _alarm_status(rt: Runtime, entry: AlarmEntry, wall_ms: int) -> AlarmStatus:
+    sig = entry.signal
+    assert sig is not None
+    local = rt.algedonic.alarms.get(entry.id)
+    acked, cleared = entry.acked, entry.cleared
+    return AlarmStatus(
+        id=sig.id,
+        node=sig.node,
+        source=sig.source,
+        intensity=sig.intensity,
+        valence=sig.valence,
+        reason=sig.reason,
+        critical=entry.critical,
+        remote=sig.node != rt.node,
+        age_s=round(max(0, wall_ms - sig.hlc.wall) / 1000.0, 3),
+        acked=entry.settled is not None,
+        escalated=sig.escalated or (local is not None and local.escalated_at is not None),
+        folded=0 if local is None else local.folded,
+        state=entry.state,
+        acked_by=None if acked is None else acked.node,
+        acked_at_ms=None if acked is None else acked.wall,
+        cleared_by=None if cleared is None else cleared.node,
+        cleared_at_ms=None if cleared is None else cleared.wall,
+    )
+
+
+def _event_status(rt: Runtime, sig: Signal, wall_ms: int) -> AlarmStatus:
+    return AlarmStatus(
+        id=sig.id,
+        node=sig.node,
+        source=sig.source,
+        intensity=sig.intensity,
+        valence=sig.valence,
+        reason=sig.reason,
+        critical=False,
+        remote=sig.node != rt.node,
+        age_s=round(max(0, wall_ms - sig.hlc.wall) / 1000.0, 3),
+        acked=False,
+        escalated=False,
+        folded=0,
+        state="event",
+    )

@@ -178,6 +178,8 @@ class AlgedonicConfig:
     escalate_after_s: float = field(default=30.0, metadata=limits(above=0))
     max_alarms: int = field(default=256, metadata=limits(minimum=1, maximum=1 << 16))
     outbound_capacity: int = field(default=256, metadata=limits(minimum=1, maximum=1 << 16))
+    # settled alarms are forgotten (and their records removed) this long after settling
+    retention_s: float = field(default=604800.0, metadata=limits(minimum=60))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from typing import Any, Protocol, Self
 from .._errors import StatusError
 from .bus import ChannelStatistics
 from .event import Scalar
-from .record import StatusRecord, dump, expect_object, kind_of
+from .record import OMIT_NONE, StatusRecord, dump, expect_object, kind_of
 
 __all__ = [
     "AlarmStatus",
@@ -361,7 +361,13 @@ class S5Status(StatusRecord):
 
 @dataclass(frozen=True, slots=True)
 class AlarmStatus(StatusRecord):
-    """An alarm (a delivered algedonic signal); ``valence`` pain or pleasure."""
+    """An alarm (a delivered pain signal, mesh-wide state) or, among ``events``, good news.
+
+    ``state`` is the mesh's (``raised``, ``acknowledged``, ``cleared``);
+    ``acked`` is true once acknowledged or cleared, ``acked_by``/``acked_at_ms``
+    the first node to acknowledge and the wall time of its HLC stamp,
+    ``cleared_by``/``cleared_at_ms`` the same for clearing.
+    """
 
     id: str
     node: str
@@ -375,6 +381,11 @@ class AlarmStatus(StatusRecord):
     acked: bool
     escalated: bool
     folded: int
+    state: str = "raised"
+    acked_by: str | None = field(default=None, metadata=OMIT_NONE)
+    acked_at_ms: int | None = field(default=None, metadata=OMIT_NONE)
+    cleared_by: str | None = field(default=None, metadata=OMIT_NONE)
+    cleared_at_ms: int | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +411,13 @@ class OutboundStatus(StatusRecord):
 
 @dataclass(frozen=True, slots=True)
 class AlgedonicStatus(StatusRecord):
-    """The algedonic channel: the latest 64 alarms (newest first), baselines, the storm."""
+    """The algedonic channel: the mesh's latest 64 alarms (newest first), baselines, the storm.
+
+    ``active`` counts the unsettled alarms; ``critical`` names the active
+    critical ones (why S5 is, or is about to be, in safe mode); ``events`` is
+    the latest good news (pleasure signals), newest first; ``ledger`` counts
+    the alarm ledger's upkeep.
+    """
 
     alarms: tuple[AlarmStatus, ...]
     active: int
@@ -409,6 +426,9 @@ class AlgedonicStatus(StatusRecord):
     counters: AlgedonicCounters
     channel: ChannelStatus | None
     outbound: OutboundStatus
+    critical: tuple[str, ...] = ()
+    events: tuple[AlarmStatus, ...] = ()
+    ledger: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,17 @@ Routes::
     GET  /status             the status document (top-level node, s1..s5, algedonic, peers)
     GET  /health             {"ok": true}
     POST /alarm              {"intensity": 0..1, "source": NAME, "reason"?: TEXT}
-                             -> {"id", "delivered"}
-    POST /alarm/{id}/ack     -> {"id", "acked": true}; {id} is the id or any unique prefix
-                             (1-32 hex digits; 404 when no alarm has it, 409 when several do)
+                             -> 201 {"id", "delivered": true, "critical", "durable": true};
+                             202 when adapted away or folded into a storm, or when the
+                             store refused the record for now ("durable": false)
+    POST /alarm/{id}/ack     -> {"id", "acked": true, "state"}; {id} is the id or any unique
+                             prefix (1-32 hex digits; 404 when no alarm has it, 409 when
+                             several do); acknowledges mesh-wide
+    POST /alarm/{id}/clear   -> {"id", "cleared": true, "state"}: the condition is over
+
+An alarm raised or acknowledged here is durable when the answer says so: the
+answer waits until the node's record of it is committed to its store (the
+mesh document), so a kill -9 right after it loses nothing.
     GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
 
 :func:`serve_status` composes it with a runtime: the server starts as one of
@@ -28,6 +36,7 @@ directory (how ``vsm-edge status`` finds a node on an ephemeral port).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -60,7 +69,7 @@ log = logging.getLogger("vsm_edge.agent.web")
 
 MAX_BODY = 8 * 1024
 MAX_CONNECTIONS = 16
-_ACK = re.compile(r"^/alarm/([0-9a-fA-F]{1,32})/ack$")
+_ACK = re.compile(r"^/alarm/([0-9a-fA-F]{1,32})/(ack|clear)$")
 ACK_CANDIDATES_SHOWN = 5
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -119,14 +128,26 @@ class StatusServer(HttpServer):
                 obj = decode_json(await read_body(MAX_BODY))
             except JsonInputError as exc:
                 raise HttpError(400, str(exc)) from None
-            return self._raise(obj)
+            response = self._raise(obj)
+            if response.status == 201 and not await runtime.alarms.persist_now():
+                response = _not_durable(response)  # raised here, written when the store recovers
+            return response
         match = _ACK.match(target)
         if match:
             _allow(method, "POST")
-            alarm = runtime.ack_alarm(self._resolve_alarm(match.group(1).lower()))
-            if alarm is None:  # gone between resolving and acknowledging
+            alarm_id = self._resolve_alarm(match.group(1).lower())
+            if match.group(2) == "ack":
+                entry = runtime.ack_alarm(alarm_id)
+            else:
+                entry = runtime.alarms.clear_alarm(alarm_id)
+            if entry is None:  # gone between resolving and acknowledging
                 raise HttpError(404, f"no alarm with an id starting {match.group(1)}")
-            return json_response({"id": alarm.signal.id, "acked": True})
+            durable = await runtime.alarms.persist_now()
+            done = "acked" if match.group(2) == "ack" else "cleared"
+            return json_response(
+                {"id": entry.id, done: True, "state": entry.state, "durable": durable},
+                200 if durable else 202,
+            )
         extra = self.routes.get(target)
         if extra is not None:
             _allow(method, "GET")
@@ -135,10 +156,7 @@ class StatusServer(HttpServer):
 
     def _resolve_alarm(self, prefix: str) -> str:
         """The one alarm id ``prefix`` starts; 404 when none does, 409 when several do."""
-        alarms = self.runtime.algedonic.alarms
-        if prefix in alarms:
-            return prefix
-        matches = sorted(k for k in alarms if k.startswith(prefix))
+        matches = sorted(self.runtime.alarms.ledger.resolve(prefix))
         if not matches:
             raise HttpError(404, f"no alarm with an id starting {prefix}")
         if len(matches) > 1:
@@ -179,8 +197,16 @@ class StatusServer(HttpServer):
                 {"id": None, "delivered": False, "reason": "adapted or folded into a storm"}, 202
             )
         return json_response(
-            {"id": alarm.signal.id, "delivered": True, "critical": alarm.critical}, 201
+            {"id": alarm.signal.id, "delivered": True, "critical": alarm.critical, "durable": True},
+            201,
         )
+
+
+def _not_durable(response: HttpResponse) -> HttpResponse:
+    """A raise the store did not take yet: 202, ``durable`` false."""
+    obj = json.loads(response.body)
+    obj["durable"] = False
+    return json_response(obj, 202)
 
 
 def _allow(method: str, allowed: str) -> None:
