@@ -21,8 +21,8 @@ LAN address for a wall display; it has no authentication, so give it one you
 would show to anyone on that network. The one POST route acknowledges nothing
 yet: alarms are not replicated mesh state (issue 14, item 1), so the
 aggregator has nothing it could acknowledge for the mesh; it answers 501 with
-how to acknowledge on the alarm's node instead. It keeps no store: after a restart it
-re-learns the meshes from retained presence and anti-entropy.
+how to acknowledge on the alarm's node instead. It keeps no store: after a
+restart it re-learns the meshes from retained presence and anti-entropy.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ class Aggregator:
             for node, signals in mesh.signals.items():
                 for sig in signals.values():
                     age_s = max(0.0, (now_ms - sig.hlc.wall) / 1000.0)
-                    # active per the node's report; before any report, recent signals
+                    # Active per the node's report; before any report, recent signals.
                     # A report lists its node's unacknowledged alarms: one in it is not
                     # acknowledged; before any report, whether it is cannot be told.
                     if sig.id in active or (node not in reported and age_s < RECENT_ALARM_S):
