@@ -279,7 +279,9 @@ def test_an_operator_alarm_reaches_the_aggregator(mesh: Mesh) -> None:
     alarm = next(a for a in view["alarms"] if a["id"] == alarm_id)
     assert (alarm["mesh"], alarm["node"], alarm["source"]) == (MESH, "n3", "operator.estop")
     assert alarm["critical"] is True
+    assert alarm["acked"] is False  # in n3's report: unacknowledged
     assert alarm["reason"] == "test: emergency stop"
+    assert view["observers"] == []  # the aggregator is not its own peer
     n3 = next(n for n in view["nodes"] if n["node"] == "n3")
     assert n3["health"] < 0.1  # 1 - the strongest local pain
     metrics = _families(get(mesh.aggregator_url("/metrics")).decode())
