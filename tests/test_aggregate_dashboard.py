@@ -12,9 +12,14 @@ another process). Then:
 * an operator alarm raised on one agent shows in the aggregator's view (its
   signal and the node's report) and metrics;
 * the dashboard is loaded in headless Chromium (Debian's package) from the
-  aggregator and from one agent; every node must be in the page, and a
-  screenshot of the aggregator's is saved (``VSM_EDGE_SCREENSHOT_DIR`` keeps
-  a copy: that is how docs/img/dashboard.png was made).
+  aggregator and from one agent; every node must be in the page (and the
+  aggregator not counted as one), and a screenshot of the aggregator's is
+  saved (``VSM_EDGE_SCREENSHOT_DIR`` keeps a copy: that is how
+  docs/img/dashboard.png was made);
+* the acknowledge button is clicked in headless Chromium (driven over the
+  DevTools protocol): on an agent's page it acknowledges the alarm (the
+  agent's status says so); on the aggregator's it answers 501 with the reason
+  (alarms are not mesh state yet) and the alarm stays unacknowledged.
 
 Chromium missing: the browser test skips, or fails under CI=true
 (scripts/test.sh installs Debian's chromium when CI=true).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -91,6 +97,7 @@ name = "temp"
 kind = "simulated-sensor"
 [units.options]
 reading = "celsius"
+unit = "°C"
 mean = 21.5
 noise = 0.6
 period_s = 0.2
@@ -100,6 +107,7 @@ name = "humidity"
 kind = "simulated-sensor"
 [units.options]
 reading = "percent"
+unit = "%"
 mean = 45.0
 noise = 3.0
 period_s = 0.5
@@ -271,7 +279,9 @@ def test_an_operator_alarm_reaches_the_aggregator(mesh: Mesh) -> None:
     alarm = next(a for a in view["alarms"] if a["id"] == alarm_id)
     assert (alarm["mesh"], alarm["node"], alarm["source"]) == (MESH, "n3", "operator.estop")
     assert alarm["critical"] is True
+    assert alarm["acked"] is False  # in n3's report: unacknowledged
     assert alarm["reason"] == "test: emergency stop"
+    assert view["observers"] == []  # the aggregator is not its own peer
     n3 = next(n for n in view["nodes"] if n["node"] == "n3")
     assert n3["health"] < 0.1  # 1 - the strongest local pain
     metrics = _families(get(mesh.aggregator_url("/metrics")).decode())
@@ -316,6 +326,13 @@ def test_dashboard_shows_every_node_in_headless_chromium(
         for alarm in view["alarms"]:
             assert f'data-alarm="{alarm["id"]}"' in html
     if where != "aggregator":
+        # the aggregator is a peer of the agent, not one of its nodes
+        assert f'data-node="{MESH}/agg1"' not in html
+        assert f"{MESH}/agg1" in html  # listed as an observer
+        # its own readings, with their units, in the table and on the plots
+        assert re.search(r"temp\.celsius -?\d+\.\d\d °C", html), html[-3000:]
+        assert "<h3>temp.celsius (°C)</h3>" in html
+        assert "5 nodes (5 online) + 1 observer" in html
         return  # one screenshot is enough (the README's picture is the aggregator's)
     shot = tmp_path / f"dashboard-{where}.png"
     png = _browser(url, tmp_path / "profile-shot", f"--screenshot={shot}",
@@ -329,12 +346,166 @@ def test_dashboard_shows_every_node_in_headless_chromium(
         shutil.copy(shot, Path(keep) / shot.name)
 
 
+def _raise_alarm(mesh: Mesh, node: str, source: str, intensity: float) -> str:
+    request = urllib.request.Request(
+        mesh.agent_url(node, "/alarm"),
+        data=json.dumps({"intensity": intensity, "source": source, "reason": "test"}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        alarm_id: str = json.loads(response.read())["id"]
+    return alarm_id
+
+
+class _Page:
+    """A page in headless Chromium, driven over the DevTools protocol (CDP)."""
+
+    def __init__(self, url: str, profile: Path) -> None:
+        self.proc = subprocess.Popen(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+             "--remote-debugging-port=0", "--remote-allow-origins=*", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert self.proc.poll() is None, "chromium exited"
+            assert time.monotonic() < deadline, "chromium's DevTools port did not appear"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        targets = get_json(f"http://127.0.0.1:{port}/json/list")
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None, open_timeout=10)
+        self.ids = 0
+        # the target may still be on about:blank: evaluating there would be lost
+        # when the page loads, so wait until the dashboard itself is drawn once
+        while True:
+            try:
+                if self.evaluate("document.body && document.body.dataset.updated || ''"):
+                    break
+            except AssertionError:
+                pass  # the context went away mid-navigation
+            assert time.monotonic() < deadline + 30, "the dashboard never drew a view"
+            time.sleep(0.1)
+
+    def evaluate(self, expression: str, timeout: float = 30) -> Any:
+        """The value of ``expression`` (awaited if a promise) in the page."""
+        self.ids += 1
+        self.ws.send(json.dumps({
+            "id": self.ids, "method": "Runtime.evaluate",
+            "params": {"expression": expression, "awaitPromise": True, "returnByValue": True},
+        }))  # fmt: skip
+        while True:
+            answer = json.loads(self.ws.recv(timeout=timeout))
+            if answer.get("id") == self.ids:
+                break
+        assert "result" in answer, answer  # a protocol error
+        result = answer["result"]
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def click_ack(self, alarm_id: str) -> dict[str, str]:
+        """Click the alarm's acknowledge button once it is drawn; the answer the page shows."""
+        return dict(self.evaluate(f"""
+            (async () => {{
+              const wait = async (f) => {{
+                for (let i = 0; i < 300; i++) {{
+                  const v = f();
+                  if (v) return v;
+                  await new Promise(r => setTimeout(r, 100));
+                }}
+                throw new Error("timed out waiting in the page");
+              }};
+              const button = await wait(() =>
+                document.querySelector('button[data-ack="{alarm_id}"]'));
+              const result = document.getElementById("ack-result");
+              delete result.dataset.result;
+              button.click();
+              const outcome = await wait(() => result.dataset.result);
+              return {{ outcome, text: result.textContent }};
+            }})()
+        """))  # fmt: skip
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _algedonic_alarm(mesh: Mesh, node: str, alarm_id: str) -> dict[str, Any]:
+    alarms = get_json(mesh.agent_url(node, "/status"))["algedonic"]["alarms"]
+    return dict(next(a for a in alarms if a["id"] == alarm_id))
+
+
+def test_dashboard_acknowledge_button_in_headless_chromium_acknowledges(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    _chromium()
+    _wait_view(mesh, lambda v: len(v["nodes"]) == NODES, CONVERGE_TIMEOUT_S)
+    # on an agent's page: the button acknowledges the alarm on that agent
+    alarm_id = _raise_alarm(mesh, "n4", "dashtest", 0.8)
+    assert _algedonic_alarm(mesh, "n4", alarm_id)["acked"] is False
+    page = _Page(mesh.agent_url("n4", "/dashboard"), tmp_path / "profile-agent")
+    try:
+        answer = page.click_ack(alarm_id)
+        assert answer == {"outcome": "ok", "text": f"acknowledged {alarm_id[:12]}"}, answer
+        assert _algedonic_alarm(mesh, "n4", alarm_id)["acked"] is True
+        # the table then shows it acknowledged, without a button
+        row = page.evaluate(f"""
+            (async () => {{
+              for (let i = 0; i < 100; i++) {{
+                const row = document.querySelector('tr[data-alarm="{alarm_id}"]');
+                if (row && row.dataset.acked === "true")
+                  return [row.querySelector(".ack-state").textContent,
+                          row.querySelectorAll("button").length];
+                await new Promise(r => setTimeout(r, 100));
+              }}
+              return null;
+            }})()
+        """)  # fmt: skip
+        assert row == ["yes", 0]
+    finally:
+        page.close()
+    # on the aggregator's page: it cannot acknowledge yet, and says why
+    other = _raise_alarm(mesh, "n5", "dashtest2", 0.8)
+    _wait_view(mesh, lambda v: any(a["id"] == other for a in v["alarms"]), CONVERGE_TIMEOUT_S)
+    page = _Page(mesh.aggregator_url("/dashboard"), tmp_path / "profile-aggregator")
+    try:
+        answer = page.click_ack(other)
+    finally:
+        page.close()
+    assert answer["outcome"] == "failed"
+    assert answer["text"].startswith("not acknowledged (HTTP 501): the aggregator cannot")
+    assert "acknowledge it on its node" in answer["text"]
+    assert _algedonic_alarm(mesh, "n5", other)["acked"] is False
+
+
 def test_aggregator_server_is_read_only(mesh: Mesh) -> None:
     request = urllib.request.Request(mesh.aggregator_url("/view.json"), data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
     assert info.value.code == 405
     info.value.close()
+    # the acknowledge route exists but cannot act yet: 501 with the reason
+    request = urllib.request.Request(mesh.aggregator_url("/alarm/abc123/ack"), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as ack:
+        urllib.request.urlopen(request, timeout=10)
+    assert ack.value.code == 501
+    assert "cannot acknowledge alarm abc123 yet" in json.loads(ack.value.read())["error"]
+    ack.value.close()
+    with pytest.raises(urllib.error.HTTPError) as get_ack:
+        urllib.request.urlopen(mesh.aggregator_url("/alarm/abc123/ack"), timeout=10)
+    assert get_ack.value.code == 405
+    get_ack.value.close()
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(mesh.aggregator_url("/nope"), timeout=10)
     assert missing.value.code == 404

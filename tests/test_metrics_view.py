@@ -16,7 +16,15 @@ from vsm_edge.agent import StatusError
 from vsm_edge.agent.mesh.status import NodeStatus
 from vsm_edge.agent.web.http import HttpResponse, ReadOnlyServer, json_response
 from vsm_edge.agent.web.metrics import agent_families, render, view_families
-from vsm_edge.agent.web.view import LagTracker, build_view, mesh_nodes, percentiles
+from vsm_edge.agent.web.view import (
+    LagTracker,
+    alarm_entry,
+    build_view,
+    format_ms,
+    mesh_nodes,
+    mesh_observers,
+    percentiles,
+)
 
 
 def status_document() -> dict[str, Any]:
@@ -141,7 +149,8 @@ def test_view_metrics_label_mesh_and_node() -> None:
         [{"mesh": "m", "node": "n1", "online": True, "health": 0.5, "safe_mode": True,
           "variety_ratio": 1.4, "alarms": ["a"], "report_age_s": 1.0, "readings": {"t": 1.0},
           "lag_ms": {"count": 2, "p50": 5.0, "p99": 9.0, "max": 9.0}}],
-        [{"mesh": "m", "node": "n1", "id": "a", "source": "s1.t", "intensity": 0.8}],
+        [{"mesh": "m", "node": "n1", "id": "a", "source": "s1.t", "intensity": 0.8,
+          "valence": "pain"}],
     )  # fmt: skip
     got = samples(render(view_families(view)).decode())
     mn = (("mesh", "m"), ("node", "n1"))
@@ -180,17 +189,117 @@ def test_mesh_nodes_reads_reports_and_readings_and_skips_junk() -> None:
         7: "not a key",
     }  # fmt: skip
     lag = LagTracker()
-    nodes = mesh_nodes("m", values, now_ms=10_000, online={"n1": True, "n4": True}, lag=lag,
-                       self_node="n2")  # fmt: skip
+    online = {"n1": True, "n4": True, "n5": False}
+    nodes = mesh_nodes("m", values, now_ms=10_000, online=online, lag=lag, self_node="n2",
+                       units={"n1": {"temp.c": "°C", "hum.p": "%"}})  # fmt: skip
     by = {n["node"]: n for n in nodes}
-    assert sorted(by) == ["n1", "n2", "n4"]
+    assert sorted(by) == ["n1", "n2"]  # n4 is online but wrote nothing: not a node
     assert by["n1"]["health"] == 0.9
     assert by["n1"]["alarms"] == ["x"]
     assert by["n1"]["report_age_s"] == 1.0
     assert by["n1"]["readings"] == {"temp.c": 21.5}
     assert by["n2"]["self"] is True
     assert by["n2"]["online"] is True
-    assert by["n4"]["health"] is None  # online, nothing reported yet
+    assert by["n1"]["units"] == {"temp.c": "°C"}  # units of readings it has
+    assert by["n2"]["units"] == {}  # not known here
+    # an online peer that wrote nothing (the aggregator, a node before its first
+    # report) is an observer; an offline one is neither
+    assert mesh_observers("m", nodes, online) == [{"mesh": "m", "node": "n4", "online": True}]
+
+
+def test_an_agent_with_nothing_written_yet_is_still_a_node_of_its_own_view() -> None:
+    nodes = mesh_nodes("m", {}, now_ms=0, online={"agg-x": True}, lag=LagTracker(),
+                       self_node="n1")  # fmt: skip
+    assert [(n["node"], n["self"], n["online"]) for n in nodes] == [("n1", True, True)]
+    assert mesh_observers("m", nodes, {"agg-x": True})[0]["node"] == "agg-x"
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (None, "\u2013"), ("12", "\u2013"), (float("nan"), "\u2013"), (-1, "\u2013"),
+        (True, "\u2013"), (0, "0.0 ms"), (2.345, "2.3 ms"), (12.4, "12 ms"), (999.4, "999 ms"),
+        (999.5, "1.0 s"), (1500, "1.5 s"), (59_949, "59.9 s"), (59_950, "1.0 min"),
+        (138_000, "2.3 min"), (3_597_000, "1.0 h"), (7_200_000, "2.0 h"),
+    ],
+)  # fmt: skip
+def test_format_ms_gives_the_unit(ms: Any, text: str) -> None:
+    assert format_ms(ms) == text
+
+
+def test_mesh_nodes_formats_lag_with_units() -> None:
+    lag = LagTracker()
+    for ms in (40, 40, 2500):
+        lag.observe("n1/r/t.c", [1.0, 0], ms)
+    [node] = mesh_nodes("m", {"n1/r/t.c": [1.0, 0]}, now_ms=0, online={}, lag=lag)
+    assert node["lag_text"] == {"p50": "40 ms", "p99": "2.5 s"}
+    [quiet] = mesh_nodes("m", {"n2/r/t.c": [1.0, 0]}, now_ms=0, online={}, lag=lag)
+    assert quiet["lag_text"] == {"p50": "\u2013", "p99": "\u2013"}
+
+
+def _alarm(
+    id_: str,
+    *,
+    intensity: float,
+    age_s: float,
+    critical: bool = False,
+    valence: str = "pain",
+    acked: bool | None = False,
+) -> dict[str, Any]:
+    return alarm_entry(mesh="m", node="n1", id=id_, source="s", intensity=intensity,
+                       valence=valence, reason=id_, age_s=age_s, critical=critical,
+                       acked=acked)  # fmt: skip
+
+
+def test_alarms_sort_critical_first_then_intensity_then_newest() -> None:
+    alarms = [
+        _alarm("weak-new", intensity=0.3, age_s=1),
+        _alarm("strong-old", intensity=0.9, age_s=50),
+        _alarm("strong-new", intensity=0.9, age_s=5),
+        _alarm("crit-old-acked", intensity=0.96, age_s=100, critical=True, acked=True),
+        _alarm("crit-strong", intensity=1.0, age_s=200, critical=True),
+        _alarm("crit-new", intensity=0.96, age_s=2, critical=True, acked=None),
+        # a strong non-critical one (critical is S5's judgement, not a threshold here)
+        _alarm("strong-not-critical", intensity=0.99, age_s=1),
+    ]
+    view = build_view("agent", "n1", 0, [], [], alarms)
+    assert [a["id"] for a in view["alarms"]] == [
+        "crit-strong", "crit-new", "crit-old-acked", "strong-not-critical", "strong-new",
+        "strong-old", "weak-new",
+    ]  # fmt: skip
+    by = {a["id"]: a for a in view["alarms"]}
+    assert by["crit-old-acked"]["acked"] is True
+    assert by["crit-new"]["acked"] is None  # the source cannot tell
+    assert by["weak-new"]["acked_by"] is None  # not in the data yet
+    assert view["events"] == []
+
+
+def test_good_news_is_an_event_not_an_alarm_nor_counted_red() -> None:
+    node = {"mesh": "m", "node": "n1", "alarms": ["pain1", "joy1", "unknown"]}
+    alarms = [
+        _alarm("joy-old", intensity=0.3, age_s=40, valence="pleasure"),
+        _alarm("pain1", intensity=0.5, age_s=10),
+        _alarm("joy1", intensity=0.3, age_s=3, valence="pleasure"),
+    ]
+    view = build_view("agent", "n1", 0, [], [node], alarms)
+    assert [a["id"] for a in view["alarms"]] == ["pain1"]
+    assert [e["id"] for e in view["events"]] == ["joy1", "joy-old"]  # newest first
+    assert set(view["events"][0]) == {
+        "mesh", "node", "id", "source", "intensity", "valence", "reason", "age_s"
+    }  # fmt: skip
+    # the node's report listed the good news among its unacknowledged signals
+    assert view["nodes"][0]["alarms"] == ["pain1", "unknown"]
+    assert view["observers"] == []
+
+
+def test_events_are_bounded() -> None:
+    from vsm_edge.agent.web.view import MAX_EVENTS
+
+    alarms = [_alarm(f"j{i}", intensity=0.3, age_s=i, valence="pleasure")
+              for i in range(MAX_EVENTS + 5)]  # fmt: skip
+    view = build_view("agent", "n1", 0, [], [], alarms)
+    assert len(view["events"]) == MAX_EVENTS
+    assert view["events"][0]["id"] == "j0"
 
 
 # -- the read-only server ---------------------------------------------------------------

@@ -14,11 +14,15 @@ the meshes but its presence. What it holds it serves, read-only, on
     GET /view.json           the merged view of every mesh (agent/web/view.py)
     GET /metrics             Prometheus: per node and per mesh (agent/web/metrics.py)
     GET /health              {"ok": true, "meshes": [...]}
+    POST /alarm/{id}/ack     the dashboard's acknowledge button: 501 for now (below)
 
 The server answers GET and HEAD only (agent/web/http.py), so it may listen on a
 LAN address for a wall display; it has no authentication, so give it one you
-would show to anyone on that network. It keeps no store: after a restart it
-re-learns the meshes from retained presence and anti-entropy.
+would show to anyone on that network. The one POST route acknowledges nothing
+yet: alarms are not replicated mesh state (issue 14, item 1), so the
+aggregator has nothing it could acknowledge for the mesh; it answers 501 with
+how to acknowledge on the alarm's node instead. It keeps no store: after a
+restart it re-learns the meshes from retained presence and anti-entropy.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal as signal_module
 import socket
 import sys
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h11
 import trio
 
 from vsm_edge.models import Gateway, GatewayConfig, LazyArbitrator, ModelError
@@ -61,10 +67,17 @@ from .._errors import AgentError
 from ..mesh.ingress import OPEN_ZONE, gateway_check
 from ..mesh.schema import MESH_DOC
 from ..vsm.algedonic import Signal, decode_peer_signal
-from ..web.http import HttpResponse, ReadOnlyServer, json_response
+from ..web.http import BodyReader, HttpError, HttpResponse, ReadOnlyServer, json_response
 from ..web.metrics import view_families
 from ..web.routes import dashboard_response, metrics_response
-from ..web.view import History, LagTracker, build_view, mesh_nodes
+from ..web.view import (
+    History,
+    LagTracker,
+    alarm_entry,
+    build_view,
+    mesh_nodes,
+    mesh_observers,
+)
 
 __all__ = ["Aggregator", "AggregatorConfig", "add_aggregate_command", "cmd_aggregate"]
 
@@ -74,6 +87,9 @@ MAX_MESHES = 64
 SIGNALS_PER_NODE = 32
 MAX_SIGNAL_NODES = 4096
 RECENT_ALARM_S = 600.0
+
+
+_ACK = re.compile(r"^/alarm/([0-9a-fA-F]{1,32})/ack$")
 
 
 def _default_id() -> str:
@@ -170,7 +186,7 @@ class Aggregator:
                 )
                 await nursery.start(mesh.replicator.run)
             cfg = self.config
-            self.server = ReadOnlyServer(self.routes(), cfg.http_host, cfg.http_port)
+            self.server = _AggregatorServer(self.routes(), cfg.http_host, cfg.http_port)
             self.port = await nursery.start(self.server.run)
             nursery.start_soon(self._record_history)
             task_status.started(self.port)
@@ -273,6 +289,7 @@ class Aggregator:
         meshes: list[dict[str, Any]] = []
         nodes: list[dict[str, Any]] = []
         alarms: list[dict[str, Any]] = []
+        observers: list[dict[str, Any]] = []
         for mesh in self.meshes.values():
             replicator = mesh.replicator
             online = (
@@ -282,25 +299,29 @@ class Aggregator:
             values = {k: thaw(v) for k, v in mesh.doc.state.value().items()}
             mesh_view = mesh_nodes(mesh.name, values, now_ms=now_ms, online=online, lag=mesh.lag)
             nodes += mesh_view
+            observers += mesh_observers(mesh.name, mesh_view, online)
             active = {a for n in mesh_view for a in n["alarms"]}
             reported = {n["node"] for n in mesh_view if n["health"] is not None}
             for node, signals in mesh.signals.items():
                 for sig in signals.values():
                     age_s = max(0.0, (now_ms - sig.hlc.wall) / 1000.0)
-                    # active per the node's report; before any report, recent signals
+                    # Active per the node's report; before any report, recent signals.
+                    # A report lists its node's unacknowledged alarms: one in it is not
+                    # acknowledged; before any report, whether it is cannot be told.
                     if sig.id in active or (node not in reported and age_s < RECENT_ALARM_S):
                         alarms.append(
-                            {
-                                "mesh": mesh.name,
-                                "node": node,
-                                "id": sig.id,
-                                "source": sig.source,
-                                "intensity": sig.intensity,
-                                "valence": sig.valence,
-                                "reason": sig.reason,
-                                "age_s": round(age_s, 3),
-                                "critical": sig.intensity >= 0.95 and sig.valence == "pain",
-                            }
+                            alarm_entry(
+                                mesh=mesh.name,
+                                node=node,
+                                id=sig.id,
+                                source=sig.source,
+                                intensity=sig.intensity,
+                                valence=sig.valence,
+                                reason=sig.reason,
+                                age_s=round(age_s, 3),
+                                critical=sig.intensity >= 0.95 and sig.valence == "pain",
+                                acked=False if sig.id in active else None,
+                            )
                         )
             if replicator is not None:
                 gateway = mesh.gateway
@@ -317,10 +338,30 @@ class Aggregator:
                         "gateway": dict(gateway.statistics()) if gateway is not None else {},
                     }
                 )
-        out = build_view("aggregator", self.node, now_ms, meshes, nodes, alarms)
+        out = build_view("aggregator", self.node, now_ms, meshes, nodes, alarms, observers)
         if with_history:
             out["history"] = self.history.export()
         return out
+
+
+class _AggregatorServer(ReadOnlyServer):
+    """The read-only routes, and ``POST /alarm/{id}/ack`` answering 501 (see the module doc)."""
+
+    async def handle(self, request: h11.Request, read_body: BodyReader) -> HttpResponse:
+        path = request.target.decode("ascii", "replace").split("?", 1)[0]
+        match = _ACK.match(path)
+        if match is None:
+            return await super().handle(request, read_body)
+        if request.method != b"POST":
+            raise HttpError(405, f"method {request.method.decode('ascii', 'replace')} not "
+                            "allowed (use POST)")  # fmt: skip
+        raise HttpError(
+            501,
+            f"the aggregator cannot acknowledge alarm {match.group(1)} yet: alarms are not "
+            "replicated mesh state; acknowledge it on its node (its dashboard, "
+            f"POST /alarm/{match.group(1)}/ack on its status endpoint, or vsm-edge alarm ack "
+            "on its host)",
+        )
 
 
 # -- the command ---------------------------------------------------------------------------

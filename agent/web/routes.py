@@ -24,7 +24,7 @@ from ..mesh.status import NodeStatus
 from ..vsm.record import StatusRecord
 from .http import HttpResponse, json_response
 from .status import StatusServer, serve_status
-from .view import History, LagTracker, build_view, mesh_nodes
+from .view import History, LagTracker, alarm_entry, build_view, mesh_nodes, mesh_observers
 
 if TYPE_CHECKING:
     from ..mesh.node import Agent
@@ -82,23 +82,40 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
                 "gateway": _section_json(status.gateway),
             }
         )
-    nodes = mesh_nodes(mesh, values, now_ms=now_ms, online=online, lag=lag, self_node=agent.node)
+    units = {
+        f"{name}.{reading}": spec.unit
+        for name, record in runtime.units.items()
+        for reading, spec in record.specs.items()
+        if spec.unit
+    }
+    nodes = mesh_nodes(
+        mesh,
+        values,
+        now_ms=now_ms,
+        online=online,
+        lag=lag,
+        self_node=agent.node,
+        units={agent.node: units},
+    )
+    # Every alarm this node holds, acknowledged or not (the local acknowledgement
+    # state; who and when are not recorded yet); pleasure ones become events.
     alarms = [
-        {
-            "mesh": mesh,
-            "node": a.node,
-            "id": a.id,
-            "source": a.source,
-            "intensity": a.intensity,
-            "valence": a.valence,
-            "reason": a.reason,
-            "age_s": a.age_s,
-            "critical": a.critical,
-        }
+        alarm_entry(
+            mesh=mesh,
+            node=a.node,
+            id=a.id,
+            source=a.source,
+            intensity=a.intensity,
+            valence=a.valence,
+            reason=a.reason,
+            age_s=a.age_s,
+            critical=a.critical,
+            acked=a.acked,
+        )
         for a in status.vsm.algedonic.alarms
-        if not a.acked
     ]
-    return build_view("agent", agent.node, now_ms, meshes, nodes, alarms)
+    observers = mesh_observers(mesh, nodes, online)
+    return build_view("agent", agent.node, now_ms, meshes, nodes, alarms, observers)
 
 
 def _section_json(section: StatusRecord | None) -> Any:

@@ -8,9 +8,29 @@ shape to read (``GET /view.json``)::
     {"source": {"kind": "agent" | "aggregator", "id", "generated_ms"},
      "meshes": [{"mesh", "online_peers", "replication", "gateway"}],
      "nodes":  [{"mesh", "node", "self", "online", "health", "safe_mode",
-                 "variety_ratio", "alarms", "report_age_s", "readings", "lag_ms"}],
+                 "variety_ratio", "alarms", "report_age_s", "readings", "units",
+                 "lag_ms", "lag_text"}],
+     "observers": [{"mesh", "node", "online"}],
      "alarms": [{"mesh", "node", "id", "source", "intensity", "valence",
-                 "reason", "age_s", "critical"}]}
+                 "reason", "age_s", "critical", "acked", "acked_by", "acked_ms"}],
+     "events": [{"mesh", "node", "id", "source", "intensity", "valence",
+                 "reason", "age_s"}]}
+
+A *node* is a peer that wrote into the mesh document (a report or a
+reading). A peer whose presence is online but that wrote nothing is an
+*observer*: the aggregator (it writes nothing but its presence), or an agent
+in its first seconds, before its first report. Observers are listed apart
+and never counted as nodes.
+
+``alarms`` are the active pain alarms, most urgent first: critical ones,
+then by intensity, then the newest (:func:`alarm_order`). ``acked`` is
+True/False, or None where the source cannot tell; ``acked_by`` and
+``acked_ms`` are None where the data does not carry them. Pleasure signals
+(good news: "left safe mode", "load back under") are not alarms: they are in
+``events``, newest first. ``units`` maps a reading to its unit of measure
+(the unit's ``ReadingSpec.unit``) where this source knows it: an agent knows
+its own units', not its peers'. ``lag_text`` is the lag with its unit
+(:func:`format_ms`).
 
 Replication lag: a reading's register holds ``[value, written_ms]``;
 :class:`LagTracker` keeps, per origin node, the last ``per_node`` delays from
@@ -26,14 +46,27 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..mesh.schema import parse_key, parse_reading
+from ..vsm.algedonic import PAIN
 
-__all__ = ["History", "LagTracker", "build_view", "mesh_nodes", "percentiles"]
+__all__ = [
+    "History",
+    "LagTracker",
+    "alarm_entry",
+    "alarm_order",
+    "build_view",
+    "format_ms",
+    "mesh_nodes",
+    "mesh_observers",
+    "percentiles",
+]
 
 LAG_SAMPLES_PER_NODE = 512
 HISTORY_POINTS = 300  # 5 minutes at one point a second
 HISTORY_INTERVAL_MS = 1000
 MAX_TRACKED_NODES = 1024
 MAX_READINGS_PER_NODE = 256
+MAX_EVENTS = 50
+NO_VALUE = "\u2013"
 
 
 def percentiles(samples: Iterable[float]) -> dict[str, float | int]:
@@ -150,13 +183,18 @@ def mesh_nodes(
     online: Mapping[str, bool],
     lag: LagTracker,
     self_node: str | None = None,
+    units: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per node seen in the mesh document ``values`` (thawed key -> value).
+    """One entry per node that wrote into the mesh document ``values`` (thawed key -> value).
 
     ``online`` is the presence of each peer as the replicator knows it (a
     node missing from it and not ``self_node`` is reported ``None``:
-    unknown). Malformed entries are skipped, never trusted.
+    unknown); a peer that wrote nothing is not a node (see
+    :func:`mesh_observers`). ``units`` gives, per node, the unit of measure
+    of its readings (``"unit.reading" -> "°C"``) where known. Malformed
+    entries are skipped, never trusted.
     """
+    units = units or {}
     nodes: dict[str, dict[str, Any]] = {}
 
     def entry(name: str) -> dict[str, Any]:
@@ -172,7 +210,9 @@ def mesh_nodes(
                 "alarms": [],
                 "report_age_s": None,
                 "readings": {},
+                "units": {},
                 "lag_ms": lag.of(name),
+                "lag_text": {},
             }
         return nodes[name]
 
@@ -199,10 +239,94 @@ def mesh_nodes(
             reading = _finite(pair[0])
             if reading is not None and len(e["readings"]) < MAX_READINGS_PER_NODE:
                 e["readings"][info.name] = reading
-    for name, is_online in online.items():
-        if name not in nodes and is_online:
-            entry(name)  # present, not reported yet
+                unit = units.get(origin, {}).get(info.name)
+                if unit:
+                    e["units"][info.name] = unit
+    if self_node is not None:
+        entry(self_node)  # this node, before its first report
+    for e in nodes.values():
+        e["lag_text"] = {q: format_ms(e["lag_ms"].get(q)) for q in ("p50", "p99")}
     return [nodes[name] for name in sorted(nodes)]
+
+
+def mesh_observers(
+    mesh: str, nodes: Iterable[Mapping[str, Any]], online: Mapping[str, bool]
+) -> list[dict[str, Any]]:
+    """The online peers of ``mesh`` that are not among ``nodes``: they wrote nothing.
+
+    That is how an aggregator is told apart (it writes only its presence),
+    by what it does rather than by its name; an agent starting up is one
+    too until its first report.
+    """
+    known = {n["node"] for n in nodes}
+    return [
+        {"mesh": mesh, "node": name, "online": True}
+        for name in sorted(online)
+        if online[name] and name not in known
+    ]
+
+
+def format_ms(ms: Any) -> str:
+    """A duration in ms as text with its unit: ``"850 ms"``, ``"1.5 s"``, ``"2.3 min"``.
+
+    Past an hour, hours (``"1.2 h"``); :data:`NO_VALUE` (an en dash, as the page
+    shows a missing number) for None, not a number, negative or not finite.
+    """
+    value = _finite(ms)
+    if value is None or value < 0:
+        return NO_VALUE
+    if value < 10:
+        return f"{value:.1f} ms"
+    if value < 999.5:
+        return f"{value:.0f} ms"
+    if value < 59_950:
+        return f"{value / 1000:.1f} s"
+    if value < 3_597_000:
+        return f"{value / 60_000:.1f} min"
+    return f"{value / 3_600_000:.1f} h"
+
+
+def alarm_entry(
+    *,
+    mesh: str,
+    node: str,
+    id: str,
+    source: str,
+    intensity: float,
+    valence: str,
+    reason: str,
+    age_s: float,
+    critical: bool,
+    acked: bool | None,
+    acked_by: str | None = None,
+    acked_ms: int | None = None,
+) -> dict[str, Any]:
+    """One entry of the view's ``alarms`` (or, for a pleasure signal, ``events``)."""
+    return {
+        "mesh": mesh,
+        "node": node,
+        "id": id,
+        "source": source,
+        "intensity": intensity,
+        "valence": valence,
+        "reason": reason,
+        "age_s": age_s,
+        "critical": critical,
+        "acked": acked,
+        "acked_by": acked_by,
+        "acked_ms": acked_ms,
+    }
+
+
+def alarm_order(alarm: Mapping[str, Any]) -> tuple[bool, float, float, str]:
+    """Sort key of the alarm table: critical first, then stronger, then newer (then by id)."""
+    age = _finite(alarm.get("age_s"))
+    return (
+        alarm.get("critical") is not True,
+        -(_finite(alarm.get("intensity")) or 0.0),
+        math.inf if age is None else age,
+        str(alarm.get("id")),
+    )
 
 
 def build_view(
@@ -212,11 +336,33 @@ def build_view(
     meshes: list[dict[str, Any]],
     nodes: list[dict[str, Any]],
     alarms: list[dict[str, Any]],
+    observers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The document of ``GET /view.json`` (see the module docstring)."""
+    """The document of ``GET /view.json`` (see the module docstring).
+
+    ``alarms`` are entries of :func:`alarm_entry`, any valence: pain ones
+    become the sorted ``alarms``, pleasure ones the ``events`` (newest first,
+    at most :data:`MAX_EVENTS`, without the acknowledgement fields) and are
+    taken out of the nodes' ``alarms`` lists.
+    """
+    pain = [a for a in alarms if a["valence"] == PAIN]
+    events = [
+        {k: v for k, v in a.items() if k not in ("critical", "acked", "acked_by", "acked_ms")}
+        for a in alarms
+        if a["valence"] != PAIN
+    ]
+    events.sort(key=lambda e: (_finite(e.get("age_s")) or 0.0, str(e["id"])))
+    # A report lists every unacknowledged signal of its node, good news included:
+    # those known here to be pleasure are not counted as the node's alarms.
+    good = {e["id"] for e in events}
+    if good:
+        for node in nodes:
+            node["alarms"] = [a for a in node["alarms"] if a not in good]
     return {
         "source": {"kind": kind, "id": source_id, "generated_ms": now_ms},
         "meshes": meshes,
         "nodes": nodes,
-        "alarms": sorted(alarms, key=lambda a: (-(_finite(a.get("intensity")) or 0.0), a["id"])),
+        "observers": observers or [],
+        "alarms": sorted(pain, key=alarm_order),
+        "events": events[:MAX_EVENTS],
     }
