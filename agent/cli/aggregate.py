@@ -6,28 +6,35 @@ connection) with the agents' ingress rule (``gateway_check``, retained
 messages included), replicating the ``mesh`` document like any agent. So it
 verifies every envelope (signature, replay, quarantines, the arbitrator's
 MAYBE cases; its zone admits every key), merges the deltas, repairs gaps by
-anti-entropy and sees presence and algedonic signals; it writes nothing into
-the meshes but its presence. What it holds it serves, read-only, on
-``--http HOST:PORT`` (default 127.0.0.1:7790)::
+anti-entropy and sees presence and algedonic signals. It joins the alarm
+records of the ``mesh`` document into each mesh's alarm ledger (the agents'
+rule, ``vsm/alarm_ledger.py``) and writes nothing into the meshes but its
+presence and, when an operator acknowledges an alarm on its dashboard, its own
+acknowledgement record ``{aggregator}/a/{id}``, which every agent joins. What
+it holds it serves on ``--http HOST:PORT`` (default 127.0.0.1:7790)::
 
     GET /dashboard (and /)   the dashboard (the same page as an agent's)
     GET /view.json           the merged view of every mesh (agent/web/view.py)
     GET /metrics             Prometheus: per node and per mesh (agent/web/metrics.py)
     GET /health              {"ok": true, "meshes": [...]}
-    POST /alarm/{id}/ack     the dashboard's acknowledge button: 501 for now (below)
+    POST /alarm/{id}/ack     the dashboard's acknowledge button: acknowledges mesh-wide
+                             ({id}: any unique prefix; 404 unknown, 409 ambiguous)
 
-The server answers GET and HEAD only (agent/web/http.py), so it may listen on a
-LAN address for a wall display; it has no authentication, so give it one you
-would show to anyone on that network. The one POST route acknowledges nothing
-yet: alarms are not replicated mesh state (issue 14, item 1), so the
-aggregator has nothing it could acknowledge for the mesh; it answers 501 with
-how to acknowledge on the alarm's node instead. It keeps no store: after a
-restart it re-learns the meshes from retained presence and anti-entropy.
+Every other route answers GET and HEAD only (agent/web/http.py). The server has
+no authentication: the acknowledge route is open only while it listens on a
+loopback address, or with ``--allow-ack`` (then anyone who reaches it can
+acknowledge alarms: give it an address only operators reach); otherwise it
+answers 403. A POST must carry ``Content-Type: application/json`` (415), so a
+page of another site cannot make a browser send one. The aggregator keeps no
+store: after a restart it re-learns the meshes from retained presence and
+anti-entropy (an acknowledgement it answered is in the mesh once an agent
+has it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -44,6 +51,7 @@ import trio
 
 from vsm_edge.models import Gateway, GatewayConfig, LazyArbitrator, ModelError
 from vsm_edge.sync import (
+    CausalLWWRegister,
     CrdtDocument,
     Envelope,
     HybridLogicalClock,
@@ -65,11 +73,14 @@ from vsm_edge.sync import (
 
 from .._errors import AgentError
 from ..mesh.ingress import OPEN_ZONE, gateway_check
-from ..mesh.schema import MESH_DOC
+from ..mesh.schema import MESH_DOC, alarm_key, alarm_record_value, parse_alarm_record, parse_key
+from ..vsm.alarm_ledger import AlarmLedger
 from ..vsm.algedonic import Signal, decode_peer_signal
+from ..vsm.settings import AlgedonicConfig
 from ..web.http import BodyReader, HttpError, HttpResponse, ReadOnlyServer, json_response
 from ..web.metrics import view_families
 from ..web.routes import dashboard_response, metrics_response
+from ..web.status import require_json_post
 from ..web.view import (
     History,
     LagTracker,
@@ -87,6 +98,8 @@ MAX_MESHES = 64
 SIGNALS_PER_NODE = 32
 MAX_SIGNAL_NODES = 4096
 RECENT_ALARM_S = 600.0
+LEDGER_UPKEEP_S = 10.0
+_ALGEDONIC = AlgedonicConfig()  # the agents' defaults: what is critical, the retention
 
 
 _ACK = re.compile(r"^/alarm/([0-9a-fA-F]{1,32})/ack$")
@@ -109,6 +122,7 @@ class AggregatorConfig:
     key_file: Path | None = None
     protocol: str = "auto"
     keepalive_s: int = 30
+    allow_ack: bool = False  # the acknowledge route beyond loopback (module docstring)
 
     def __post_init__(self) -> None:
         if "://" not in self.broker_url:
@@ -131,9 +145,10 @@ class _Mesh:
         self.name = name
         self.doc: CrdtDocument[ORMap] = CrdtDocument(MESH_DOC, ORMap)
         self.lag = LagTracker()
-        self.signals: dict[str, dict[str, Signal]] = {}  # node -> id -> latest signal
+        self.signals: dict[str, dict[str, Signal]] = {}  # node -> id -> latest good news
         self.replicator: Replicator | None = None
         self.gateway: Gateway | None = None
+        self.ledger: AlarmLedger | None = None
 
 
 class Aggregator:
@@ -155,7 +170,7 @@ class Aggregator:
         self._transport_factory = transport_factory
         self._wall_clock = wall_clock
         self.meshes = {name: _Mesh(name) for name in config.meshes}
-        self.server: ReadOnlyServer | None = None
+        self.server: _AggregatorServer | None = None
         self.port: int | None = None
         self.history = History()
 
@@ -174,6 +189,12 @@ class Aggregator:
                     config=GatewayConfig(),
                     now_ms=self._wall_clock(),
                 )
+                mesh.ledger = AlarmLedger(
+                    self.node,
+                    critical=_ALGEDONIC.critical,
+                    retention_s=_ALGEDONIC.retention_s,
+                    max_per_writer=_ALGEDONIC.max_alarms,
+                )
                 mesh.doc.observe(self._observer(mesh))
                 mesh.replicator = Replicator(
                     ReplicatorConfig(mesh=mesh.name, node=self.node),
@@ -187,15 +208,78 @@ class Aggregator:
                 await nursery.start(mesh.replicator.run)
             cfg = self.config
             self.server = _AggregatorServer(self.routes(), cfg.http_host, cfg.http_port)
+            self.server.aggregator = self
+            self.server.allow_ack = cfg.allow_ack or _is_loopback(cfg.http_host)
             self.port = await nursery.start(self.server.run)
             nursery.start_soon(self._record_history)
             task_status.started(self.port)
 
     async def _record_history(self) -> None:
-        """One point a second, viewed or not: a page loaded later draws the past minutes."""
+        """One point a second, viewed or not: a page loaded later draws the past minutes;
+        every ``LEDGER_UPKEEP_S`` the alarm ledgers' retention rule."""
+        upkeep_at = trio.current_time() + LEDGER_UPKEEP_S
         while True:
             self.history.record(self.view())
+            if trio.current_time() >= upkeep_at:
+                upkeep_at = trio.current_time() + LEDGER_UPKEEP_S
+                for mesh in self.meshes.values():
+                    if mesh.ledger is not None and mesh.replicator is not None:
+                        for alarm_id in mesh.ledger.expired(self._wall_clock()):
+                            await self._remove_record(mesh.replicator, alarm_id)
             await trio.sleep(self.history.interval_ms / 1000)
+
+    # -- alarms: acknowledged here, for the whole mesh ---------------------------------------
+
+    def resolve_alarm(self, prefix: str) -> tuple[_Mesh, str]:
+        """The mesh and id of the one alarm ``prefix`` starts; HttpError 404 / 409."""
+        found = [
+            (mesh, alarm_id)
+            for mesh in self.meshes.values()
+            if mesh.ledger is not None
+            for alarm_id in mesh.ledger.resolve(prefix)
+        ]
+        if not found:
+            raise HttpError(404, f"no alarm with an id starting {prefix}")
+        if len(found) > 1:
+            some = ", ".join(sorted(i for _, i in found)[:5])
+            raise HttpError(
+                409,
+                f"alarm id prefix {prefix} is ambiguous: {len(found)} alarms start with it "
+                f"({some}); give more digits",
+            )
+        return found[0]
+
+    async def acknowledge(self, prefix: str) -> dict[str, Any]:
+        """Acknowledge the alarm ``prefix`` names, mesh-wide: our record in its mesh."""
+        mesh, alarm_id = self.resolve_alarm(prefix)
+        replicator, ledger = mesh.replicator, mesh.ledger
+        assert replicator is not None
+        assert ledger is not None
+        entry = ledger.acknowledge(alarm_id, replicator.clock.now())
+        assert entry is not None
+        node = self.node
+        for written_id, record in ledger.take_dirty():
+            key, value = alarm_key(node, written_id), alarm_record_value(record)
+
+            def mutate(state: ORMap, key: str = key, value: Any = value) -> ORMap:
+                stamp = replicator.clock.now()
+                return state.update(
+                    node, key, CausalLWWRegister, lambda r: r.set(node, stamp, value)
+                )
+
+            try:
+                await replicator.mutate(MESH_DOC, mutate)
+            except SyncError as exc:
+                ledger.mark_dirty(written_id)
+                raise HttpError(503, f"the acknowledgement could not be sent: {exc}") from None
+        return {"id": alarm_id, "mesh": mesh.name, "acked": True, "state": entry.state}
+
+    async def _remove_record(self, replicator: Replicator, alarm_id: str) -> None:
+        key, node = alarm_key(self.node, alarm_id), self.node
+        try:
+            await replicator.mutate(MESH_DOC, lambda state: state.remove(node, key))
+        except SyncError as exc:
+            log.debug("could not remove %s: %s", key, exc)
 
     def routes(self) -> dict[str, Callable[[], HttpResponse]]:
         return {
@@ -258,6 +342,16 @@ class Aggregator:
             for key, frozen in delta.value().items():
                 if isinstance(key, str):
                     mesh.lag.observe(key, thaw(frozen), now_ms)
+                info = parse_key(key)
+                if info is None or info.kind != "alarm" or mesh.ledger is None:
+                    continue
+                # only the entry the key's node wrote counts (as on the agents)
+                own = delta.get(key, CausalLWWRegister).latest_by(info.origin)
+                record = None if own is None else parse_alarm_record(info.origin, thaw(own[1]))
+                if record is None:
+                    mesh.ledger.refused += 1
+                else:
+                    mesh.ledger.merge(info.origin, info.name, record)
 
         return joined
 
@@ -268,6 +362,12 @@ class Aggregator:
             sig, refused = decode_peer_signal(sender, body)
             if sig is None:
                 return refused  # counted by the replicator
+            if sig.pain:
+                if mesh.ledger is not None and self._wall_clock() - sig.hlc.wall < (
+                    mesh.ledger.retention_ms
+                ):
+                    mesh.ledger.hear(sig)  # known before its record arrives by gossip
+                return None
             per_node = mesh.signals.get(sender)
             if per_node is None:
                 if len(mesh.signals) >= MAX_SIGNAL_NODES:
@@ -300,15 +400,10 @@ class Aggregator:
             mesh_view = mesh_nodes(mesh.name, values, now_ms=now_ms, online=online, lag=mesh.lag)
             nodes += mesh_view
             observers += mesh_observers(mesh.name, mesh_view, online)
-            active = {a for n in mesh_view for a in n["alarms"]}
-            reported = {n["node"] for n in mesh_view if n["health"] is not None}
             for node, signals in mesh.signals.items():
-                for sig in signals.values():
+                for sig in signals.values():  # good news: events
                     age_s = max(0.0, (now_ms - sig.hlc.wall) / 1000.0)
-                    # Active per the node's report; before any report, recent signals.
-                    # A report lists its node's unacknowledged alarms: one in it is not
-                    # acknowledged; before any report, whether it is cannot be told.
-                    if sig.id in active or (node not in reported and age_s < RECENT_ALARM_S):
+                    if age_s < RECENT_ALARM_S:
                         alarms.append(
                             alarm_entry(
                                 mesh=mesh.name,
@@ -319,10 +414,31 @@ class Aggregator:
                                 valence=sig.valence,
                                 reason=sig.reason,
                                 age_s=round(age_s, 3),
-                                critical=sig.intensity >= 0.95 and sig.valence == "pain",
-                                acked=False if sig.id in active else None,
+                                critical=False,
+                                acked=None,
                             )
                         )
+            for entry in mesh.ledger.alarms() if mesh.ledger is not None else ():
+                raised = entry.signal
+                if raised is None or entry.cleared is not None:
+                    continue
+                acked = entry.acked
+                alarms.append(
+                    alarm_entry(
+                        mesh=mesh.name,
+                        node=raised.node,
+                        id=raised.id,
+                        source=raised.source,
+                        intensity=raised.intensity,
+                        valence=raised.valence,
+                        reason=raised.reason,
+                        age_s=round(max(0.0, (now_ms - raised.hlc.wall) / 1000.0), 3),
+                        critical=entry.critical,
+                        acked=acked is not None,
+                        acked_by=None if acked is None else acked.node,
+                        acked_ms=None if acked is None else acked.wall,
+                    )
+                )
             if replicator is not None:
                 gateway = mesh.gateway
                 meshes.append(
@@ -345,7 +461,10 @@ class Aggregator:
 
 
 class _AggregatorServer(ReadOnlyServer):
-    """The read-only routes, and ``POST /alarm/{id}/ack`` answering 501 (see the module doc)."""
+    """The read-only routes, and ``POST /alarm/{id}/ack`` (see the module doc)."""
+
+    aggregator: Aggregator | None = None
+    allow_ack = False
 
     async def handle(self, request: h11.Request, read_body: BodyReader) -> HttpResponse:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
@@ -355,13 +474,21 @@ class _AggregatorServer(ReadOnlyServer):
         if request.method != b"POST":
             raise HttpError(405, f"method {request.method.decode('ascii', 'replace')} not "
                             "allowed (use POST)")  # fmt: skip
-        raise HttpError(
-            501,
-            f"the aggregator cannot acknowledge alarm {match.group(1)} yet: alarms are not "
-            "replicated mesh state; acknowledge it on its node (its dashboard, "
-            f"POST /alarm/{match.group(1)}/ack on its status endpoint, or vsm-edge alarm ack "
-            "on its host)",
-        )
+        require_json_post(request)
+        if not self.allow_ack or self.aggregator is None:
+            raise HttpError(
+                403,
+                "this aggregator listens beyond loopback without --allow-ack: acknowledge "
+                f"on the alarm's node (vsm-edge alarm ack {match.group(1)} on its host)",
+            )
+        return json_response(await self.aggregator.acknowledge(match.group(1).lower()))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -389,6 +516,12 @@ def add_aggregate_command(sub: Any) -> None:
         help="where to serve the dashboard, /view.json and /metrics (read-only; "
         "default 127.0.0.1:7790; port 0: any free port)",
     )
+    agg.add_argument(
+        "--allow-ack",
+        action="store_true",
+        help="let the dashboard acknowledge alarms although --http is not a loopback "
+        "address (anyone who reaches it can then acknowledge)",
+    )
     agg.add_argument("--key", type=Path, help="keep the aggregator's key in this file")
     agg.add_argument("--port-file", type=Path, help="write the bound HTTP port here")
     agg.add_argument("--protocol", choices=("auto", "5", "3.1.1"), default="auto")
@@ -410,6 +543,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             http_port=int(port),
             key_file=args.key,
             protocol=args.protocol,
+            allow_ack=args.allow_ack,
         )
     except ValueError as exc:
         raise AgentError(str(exc)) from None

@@ -16,7 +16,7 @@ key                             value                            written by
 ``lease:{resource}``            ``[holder, expires_ms]``         any node (S2 leases)
 ==============================  ===============================  ===================
 
-An alarm record (docs/protocol.md §5.2) is the writer's word on one alarm
+An alarm record (docs/protocol.md §5, "Alarm record") is the writer's word on one alarm
 (:mod:`vsm_edge.agent.vsm.alarm_ledger`): a map with any of ``"sig"`` (the
 signal, as on the algedonic channel; only in its origin's record),
 ``"ack"`` and ``"clr"`` (packed HLC stamps of the writer's acknowledgement

@@ -43,6 +43,8 @@ class StatusClient:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
             payload = None if body is None else json.dumps(body).encode()
+            if payload is None and method == "POST":
+                payload = b"{}"
             headers = {"content-type": "application/json"} if payload is not None else {}
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()

@@ -97,8 +97,9 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
         self_node=agent.node,
         units={agent.node: units},
     )
-    # Every alarm this node holds, acknowledged or not (the local acknowledgement
-    # state; who and when are not recorded yet); pleasure ones become events.
+    # Every alarm of the mesh this node holds but the cleared ones, with the mesh's
+    # acknowledgement state (who and when); good news comes as events.
+    algedonic = status.vsm.algedonic
     alarms = [
         alarm_entry(
             mesh=mesh,
@@ -111,8 +112,11 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
             age_s=a.age_s,
             critical=a.critical,
             acked=a.acked,
+            acked_by=a.acked_by or a.cleared_by,
+            acked_ms=a.acked_at_ms or a.cleared_at_ms,
         )
-        for a in status.vsm.algedonic.alarms
+        for a in (*algedonic.alarms, *algedonic.events)
+        if a.state != "cleared"
     ]
     observers = mesh_observers(mesh, nodes, online)
     return build_view("agent", agent.node, now_ms, meshes, nodes, alarms, observers)

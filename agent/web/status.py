@@ -23,7 +23,10 @@ Routes::
                              several do); acknowledges mesh-wide
     POST /alarm/{id}/clear   -> {"id", "cleared": true, "state"}: the condition is over
 
-An alarm raised or acknowledged here is durable when the answer says so: the
+A POST must say ``Content-Type: application/json`` (415 otherwise): a page of
+another site open in the operator's browser cannot make it send one without
+a CORS preflight, which nothing here answers. An alarm raised or acknowledged
+here is durable when the answer says so: the
 answer waits until the node's record of it is committed to its store (the
 mesh document), so a kill -9 right after it loses nothing.
     GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
@@ -124,6 +127,7 @@ class StatusServer(HttpServer):
             return json_response({"ok": True, "node": runtime.node})
         if target == "/alarm":
             _allow(method, "POST")
+            require_json_post(request)
             try:
                 obj = decode_json(await read_body(MAX_BODY))
             except JsonInputError as exc:
@@ -135,6 +139,7 @@ class StatusServer(HttpServer):
         match = _ACK.match(target)
         if match:
             _allow(method, "POST")
+            require_json_post(request)
             alarm_id = self._resolve_alarm(match.group(1).lower())
             if match.group(2) == "ack":
                 entry = runtime.ack_alarm(alarm_id)
@@ -200,6 +205,22 @@ class StatusServer(HttpServer):
             {"id": alarm.signal.id, "delivered": True, "critical": alarm.critical, "durable": True},
             201,
         )
+
+
+def require_json_post(request: h11.Request) -> None:
+    """415 unless a POST says ``Content-Type: application/json``.
+
+    A page of another site open in the operator's browser can make it send a
+    form or a plain-text POST to a loopback address, but not one with this
+    header without asking first (a CORS preflight, which no route here
+    answers): no state changes from a stray web page.
+    """
+    for name, value in request.headers:
+        if name == b"content-type" and value.split(b";", 1)[0].strip().lower() == (
+            b"application/json"
+        ):
+            return
+    raise HttpError(415, "a POST needs Content-Type: application/json")
 
 
 def _not_durable(response: HttpResponse) -> HttpResponse:
