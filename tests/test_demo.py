@@ -33,6 +33,10 @@ def test_demo_forms_a_mesh_survives_the_script_and_converges() -> None:
     alarm = summary["alarm_propagation_ms"]
     assert alarm["heard_by"] == 2
     assert alarm["p50"] <= alarm["p99"]
+    # acknowledged on n2: every node holds it acknowledged (mesh state)
+    assert alarm["ack"]["by"] == "n2"
+    assert sorted(alarm["ack"]["per_node_ms"]) == ["n1", "n2", "n3"]
+    assert "acknowledged on all 3 nodes" in progress
     statuses = summary["statuses"]
     assert len(statuses) == 3
     for status in statuses:

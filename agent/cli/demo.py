@@ -13,7 +13,9 @@ The script, for a run of ``--duration D`` seconds after the mesh has formed:
   ``--broker`` is made unreachable for the same time instead);
 * from 0.45 D to 0.65 D the last node is partitioned from the broker;
 * at 0.75 D an operator raises a critical alarm on ``n1`` (an emergency stop)
-  and the demo times its arrival at every peer;
+  and the demo times its arrival at every peer; then an operator on ``n2``
+  acknowledges it and the demo times until every node holds it acknowledged
+  (alarms are mesh state: the acknowledgement travels);
 * at D it takes every node's version vector and waits until every node covers
   all of them: *converged* means every update made before D reached every node.
 
@@ -495,6 +497,39 @@ maximum = 100
                      f"max {values[-1]} ms")  # fmt: skip
         else:
             self.say(f"the alarm reached {len(heard)} of {self.count - 1} peers")
+        if self.count > 1 and alarm_id:
+            self._alarm_report["ack"] = await self._acknowledge(alarm_id)
+
+    async def _acknowledge(self, alarm_id: str) -> dict[str, Any]:
+        """An operator on n2 acknowledges the alarm; time until every node holds that."""
+        by = self.nodes[1]
+        client = await self._client(by)
+        assert client is not None
+        sent = trio.current_time()
+        try:
+            await trio.to_thread.run_sync(lambda: client.ack_alarm(alarm_id[:8]))
+        except StatusClientError as exc:
+            self.say(f"could not acknowledge the alarm on {by.name}: {exc}")
+            return {"by": by.name, "error": str(exc)}
+        self.say(f"operator on {by.name} acknowledged it (vsm-edge alarm ack {alarm_id[:8]})")
+        acked: dict[str, float] = {}
+        with trio.move_on_after(ALARM_TIMEOUT_S):
+            while len(acked) < self.count:
+                await self._poll_all()
+                for node in self.nodes:
+                    if node.name in acked or node.status is None:
+                        continue
+                    for alarm in node.status.vsm.algedonic.alarms:
+                        if alarm.id == alarm_id and alarm.acked_by == by.name:
+                            acked[node.name] = round((trio.current_time() - sent) * 1000)
+                await trio.sleep(0.05)
+        if len(acked) == self.count:
+            self.say(f"acknowledged on all {self.count} nodes {max(acked.values()):.0f} ms after "
+                     f"the operator's command (polled every 50 ms)")  # fmt: skip
+        else:
+            missing = [n.name for n in self.nodes if n.name not in acked]
+            self.say(f"acknowledged on {len(acked)} of {self.count} nodes; not on {missing}")
+        return {"by": by.name, "nodes": len(acked), "per_node_ms": acked}
 
     async def _stop_all(self) -> None:
         for node in self.nodes:
@@ -569,6 +604,10 @@ maximum = 100
         if alarm.get("heard_by"):
             print(f"operator alarm -> peers: p50 {alarm.get('p50')} ms, p99 {alarm.get('p99')} "
                   f"ms ({alarm['heard_by']}/{alarm['peers']} peers)", file=out)  # fmt: skip
+        ack = alarm.get("ack") or {}
+        if ack.get("per_node_ms"):
+            print(f"acknowledged on {ack['by']} -> held acknowledged by {ack['nodes']} nodes "
+                  f"within {max(ack['per_node_ms'].values()):.0f} ms", file=out)  # fmt: skip
         device = summary["device"]
         if device.get("node"):
             rep = device["replication_ms"]
