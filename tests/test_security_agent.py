@@ -19,6 +19,7 @@ from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F40
 from support.security import Rogue, agent_config, mesh_keys, running_agents, wait_until
 
 import vsm_edge.models
+from vsm_edge.agent import ConfigError
 from vsm_edge.agent.cli.main import main
 from vsm_edge.agent.mesh.node import Agent
 from vsm_edge.models import ReplayConfig, ReplayWindow
@@ -108,55 +109,85 @@ async def test_flooding_zombie_is_quarantined_within_seconds_and_honest_peers_ar
             assert agent.gateway.statistics()["allow"] > allowed[agent.node]  # still hearing
 
 
-@pytest.mark.integration
-async def test_corrupt_model_file_fails_closed_with_a_clear_error(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The shipped model with 16 bytes in its middle overwritten, beside its own sidecar.
+def _corrupt_model(tmp_path: Path) -> Path:
+    """The shipped model with 16 bytes in its middle overwritten, beside its own sidecar."""
     shipped = Path(vsm_edge.models.__file__).parent / "arbitrator.tflite"
     data = bytearray(shipped.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 16] = os.urandom(16)
     model = tmp_path / "broken.tflite"
     model.write_bytes(bytes(data))
     model.with_suffix(".json").write_bytes(shipped.with_suffix(".json").read_bytes())
+    return model
+
+
+async def test_a_named_model_that_cannot_be_used_stops_the_start(tmp_path: Path) -> None:
+    model = _corrupt_model(tmp_path)
+    config = agent_config(tmp_path, "a", security={"arbitrator_model": str(model)})
+    with pytest.RaisesGroup(ConfigError, flatten_subgroups=True) as info:
+        async with running_agents([config], broker=MemoryBroker(seed=2)):
+            pass
+    error = info.value.exceptions[0]
+    assert isinstance(error, ConfigError)
+    assert error.key == "security.arbitrator_model"
+    assert str(model) in str(error)
+    assert "corrupt" in str(error)
+
+
+@pytest.mark.integration
+async def test_corrupt_shipped_model_fails_closed_with_a_clear_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _corrupt_model(tmp_path)
+    read_model = vsm_edge.models._lazy.read_model
+    monkeypatch.setattr(  # the "shipped" model is the corrupt copy
+        vsm_edge.models._lazy, "read_model", lambda path: read_model(path or model)
+    )
     broker = MemoryBroker(seed=2)
-    configs = [
-        agent_config(tmp_path, "a", security={"arbitrator_model": str(model)}),
-        agent_config(tmp_path, "b"),
-    ]
-    async with running_agents(configs, broker=broker) as (a, b):
-        assert a.gateway is not None
-        assert a.security is not None
-        status = a.security.status()
-        assert status.arbitrator is False
-        assert status.arbitrator_state == "unavailable"
-        assert str(model) in status.arbitrator_error
-        assert "corrupt" in status.arbitrator_error
-        assert any(str(model) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-        assert "gateway.arbitrator" in alarm_sources(a)
-        assert b.security is not None
-        assert b.security.status().arbitrator is True
-        # An exact set of 0 entries makes every replay a MAYBE: with no model it must DENY.
-        a.gateway.replay = ReplayWindow(os.urandom(32), ReplayConfig(exact_capacity=0), now_ms=0)
-        recorded: list[bytes] = []
-        spy = broker.transport("spy")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(spy.run)
-            await spy.wait_connected()
-            await spy.subscribe("vsm/m/d/b", qos=1)
+    configs = [agent_config(tmp_path, "a"), agent_config(tmp_path, "b")]
+    async with running_agents(configs[:1], broker=broker) as (a,):
+        monkeypatch.undo()  # b loads the real shipped model
+        async with running_agents(configs[1:], broker=broker) as (b,):
+            await _fails_closed(a, b, broker, caplog)
 
-            async def record() -> None:
-                async for message in spy.messages:
-                    recorded.append(message.payload)
 
-            nursery.start_soon(record)
-            await wait_until(lambda: len(recorded) >= 1, "a delta from b")
-            await spy.publish("vsm/m/d/b", recorded[0], qos=1)
-            await wait_until(
-                lambda: reasons(a).get("arbitrator-unavailable", 0) >= 1, "the MAYBE to fail closed"
-            )
-            nursery.cancel_scope.cancel()
-        assert reasons(a).get("arbitrator-allow", 0) == 0
+async def _fails_closed(
+    a: Agent, b: Agent, broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``a`` could not load its model, ``b`` could: a's MAYBE cases are DENYed."""
+    assert a.gateway is not None
+    assert a.security is not None
+    status = a.security.status()
+    assert status.arbitrator is False
+    assert status.arbitrator_state == "unavailable"
+    assert "the shipped model" in status.arbitrator_error
+    assert "corrupt" in status.arbitrator_error
+    assert any(
+        "the shipped model" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+    )
+    assert "gateway.arbitrator" in alarm_sources(a)
+    assert b.security is not None
+    assert b.security.status().arbitrator is True
+    # An exact set of 0 entries makes every replay a MAYBE: with no model it must DENY.
+    a.gateway.replay = ReplayWindow(os.urandom(32), ReplayConfig(exact_capacity=0), now_ms=0)
+    recorded: list[bytes] = []
+    spy = broker.transport("spy")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spy.run)
+        await spy.wait_connected()
+        await spy.subscribe("vsm/m/d/b", qos=1)
+
+        async def record() -> None:
+            async for message in spy.messages:
+                recorded.append(message.payload)
+
+        nursery.start_soon(record)
+        await wait_until(lambda: len(recorded) >= 1, "a delta from b")
+        await spy.publish("vsm/m/d/b", recorded[0], qos=1)
+        await wait_until(
+            lambda: reasons(a).get("arbitrator-unavailable", 0) >= 1, "the MAYBE to fail closed"
+        )
+        nursery.cancel_scope.cancel()
+    assert reasons(a).get("arbitrator-allow", 0) == 0
 
 
 @pytest.mark.integration

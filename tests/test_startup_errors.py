@@ -114,6 +114,17 @@ CASES: dict[str, tuple[Case, list[str]]] = {
         lambda t: write_config(t, extra=f'[s5]\npolicy_file = "{t / "policy.cose"}"'),
         ["s5.policy_file", "policy.cose"],
     ),
+    "policy_file garbage": (
+        lambda t: (
+            (t / "policy.cose").write_bytes(b"garbage"),
+            write_config(t, extra=f'[s5]\npolicy_file = "{t / "policy.cose"}"'),
+        )[1],
+        ["s5.policy_file", "policy.cose", "refused", "not valid CBOR", "policy sign"],
+    ),
+    "arbitrator_model missing": (
+        lambda t: write_config(t, extra=f'[security]\narbitrator_model = "{t / "m.tflite"}"'),
+        ["security.arbitrator_model", "m.tflite", "train_arbitrator"],
+    ),
     "unit kind unknown": (
         lambda t: write_config(t, extra='[[units]]\nname = "u"\nkind = "nope"\n'),
         ["unit u: unknown unit kind 'nope'"],

@@ -93,7 +93,7 @@ from vsm_edge.sync import (
     sign_envelope,
 )
 
-from .._errors import AgentError
+from .._errors import AgentError, ConfigError
 from ..config.schema import AgentConfig
 from ..vsm.algedonic import SignalError
 from .schema import quarantine_key
@@ -282,6 +282,13 @@ class IngressGuard:
             # The files are checked now; numpy and the runtime load on the first MAYBE.
             arbitrator = LazyArbitrator(sec.arbitrator_model, on_unavailable=unavailable)
         except ModelError as exc:
+            if sec.arbitrator_model is not None:  # named by the operator: it must be usable
+                raise ConfigError(
+                    "security.arbitrator_model",
+                    f"cannot use {sec.arbitrator_model}: {exc} ({exc.reason}); give a model "
+                    "made by `python -m vsm_edge.models.train_arbitrator`, or remove the key "
+                    "to use the shipped model",
+                ) from None
             error = f"arbitrator model {where}: {exc} ({exc.reason})"
             log.warning("%s; every MAYBE decision will DENY", error)
         guard = cls(

@@ -58,7 +58,7 @@ import trio
 
 from vsm_edge.sync import HybridLogicalClock, wall_clock_ms
 
-from .._errors import ConfigError, UnitError
+from .._errors import ConfigError, PolicyError, UnitError
 from .alarm_ledger import AlarmEntry
 from .alarms import Alarms
 from .algedonic import PAIN, Alarm, AlgedonicCore, AlgedonicPort, Signal
@@ -75,7 +75,7 @@ from .policy_loops import PolicyLoops
 from .s2 import Coordination
 from .s3 import CircuitBreaker, Control
 from .s4 import Intelligence, MeshView, PeerReport
-from .s5 import Identity, PolicyEngine
+from .s5 import Identity, PolicyEngine, verify_policy
 from .settings import BusConfig, UnitConfig, VsmConfig
 from .status import (
     AlarmStatus,
@@ -236,7 +236,8 @@ class Runtime:
     ) -> None:
         """Run until :meth:`stop` (or a signal); then flush within the shutdown timeout.
 
-        Raises :class:`ConfigError` when ``s5.policy_file`` is set but cannot be read.
+        Raises :class:`ConfigError` when ``s5.policy_file`` is set but cannot be read or
+        is not a policy signed by one of ``s5.admin_keys``.
         """
         now = trio.current_time()
         self.started_at = now
@@ -252,6 +253,20 @@ class Runtime:
                     f"cannot read {policy_file}: {exc.strerror or exc}; "
                     "write it with `vsm-edge policy sign`, or remove the key",
                 ) from exc
+            try:
+                mesh = verify_policy(document, self.config.s5.admin_keys).mesh
+            except PolicyError as exc:  # a policy that cannot count must not start unseen
+                raise ConfigError(
+                    "s5.policy_file",
+                    f"{policy_file} is refused: {exc}; write it with `vsm-edge policy sign` "
+                    "and an admin key listed in s5.admin_keys, or remove the key",
+                ) from None
+            if mesh not in ("*", self.identity.mesh):
+                raise ConfigError(
+                    "s5.policy_file",
+                    f"{policy_file} is for mesh {mesh!r}, not {self.identity.mesh!r}",
+                )
+            # verified: a refusal now can only be "not newer" than a kept policy
             self.accept_policy(document, raise_errors=False)
         try:
             async with trio.open_nursery() as root:
