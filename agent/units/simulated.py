@@ -121,7 +121,11 @@ class SimulatedActuator:
 
     Options: command ("set"), reading ("state"), minimum, maximum, initial (0.0).
     ``history`` keeps ``(trio time, applied value, issuer)`` for inspection.
+    It confirms each command once applied (``confirms_commands``), so a
+    command's outcome (local or remote) is "done", not only "accepted".
     """
+
+    confirms_commands = True
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         unknown = set(options) - {"command", "reading", "minimum", "maximum", "initial"}
@@ -150,3 +154,4 @@ class SimulatedActuator:
             self.value = float(command.value)
             self.history.append((trio.current_time(), self.value, command.issuer))
             ctx.emit(self.reading, self.value)
+            ctx.complete(command)
