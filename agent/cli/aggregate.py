@@ -14,6 +14,9 @@ the meshes but its presence. What it holds it serves, read-only, on
     GET /view.json           the merged view of every mesh (agent/web/view.py)
     GET /metrics             Prometheus: per node and per mesh (agent/web/metrics.py)
     GET /health              {"ok": true, "meshes": [...]}
+    POST /command            with --commands only (loopback only): a command to a
+                             unit of a node of a joined mesh, signed with the
+                             aggregator's key (agent/web/command_route.py)
 
 The server answers GET and HEAD only (agent/web/http.py), so it may listen on a
 LAN address for a wall display; it has no authentication, so give it one you
@@ -24,6 +27,8 @@ re-learns the meshes from retained presence and anti-entropy.
 from __future__ import annotations
 
 import argparse
+import functools
+import ipaddress
 import logging
 import os
 import signal as signal_module
@@ -58,9 +63,11 @@ from vsm_edge.sync import (
 )
 
 from .._errors import AgentError
+from ..mesh.commands import CommandError, CommandOutcome, Commands
 from ..mesh.ingress import OPEN_ZONE, gateway_check
 from ..mesh.schema import MESH_DOC
 from ..vsm.algedonic import Signal, decode_peer_signal
+from ..web.command_route import CommandServer
 from ..web.http import HttpResponse, ReadOnlyServer, json_response
 from ..web.metrics import view_families
 from ..web.routes import dashboard_response, metrics_response
@@ -93,6 +100,7 @@ class AggregatorConfig:
     key_file: Path | None = None
     protocol: str = "auto"
     keepalive_s: int = 30
+    commands: bool = False  # POST /command (loopback only)
 
     def __post_init__(self) -> None:
         if "://" not in self.broker_url:
@@ -106,6 +114,11 @@ class AggregatorConfig:
                 raise ValueError(f"{name!r}: ids are 1-64 characters of A-Z a-z 0-9 _ -")
         if not 0 <= self.http_port < 65536:
             raise ValueError(f"http port {self.http_port} is not a TCP port")
+        if self.commands and not _loopback(self.http_host):
+            raise ValueError(
+                f"--commands serves POST /command without authentication: give a loopback "
+                f"--http address (127.0.0.1:PORT), not {self.http_host}"
+            )
 
 
 class _Mesh:
@@ -118,6 +131,7 @@ class _Mesh:
         self.signals: dict[str, dict[str, Signal]] = {}  # node -> id -> latest signal
         self.replicator: Replicator | None = None
         self.gateway: Gateway | None = None
+        self.commands: Commands | None = None
 
 
 class Aggregator:
@@ -168,9 +182,21 @@ class Aggregator:
                     ingress=self._ingress(mesh),
                     on_app=self._on_app(mesh),
                 )
+                mesh.commands = Commands(
+                    self.node,
+                    None,  # the aggregator owns no unit: it only issues commands
+                    functools.partial(_publish_addressed, mesh.replicator),
+                    wall_clock=self._wall_clock,
+                )
                 await nursery.start(mesh.replicator.run)
+                await nursery.start(mesh.commands.run)
             cfg = self.config
-            self.server = ReadOnlyServer(self.routes(), cfg.http_host, cfg.http_port)
+            if cfg.commands:
+                self.server = CommandServer(
+                    self.routes(), cfg.http_host, cfg.http_port, self.command
+                )
+            else:
+                self.server = ReadOnlyServer(self.routes(), cfg.http_host, cfg.http_port)
             self.port = await nursery.start(self.server.run)
             nursery.start_soon(self._record_history)
             task_status.started(self.port)
@@ -191,6 +217,24 @@ class Aggregator:
                 {"ok": True, "node": self.node, "meshes": list(self.meshes)}
             ),
         }
+
+    async def command(
+        self, node: str, unit: str, cmd: str, value: Any, timeout_s: float
+    ) -> CommandOutcome:
+        """Command ``unit.cmd`` on ``node``, in the one joined mesh that knows it.
+
+        Raises CommandError when no mesh, or more than one, has ``node`` as a peer.
+        """
+        found = [
+            m for m in self.meshes.values()
+            if m.replicator is not None and node in m.replicator.peers
+        ]  # fmt: skip
+        if len(found) != 1:
+            where = "no joined mesh" if not found else f"meshes {[m.name for m in found]}"
+            raise CommandError(f"node {node!r} is known in {where}")
+        commands = found[0].commands
+        assert commands is not None
+        return await commands.issue(node, unit, cmd, value, timeout_s=timeout_s)
 
     def _load_key(self) -> NodeKey:
         path = self.config.key_file
@@ -247,6 +291,10 @@ class Aggregator:
 
     def _on_app(self, mesh: _Mesh) -> Callable[[str, str, Any, Envelope], str | None]:
         def heard(channel: str, sender: str, body: Any, envelope: Envelope) -> str | None:
+            if channel in ("cmd", "cmdr") and mesh.commands is not None:
+                if channel == "cmdr":
+                    return mesh.commands.on_outcome(sender, body)
+                return mesh.commands.on_command(sender, envelope.kid, body)
             if channel != "alg":
                 return None  # a policy is for the agents to enforce
             sig, refused = decode_peer_signal(sender, body)
@@ -349,6 +397,12 @@ def add_aggregate_command(sub: Any) -> None:
         "default 127.0.0.1:7790; port 0: any free port)",
     )
     agg.add_argument("--key", type=Path, help="keep the aggregator's key in this file")
+    agg.add_argument(
+        "--commands",
+        action="store_true",
+        help="also serve POST /command (remote commands signed with the aggregator's key, "
+        "as the policy grants it); only on a loopback --http address",
+    )
     agg.add_argument("--port-file", type=Path, help="write the bound HTTP port here")
     agg.add_argument("--protocol", choices=("auto", "5", "3.1.1"), default="auto")
     add_log_options(agg)
@@ -369,6 +423,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             http_port=int(port),
             key_file=args.key,
             protocol=args.protocol,
+            commands=args.commands,
         )
     except ValueError as exc:
         raise AgentError(str(exc)) from None
@@ -393,6 +448,19 @@ async def _serve(config: AggregatorConfig, port_file: Path | None) -> None:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def _publish_addressed(
+    replicator: Replicator, channel: str, body: dict[str, Any], to: str
+) -> None:
+    await replicator.publish_app(channel, body, retain=False, to=to)
 
 
 def _lazy_arbitrator() -> LazyArbitrator | None:

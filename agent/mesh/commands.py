@@ -243,7 +243,7 @@ class Commands:
     def __init__(
         self,
         node: str,
-        runtime: Runtime,
+        runtime: Runtime | None,
         publish: Publish,
         *,
         wall_clock: Callable[[], int],
@@ -348,6 +348,8 @@ class Commands:
             return self._refuse("cmd:malformed")
         if request.node != self.node:
             return self._refuse("cmd:wrong-node")
+        if self.runtime is None:
+            return self._refuse("cmd:not-a-target")
         if request.id in self._seen:
             self._duplicates += 1
             known = self._seen[request.id]
@@ -402,10 +404,13 @@ class Commands:
     async def _execute(
         self, ident: bytes, unit: str, cmd: str, value: Scalar, *, issuer: str
     ) -> CommandOutcome:
-        result = await self.runtime.execute_command(unit, cmd, value, issuer=issuer)
+        runtime = self.runtime
+        if runtime is None:
+            return self._local_outcome(ident, self.node, "refused", f"{self.node} has no units")
+        result = await runtime.execute_command(unit, cmd, value, issuer=issuer)
         status: Status
         if result.accepted:
-            confirms = self.runtime.confirms_commands(unit)
+            confirms = runtime.confirms_commands(unit)
             status = "done" if confirms else "accepted"
         else:
             status = "failed" if result.command is not None else "refused"

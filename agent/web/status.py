@@ -19,6 +19,7 @@ Routes::
     POST /alarm/{id}/ack     -> {"id", "acked": true}; {id} is the id or any unique prefix
                              (1-32 hex digits; 404 when no alarm has it, 409 when several do)
     GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
+    POST <post_routes>       JSON routes added by the composition (/command: web/command_route.py)
 
 :func:`serve_status` composes it with a runtime: the server starts as one of
 the runtime's services (``Runtime.add_service``), so it is up before the
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,8 @@ class StatusServer(HttpServer):
         super().__init__(host, port, max_connections=MAX_CONNECTIONS, head_timeout_s=head_timeout_s)
         self.runtime = runtime
         self.routes: dict[str, Callable[[], HttpResponse]] = {}  # extra GET routes
+        # extra POST routes: handler(decoded JSON body)
+        self.post_routes: dict[str, Callable[[Any], Awaitable[HttpResponse]]] = {}
         self.bound_port: int | None = None
 
     async def serve(
@@ -127,6 +130,14 @@ class StatusServer(HttpServer):
             if alarm is None:  # gone between resolving and acknowledging
                 raise HttpError(404, f"no alarm with an id starting {match.group(1)}")
             return json_response({"id": alarm.signal.id, "acked": True})
+        post = self.post_routes.get(target)
+        if post is not None:
+            _allow(method, "POST")
+            try:
+                obj = decode_json(await read_body(MAX_BODY))
+            except JsonInputError as exc:
+                raise HttpError(400, str(exc)) from None
+            return await post(obj)
         extra = self.routes.get(target)
         if extra is not None:
             _allow(method, "GET")
