@@ -11,6 +11,8 @@ n2's status endpoint and n2's signed MQTT envelope:
 * out of range: ``refused`` with n1's S1 reason, exit code 1;
 * signed by a member key the policy does not grant (mallory, on the wire):
   refused "not authorized", and nothing runs;
+* a member's malformed commands (signed, valid envelopes): each refused and
+  counted (``cmd:malformed``, ``cmd:wrong-node``), nothing runs, n1 serves on;
 * n1 down: ``timed-out``; the signed command (captured on the broker) reaches
   n1 after it restarts (its MQTT session, and mallory replaying the captured
   envelope): refused "stale", never executed.
@@ -154,6 +156,45 @@ def test_a_key_the_policy_does_not_grant_is_refused_not_authorized(mesh: Hostile
             ident, "n1", "refused", "not authorized"
         )  # fmt: skip
         assert applied(mesh) == before
+
+
+def test_a_members_malformed_commands_are_refused_counted_and_harmless(
+    mesh: HostileMesh,
+) -> None:
+    creds = mesh.creds
+    with Adversary(mesh.broker.port, MESH, "mallory", creds.keys["mallory"]) as mallory:
+        mallory.announce()
+        wait_for(
+            lambda: "mallory" in (mesh.agent("n1").status() or {})["replication"]["online_peers"],
+            15,
+            "n1 to know mallory",
+        )
+        before = applied(mesh)
+        good = {"id": os.urandom(16), "node": "n1", "unit": "valve", "cmd": "set", "value": 1,
+                "exp": 2**47}  # fmt: skip
+        bad: list[Any] = [
+            [1, 2, 3],
+            "set valve",
+            {**good, "value": float("nan")},
+            {**good, "id": b"short"},
+            {**good, "exp": -1},
+            {**good, "extra": True},
+            {**good, "value": "x" * 5000},
+            {**good, "node": "n2"},  # not for n1: wrong-node
+        ]
+        for body in bad:
+            mallory.publish(f"vsm/{MESH}/cmd/n1", _sealed(mallory, body, creds.secret))
+
+        def counted() -> dict[str, int] | None:
+            status = mesh.agent("n1").status() or {}
+            refused = status.get("commands", {}).get("refused", {})
+            return refused if sum(refused.values()) >= len(bad) else None
+
+        refused = wait_for(counted, 15, "n1 to refuse every malformed command")
+        assert refused == {"cmd:malformed": len(bad) - 1, "cmd:wrong-node": 1}
+        assert applied(mesh) == before
+    code, out = command(mesh, "n1", "valve", "set", "2")  # n1 still serves commands
+    assert (code, out) == (0, "done: n1 valve.set")
 
 
 def test_a_command_to_a_node_that_is_down_times_out_and_is_refused_stale_later(
