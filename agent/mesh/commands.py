@@ -278,10 +278,11 @@ class Commands:
         value: Scalar = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        issuer: str = "operator",
     ) -> CommandOutcome:
         """Command ``unit.cmd`` on ``node`` and wait for its outcome (at most ``timeout_s``).
 
-        On this node it runs locally. Raises :class:`CommandError` for a bad
+        On this node it runs locally, as ``issuer``. Raises :class:`CommandError` for a bad
         argument or too many commands in flight; every other end is an
         outcome (``timed-out`` when none arrived, ``failed`` when the broker
         could not take the command).
@@ -294,8 +295,8 @@ class Commands:
             raise CommandError(f"timeout must be in [{MIN_TIMEOUT_S:g}, {MAX_TIMEOUT_S:g}] s")
         ident = self.randbytes(ID_BYTES)
         if node == self.node:
-            outcome = await self._execute(ident, unit, cmd, value, issuer="operator")
-            self._record("operator", f"{unit}.{cmd}", outcome)
+            outcome = await self._execute(ident, unit, cmd, value, issuer=issuer)
+            self._record(issuer, f"{unit}.{cmd}", outcome)
             self._executed[outcome.status] += 1
             self._issued[outcome.status] += 1
             return outcome

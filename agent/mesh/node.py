@@ -686,13 +686,21 @@ class Agent:
         return None
 
     async def command(
-        self, node: str, unit: str, cmd: str, value: Any = None, *, timeout_s: float = 5.0
+        self,
+        node: str,
+        unit: str,
+        cmd: str,
+        value: Any = None,
+        *,
+        timeout_s: float = 5.0,
+        issuer: str = "operator",
     ) -> CommandOutcome:
-        """Command ``unit.cmd`` on ``node`` (this node: locally) and wait for the outcome;
-        see :meth:`Commands.issue` (raises CommandError, AgentError before ``run``)."""
+        """Command ``unit.cmd`` on ``node`` (this node: locally, as ``issuer``) and wait
+        for the outcome; see :meth:`Commands.issue` (raises CommandError, AgentError
+        before ``run``)."""
         if self.commands is None:
             raise AgentError("the agent has not started: no commands yet")
-        return await self.commands.issue(node, unit, cmd, value, timeout_s=timeout_s)
+        return await self.commands.issue(node, unit, cmd, value, timeout_s=timeout_s, issuer=issuer)
 
     # -- discovery --------------------------------------------------------------------
 
