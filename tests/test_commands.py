@@ -482,3 +482,14 @@ async def test_the_issuer_refuses_bad_arguments() -> None:
             await issuer.issue(*args, timeout_s=timeout)
     with pytest.raises(CommandError, match="value"):
         await issuer.issue("n2", "u", "c", math.nan)
+
+
+async def test_an_outcome_decided_before_the_service_runs_is_sent_once_it_does() -> None:
+    runtime, wire = FakeRuntime(engine()), Wire()
+    commands = target(runtime, wire, [NOW])
+    assert commands.on_command("n2", BOB, command_body()) is None  # refused: no grant
+    async with trio.open_nursery() as nursery:
+        await nursery.start(commands.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [(to, o.why) for to, o in wire.outcomes()] == [("n2", "not authorized")]

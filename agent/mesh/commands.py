@@ -90,6 +90,7 @@ RECENT_SHOWN: Final = 16  # outcomes in the status section
 MAX_PENDING: Final = 256  # commands an issuer waits for at once
 MAX_RUNNING: Final = 16  # commands a target executes at once
 QUEUE: Final = 64  # commands waiting to run
+OUTBOX: Final = 256  # outcomes waiting to be sent
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:~-]{1,64}$")
 _COMMAND_KEYS: Final = frozenset({"id", "node", "unit", "cmd", "value", "exp"})
@@ -263,7 +264,11 @@ class Commands:
         self._refused: Counter[str] = Counter()
         self._duplicates = 0
         self._recent: deque[CommandRecordStatus] = deque(maxlen=RECENT_SHOWN)
-        self._nursery: trio.Nursery | None = None
+        # Outcomes to send from the synchronous handlers (refusals, redeliveries);
+        # buffered, so that one decided before run() starts is sent once it does.
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[tuple[CommandOutcome, str]](
+            OUTBOX
+        )
         self._queue_send, self._queue_recv = trio.open_memory_channel[
             tuple[str, bytes, CommandRequest]
         ](QUEUE)
@@ -381,7 +386,7 @@ class Commands:
         """Execute queued commands (at most :data:`MAX_RUNNING` at once) and send outcomes."""
         limiter = trio.CapacityLimiter(MAX_RUNNING)
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            nursery.start_soon(self._sender)
             task_status.started()
             async for sender, _kid, request in self._queue_recv:
                 await limiter.acquire_on_behalf_of(request.id)
@@ -418,8 +423,14 @@ class Commands:
         return self._local_outcome(ident, self.node, status, result.reason)
 
     def _send_soon(self, outcome: CommandOutcome, to: str) -> None:
-        if self._nursery is not None:
-            self._nursery.start_soon(self._send, outcome, to)
+        try:
+            self._outbox_send.send_nowait((outcome, to))
+        except trio.WouldBlock:
+            self._refuse("cmdr:not-sent")  # the issuer reports timed-out
+
+    async def _sender(self) -> None:
+        async for outcome, to in self._outbox_recv:
+            await self._send(outcome, to)
 
     async def _send(self, outcome: CommandOutcome, to: str) -> None:
         delay = 0.1
