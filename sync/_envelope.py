@@ -101,7 +101,9 @@ LABEL_HLC = -65538
 LABEL_KIND = -65539
 LABEL_NONCE = -65540
 
-KINDS = frozenset({"delta", "digest", "repair", "chunk", "presence", "alg", "policy"})
+KINDS = frozenset(
+    {"delta", "digest", "repair", "chunk", "presence", "alg", "policy", "cmd", "cmdr"}
+)
 """The message kinds of protocol version 1 (the codec accepts any valid kind)."""
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 

@@ -14,6 +14,8 @@ What each channel may carry and how its sender is found is one row of
               repair, chunk                                           digest
     alg       alg              the sender     yes       bound to kid  -              application
     policy    policy           (no segment)   yes       bound to kid  -              application
+    cmd       cmd              the addressee  no        bound to kid  -              application
+    cmdr      cmdr             the addressee  no        bound to kid  -              application
 
 The gossip channels are *charged*: the time spent on each message is taken
 from its sender's CPU budget; the kinds listed are refused while the sender
@@ -173,6 +175,22 @@ CHANNELS: Final[Mapping[str, ChannelRule]] = MappingProxyType(
             key="bound",
             handler="app",
         ),
+        # Remote commands to {node} and their outcomes back to the issuer
+        # {node} (docs/protocol.md §6): never retained, a command is live or nothing.
+        "cmd": ChannelRule(
+            kinds=frozenset({"cmd"}),
+            node="addressee",
+            retained=False,
+            key="bound",
+            handler="app",
+        ),
+        "cmdr": ChannelRule(
+            kinds=frozenset({"cmdr"}),
+            node="addressee",
+            retained=False,
+            key="bound",
+            handler="app",
+        ),
     }
 )
 
@@ -182,7 +200,7 @@ class Inbound:
     """What the ingress check is told about one verified-or-not envelope."""
 
     sender: str
-    channel: str  # "d", "sv", "to", "presence", "alg" or "policy"
+    channel: str  # "d", "sv", "to", "presence", "alg", "policy", "cmd" or "cmdr"
     envelope: Envelope
     signature_ok: bool
     retained: bool

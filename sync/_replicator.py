@@ -16,6 +16,8 @@ Topics (docs/protocol.md §4), for mesh ``M`` and node ``N``::
     vsm/M/presence/N  retained presence; the last will says "offline"
     vsm/M/alg/N       algedonic signals, QoS 1, latest retained (application)
     vsm/M/policy      admin-signed policy, retained (application)
+    vsm/M/cmd/N       remote commands addressed to N, QoS 1 (application)
+    vsm/M/cmdr/N      command outcomes addressed to the issuer N, QoS 1 (application)
 
 Ingress, for every message: the pure core of ``_ingress`` applies the
 channel's row of its table (topic, envelope, kind, retained, the sender's key,
@@ -213,7 +215,7 @@ class PeerInfo:
 
 
 AppHandler = Callable[[str, str, Any, Envelope], str | None]
-"""``handler(channel, sender, body, envelope)`` for "alg" and "policy" messages.
+"""``handler(channel, sender, body, envelope)`` for "alg", "policy", "cmd" and "cmdr" messages.
 
 It decodes ``body``; it returns None when it took the message, else the
 reason it refused it, which the replicator counts (``statistics()["refused"]``).
@@ -499,13 +501,23 @@ class Replicator:
             self._dots.committed(doc, deltas, before, document.state)
         self._wake.set()
 
-    async def publish_app(self, channel: str, body: Any, *, retain: bool) -> None:
-        """Publish an application message ("alg" or "policy"), signed, QoS 1.
+    async def publish_app(
+        self, channel: str, body: Any, *, retain: bool, to: str | None = None
+    ) -> None:
+        """Publish an application message, signed, QoS 1: "alg" or "policy", or
+        "cmd" / "cmdr" addressed ``to`` a node (never retained).
 
         Raises TransportError when the broker is unreachable (the caller owns
-        the retry: algedonic signals are re-sent until acknowledged).
+        the retry: algedonic signals are re-sent until acknowledged);
+        ValueError for an unknown channel or a missing or bad addressee.
         """
-        if channel == "alg":
+        if channel in ("cmd", "cmdr"):
+            if to is None or not to or any(c in to for c in "/+#") or len(to) > 64 or retain:
+                raise ValueError(f"{channel} needs an addressee node id and is never retained")
+            topic = f"{self._prefix}{channel}/{to}"
+        elif to is not None:
+            raise ValueError(f"{channel} is not addressed")
+        elif channel == "alg":
             topic = f"{self._prefix}alg/{self.node}"
         elif channel == "policy":
             topic = policy_topic(self.mesh)
@@ -927,7 +939,15 @@ class Replicator:
                 if not subscribed:  # the transport keeps them across reconnects
                     # Presence first: its retained messages carry the keys
                     # that every later message is verified with.
-                    for channel in ("presence/+", "d/+", "sv/+", f"to/{self.node}", "alg/+"):
+                    for channel in (
+                        "presence/+",
+                        "d/+",
+                        "sv/+",
+                        f"to/{self.node}",
+                        "alg/+",
+                        f"cmd/{self.node}",
+                        f"cmdr/{self.node}",
+                    ):
                         await self.transport.subscribe(f"{self._prefix}{channel}", qos=1)
                     await self.transport.subscribe(f"{self._prefix}policy", qos=1)
                     subscribed = True
@@ -1072,7 +1092,7 @@ class Replicator:
                 log.info("refused deltas from %s: %s", sender, broken)
                 if broken.blame and self.blame is not None:
                     self.blame(sender, broken.reason)
-        elif self.on_app is not None:  # "alg" or "policy"
+        elif self.on_app is not None:  # "alg", "policy", "cmd" or "cmdr"
             refused = self.on_app(inbound.channel, sender, body, envelope)
             if refused is not None:
                 self._refuse(refused)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -15,11 +16,15 @@ from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F40
 
 from vsm_edge.agent import ConfigError, parse_config
 from vsm_edge.agent.integrations.homeassistant import (
+    CommandInfo,
     ReadingInfo,
     availability_topic,
+    command_messages,
+    command_topic,
     discovery_messages,
     is_birth,
     object_id,
+    parse_command,
     serve_homeassistant,
     state_payload,
     state_topic,
@@ -198,4 +203,166 @@ async def test_agent_announces_entities_and_republishes_on_birth(
         agent.stop()
         await agent.stopped()
         await until(lambda: availability[-1] == b"offline", "offline on stop")
+        nursery.cancel_scope.cancel()
+
+
+# -- commands from Home Assistant (opt-in) ------------------------------------------------
+
+COMMANDS = [
+    CommandInfo("valve", "set", "number", 0.0, 10.0),
+    CommandInfo("pump", "on", "bool"),
+    CommandInfo("panel", "say", "text"),
+    CommandInfo("fan", "speed", "number"),  # no bounds
+    CommandInfo("bad/unit", "set", "number"),  # not a topic level: left out
+]
+COMMAND_CONFIG = re.compile(
+    r"^homeassistant/(?P<component>number|switch|text)/vsm_home_ha1/(?P<object_id>c_[\w-]+)/config$"
+)
+
+
+def test_command_entities_follow_home_assistant_rules() -> None:
+    messages = dict(command_messages("homeassistant", "home", "ha1", COMMANDS))
+    assert len(messages) == 4
+    seen = {}
+    for topic, raw in messages.items():
+        match = COMMAND_CONFIG.match(topic)
+        assert match, topic
+        payload = json.loads(raw)
+        assert payload["unique_id"] == f"vsm_home_ha1_{match['object_id']}"
+        assert payload["availability_topic"] == availability_topic("home", "ha1")
+        assert payload["optimistic"] is True
+        seen[payload["name"]] = (match["component"], payload)
+    names = ("valve.set", "pump.on", "panel.say", "fan.speed")
+    number, switch, text, fan = (seen[k] for k in names)
+    assert number[0] == "number"
+    assert (number[1]["min"], number[1]["max"]) == (0.0, 10.0)
+    assert number[1]["command_topic"] == command_topic("home", "ha1", "valve", "set")
+    assert (fan[1]["min"], fan[1]["max"]) == (-1e9, 1e9)
+    assert switch[0] == "switch"
+    assert (switch[1]["payload_on"], switch[1]["payload_off"]) == ("true", "false")
+    assert text[0] == "text"
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "expected"),
+    [
+        ("vsm-edge/home/ha1/cmd/valve/set", b"4", ("valve", "set", 4)),
+        ("vsm-edge/home/ha1/cmd/valve/set", b"2.5", ("valve", "set", 2.5)),
+        ("vsm-edge/home/ha1/cmd/pump/on", b"ON", ("pump", "on", True)),
+        ("vsm-edge/home/ha1/cmd/pump/on", b"false", ("pump", "on", False)),
+        ("vsm-edge/home/ha1/cmd/panel/say", "héllo".encode(), ("panel", "say", "héllo")),
+    ],
+)
+def test_a_command_from_home_assistant_parses(
+    topic: str, payload: bytes, expected: tuple[str, str, Any]
+) -> None:
+    known = {c.key: c for c in COMMANDS}
+    assert parse_command("home", "ha1", topic, payload, known) == expected
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "why"),
+    [
+        ("vsm-edge/home/ha2/cmd/valve/set", b"4", "not a command topic"),
+        ("vsm-edge/home/ha1/cmd/valve/set/x", b"4", "not a command topic"),
+        ("vsm-edge/home/ha1/cmd/valve/open", b"4", "no unit"),
+        ("vsm-edge/home/ha1/cmd/valve/set", b"nan", "finite"),
+        ("vsm-edge/home/ha1/cmd/valve/set", b"four", "expects a number"),
+        ("vsm-edge/home/ha1/cmd/valve/set", b"1" * 257, "more than 256"),
+        ("vsm-edge/home/ha1/cmd/pump/on", b"yes", "true or false"),
+        ("vsm-edge/home/ha1/cmd/panel/say", b"\xff", "UTF-8"),
+    ],
+)
+def test_a_bad_command_from_home_assistant_is_refused(topic: str, payload: bytes, why: str) -> None:
+    known = {c.key: c for c in COMMANDS}
+    with pytest.raises(ValueError, match=why):
+        parse_command("home", "ha1", topic, payload, known)
+
+
+@given(st.text(max_size=40), st.binary(max_size=300))
+@settings(max_examples=300)
+def test_fuzz_parse_command_parses_or_raises_value_error(level: str, payload: bytes) -> None:
+    known = {c.key: c for c in COMMANDS}
+    for topic in (f"vsm-edge/home/ha1/cmd/{level}", f"vsm-edge/home/ha1/cmd/valve/{level}"):
+        with contextlib.suppress(ValueError):
+            parse_command("home", "ha1", topic, payload, known)
+    for unit in ("valve/set", "pump/on", "panel/say"):
+        with contextlib.suppress(ValueError):
+            parse_command("home", "ha1", f"vsm-edge/home/ha1/cmd/{unit}", payload, known)
+
+
+def test_commands_are_off_unless_configured() -> None:
+    assert parse_config({"node": {"id": "n"}}).homeassistant.commands is False
+    cfg = parse_config({"node": {"id": "n"}, "homeassistant": {"commands": True}})
+    assert cfg.homeassistant.commands is True
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_home_assistant_commands_a_unit_locally_when_enabled(
+    tmp_path: Path, mosquitto: Mosquitto, enabled: bool
+) -> None:
+    config = parse_config(
+        {
+            "node": {"id": "ha1", "mesh": "home", "data_dir": str(tmp_path / "data")},
+            "broker": {"url": mosquitto.url},
+            "discovery": {"enabled": False},
+            "status": {"enabled": False},
+            "homeassistant": {"enabled": True, "state_interval_s": 0.5, "commands": enabled},
+            "units": [
+                {"name": "valve", "kind": "simulated-actuator",
+                 "options": {"maximum": 10, "confirm": True}},
+            ],
+        }
+    )  # fmt: skip
+    ha = MqttTransport(MqttSettings.from_url(mosquitto.url, client_id="ha-standin"))
+    configs: dict[str, dict[str, Any]] = {}
+
+    async def collect() -> None:
+        async for message in ha.messages:
+            if message.topic.endswith("/config"):
+                configs[message.topic] = json.loads(message.payload)
+
+    async def until(predicate: Any, what: str, timeout: float = 15) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.05)
+
+    def recent() -> list[tuple[str, str, str, str]]:
+        section = agent.status().commands
+        assert section is not None
+        assert not isinstance(section, Exception)
+        return [(r.issuer, r.target, r.status, r.why) for r in section.recent]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ha.run)
+        await ha.wait_connected()
+        await ha.subscribe("homeassistant/#", qos=1)
+        nursery.start_soon(collect)
+        agent = Agent(config, broker_url=mosquitto.url, extensions=(serve_homeassistant,))
+        await nursery.start(agent.run)
+        await until(lambda: len(configs) >= 6 if enabled else len(configs) == 5, "configs")
+        numbers = [c for t, c in configs.items() if "/number/" in t]
+        topic = command_topic("home", "ha1", "valve", "set")
+        if not enabled:
+            assert numbers == []
+            await ha.publish(topic, b"4", qos=1)
+            await trio.sleep(1.0)  # nothing to wait for: a command must *not* run
+            assert recent() == []
+        else:
+            assert [c["command_topic"] for c in numbers] == [topic]
+            await ha.publish(topic, b"4", qos=1)
+            await until(lambda: len(recent()) == 1, "the command from HA to run")
+            await ha.publish(topic, b"99", qos=1)
+            await ha.publish(topic, b"four", qos=1)  # refused before it runs: not recorded
+            await until(lambda: len(recent()) == 2, "the second command to be refused")
+            assert recent() == [
+                ("homeassistant", "valve.set", "done", ""),
+                ("homeassistant", "valve.set", "refused", "s1: valve.set above maximum 10"),
+            ]
+        assert agent.runtime is not None
+        assert agent.runtime.units["valve"].commands_applied == (1 if enabled else 0)
+        agent.stop()
+        await agent.stopped()
         nursery.cancel_scope.cancel()

@@ -159,6 +159,8 @@ def test_the_table_is_the_channels_and_kinds_of_the_protocol() -> None:
         "to": {"delta", "digest", "repair", "chunk"},
         "alg": {"alg"},
         "policy": {"policy"},
+        "cmd": {"cmd"},
+        "cmdr": {"cmdr"},
     }
     assert {n for n, r in CHANNELS.items() if r.retained} == {"presence", "alg", "policy"}
     assert {n for n, r in CHANNELS.items() if r.charged} == {"d", "sv", "to"}

@@ -51,7 +51,14 @@ from vsm_edge.sync import (
 )
 
 from .._errors import AgentError, PolicyError
-from ..vsm.s5 import MAX_POLICY_BYTES, MAX_ZONE_BYTES, Policy, sign_policy, verify_policy
+from ..vsm.s5 import (
+    MAX_POLICY_BYTES,
+    MAX_ZONE_BYTES,
+    CommandGrant,
+    Policy,
+    sign_policy,
+    verify_policy,
+)
 from .zone_file import (
     DEFAULT_FP_RATE,
     DEFAULT_SECRET,
@@ -143,6 +150,7 @@ def sign_zone_policy(
     safe: Sequence[str] = (),
     limits: dict[str, tuple[float, float]] | None = None,
     fp_rate: float = DEFAULT_FP_RATE,
+    grants: Sequence[CommandGrant] = (),
 ) -> bytes:
     """An admin-signed policy document carrying ``zone``'s filters (or none).
 
@@ -179,6 +187,7 @@ def sign_zone_policy(
         safe_mode_commands=tuple(safe),
         limits=dict(limits or {}),
         zone=blob,
+        grants=tuple(grants),
     )
     try:
         Policy.from_cbor(policy.to_cbor())  # the receivers' checks, before signing
@@ -217,6 +226,10 @@ def describe_document(document: bytes, secrets: Sequence[bytes] = ()) -> dict[st
         "deny": list(policy.denied_commands),
         "safe": list(policy.safe_mode_commands),
         "limits": {k: list(v) for k, v in policy.limits.items()},
+        "cmd": [
+            {"kid": g.kid.hex(), "nodes": list(g.nodes), "commands": list(g.commands)}
+            for g in policy.grants
+        ],
         "bytes": len(document),
         "zone": None,
     }
@@ -368,6 +381,15 @@ def add_admin_commands(sub: Any) -> None:
         "--limit", action="append", default=[], metavar="GLOB=MIN:MAX", help="value limits"
     )
     sign.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="KEY=NODES:COMMANDS",
+        help="let the node key KEY (.pub file, public key or kid) send remote commands to "
+        "the nodes matching NODES (comma-separated globs) for the unit.command matching "
+        "COMMANDS (comma-separated globs), e.g. n2.pub=n1,n3:valve.*",
+    )
+    sign.add_argument(
         "--fp-rate", type=float, default=DEFAULT_FP_RATE, help="zone false-positive rate"
     )
     sign.add_argument(
@@ -466,6 +488,23 @@ def _parse_limits(items: Sequence[str]) -> dict[str, tuple[float, float]]:
     return limits
 
 
+def _parse_grants(items: Sequence[str]) -> list[CommandGrant]:
+    grants: list[CommandGrant] = []
+    for item in items:
+        key, sep, rest = item.rpartition("=")
+        nodes, sep2, commands = rest.partition(":")
+        node_globs = [g for g in nodes.split(",") if g]
+        command_globs = [g for g in commands.split(",") if g]
+        if not (sep and sep2 and key and node_globs and command_globs):
+            raise AgentError(
+                f"--grant {item!r}: expected KEY=NODE_GLOBS:COMMAND_GLOBS, "
+                "e.g. n2.pub=n1,n3:valve.*"
+            )
+        member = _member_from(key, None)
+        grants.append(CommandGrant(member.kid, tuple(node_globs), tuple(command_globs)))
+    return grants
+
+
 def cmd_policy_sign(args: argparse.Namespace) -> int:
     admin = _load_admin_key(args.admin_key)
     zone_path = Path(args.zone_file)
@@ -505,6 +544,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
         safe=args.safe,
         limits=_parse_limits(args.limit),
         fp_rate=args.fp_rate,
+        grants=_parse_grants(args.grant),
     )
     out = Path(args.out)
     write_private(out, document, mode=0o644)  # signed and public: agents read it

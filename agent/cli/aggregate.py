@@ -19,6 +19,9 @@ it holds it serves on ``--http HOST:PORT`` (default 127.0.0.1:7790)::
     GET /health              {"ok": true, "meshes": [...]}
     POST /alarm/{id}/ack     the dashboard's acknowledge button: acknowledges mesh-wide
                              ({id}: any unique prefix; 404 unknown, 409 ambiguous)
+    POST /command            with --commands only (loopback only): a command to a
+                             unit of a node of a joined mesh, signed with the
+                             aggregator's key (agent/web/command_route.py)
 
 Every other route answers GET and HEAD only (agent/web/http.py). The server has
 no authentication: the acknowledge route is open only while it listens on a
@@ -34,6 +37,7 @@ has it).
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import os
@@ -41,7 +45,7 @@ import re
 import signal as signal_module
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +76,13 @@ from vsm_edge.sync import (
 )
 
 from .._errors import AgentError
+from ..mesh.commands import CommandError, CommandOutcome, Commands
 from ..mesh.ingress import OPEN_ZONE, gateway_check
 from ..mesh.schema import MESH_DOC, alarm_key, alarm_record_value, parse_alarm_record, parse_key
 from ..vsm.alarm_ledger import AlarmLedger
 from ..vsm.algedonic import Signal, decode_peer_signal
 from ..vsm.settings import AlgedonicConfig
+from ..web.command_route import CommandServer
 from ..web.http import BodyReader, HttpError, HttpResponse, ReadOnlyServer, json_response
 from ..web.metrics import view_families
 from ..web.routes import dashboard_response, metrics_response
@@ -123,6 +129,7 @@ class AggregatorConfig:
     protocol: str = "auto"
     keepalive_s: int = 30
     allow_ack: bool = False  # the acknowledge route beyond loopback (module docstring)
+    commands: bool = False  # POST /command (loopback only)
 
     def __post_init__(self) -> None:
         if "://" not in self.broker_url:
@@ -136,6 +143,11 @@ class AggregatorConfig:
                 raise ValueError(f"{name!r}: ids are 1-64 characters of A-Z a-z 0-9 _ -")
         if not 0 <= self.http_port < 65536:
             raise ValueError(f"http port {self.http_port} is not a TCP port")
+        if self.commands and not _loopback(self.http_host):
+            raise ValueError(
+                f"--commands serves POST /command without authentication: give a loopback "
+                f"--http address (127.0.0.1:PORT), not {self.http_host}"
+            )
 
 
 class _Mesh:
@@ -149,6 +161,7 @@ class _Mesh:
         self.replicator: Replicator | None = None
         self.gateway: Gateway | None = None
         self.ledger: AlarmLedger | None = None
+        self.commands: Commands | None = None
 
 
 class Aggregator:
@@ -205,9 +218,21 @@ class Aggregator:
                     ingress=self._ingress(mesh),
                     on_app=self._on_app(mesh),
                 )
+                mesh.commands = Commands(
+                    self.node,
+                    None,  # the aggregator owns no unit: it only issues commands
+                    functools.partial(_publish_addressed, mesh.replicator),
+                    wall_clock=self._wall_clock,
+                )
                 await nursery.start(mesh.replicator.run)
+                await nursery.start(mesh.commands.run)
             cfg = self.config
-            self.server = _AggregatorServer(self.routes(), cfg.http_host, cfg.http_port)
+            self.server = _AggregatorServer(
+                self.routes(),
+                cfg.http_host,
+                cfg.http_port,
+                self.command if cfg.commands else None,
+            )
             self.server.aggregator = self
             self.server.allow_ack = cfg.allow_ack or _is_loopback(cfg.http_host)
             self.port = await nursery.start(self.server.run)
@@ -292,6 +317,24 @@ class Aggregator:
             ),
         }
 
+    async def command(
+        self, node: str, unit: str, cmd: str, value: Any, timeout_s: float
+    ) -> CommandOutcome:
+        """Command ``unit.cmd`` on ``node``, in the one joined mesh that knows it.
+
+        Raises CommandError when no mesh, or more than one, has ``node`` as a peer.
+        """
+        found = [
+            m for m in self.meshes.values()
+            if m.replicator is not None and node in m.replicator.peers
+        ]  # fmt: skip
+        if len(found) != 1:
+            where = "no joined mesh" if not found else f"meshes {[m.name for m in found]}"
+            raise CommandError(f"node {node!r} is known in {where}")
+        commands = found[0].commands
+        assert commands is not None
+        return await commands.issue(node, unit, cmd, value, timeout_s=timeout_s)
+
     def _load_key(self) -> NodeKey:
         path = self.config.key_file
         try:
@@ -357,6 +400,10 @@ class Aggregator:
 
     def _on_app(self, mesh: _Mesh) -> Callable[[str, str, Any, Envelope], str | None]:
         def heard(channel: str, sender: str, body: Any, envelope: Envelope) -> str | None:
+            if channel in ("cmd", "cmdr") and mesh.commands is not None:
+                if channel == "cmdr":
+                    return mesh.commands.on_outcome(sender, body)
+                return mesh.commands.on_command(sender, envelope.kid, body)
             if channel != "alg":
                 return None  # a policy is for the agents to enforce
             sig, refused = decode_peer_signal(sender, body)
@@ -460,14 +507,27 @@ class Aggregator:
         return out
 
 
-class _AggregatorServer(ReadOnlyServer):
-    """The read-only routes, and ``POST /alarm/{id}/ack`` (see the module doc)."""
+class _AggregatorServer(CommandServer):
+    """The read-only routes, ``POST /alarm/{id}/ack`` and, with ``--commands``,
+    ``POST /command`` (see the module doc)."""
 
     aggregator: Aggregator | None = None
     allow_ack = False
 
+    def __init__(
+        self, routes: Mapping[str, Callable[[], HttpResponse]], host: str, port: int, issue: Any
+    ) -> None:
+        super().__init__(routes, host, port, issue)
+        self.commands_enabled = issue is not None
+
     async def handle(self, request: h11.Request, read_body: BodyReader) -> HttpResponse:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
+        if path == "/command":
+            if not self.commands_enabled:  # without --commands: a read-only server's answer
+                return await ReadOnlyServer.handle(self, request, read_body)
+            if request.method == b"POST":
+                require_json_post(request)
+            return await super().handle(request, read_body)
         match = _ACK.match(path)
         if match is None:
             return await super().handle(request, read_body)
@@ -523,6 +583,12 @@ def add_aggregate_command(sub: Any) -> None:
         "address (anyone who reaches it can then acknowledge)",
     )
     agg.add_argument("--key", type=Path, help="keep the aggregator's key in this file")
+    agg.add_argument(
+        "--commands",
+        action="store_true",
+        help="also serve POST /command (remote commands signed with the aggregator's key, "
+        "as the policy grants it); only on a loopback --http address",
+    )
     agg.add_argument("--port-file", type=Path, help="write the bound HTTP port here")
     agg.add_argument("--protocol", choices=("auto", "5", "3.1.1"), default="auto")
     add_log_options(agg)
@@ -544,6 +610,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             key_file=args.key,
             protocol=args.protocol,
             allow_ack=args.allow_ack,
+            commands=args.commands,
         )
     except ValueError as exc:
         raise AgentError(str(exc)) from None
@@ -568,6 +635,19 @@ async def _serve(config: AggregatorConfig, port_file: Path | None) -> None:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def _publish_addressed(
+    replicator: Replicator, channel: str, body: dict[str, Any], to: str
+) -> None:
+    await replicator.publish_app(channel, body, retain=False, to=to)
 
 
 def _lazy_arbitrator() -> LazyArbitrator | None:

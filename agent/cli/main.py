@@ -30,6 +30,7 @@ _COMMAND_GROUPS: Final = {
     "aggregate": "aggregate",
     "status": "status",
     "alarm": "status",
+    "command": "status",
     "zone": "admin",
     "policy": "admin",
     "simulate-device": "simulate",
@@ -98,6 +99,25 @@ def add_status_commands(sub: Any) -> None:
     ack.add_argument("id", help="alarm id, or any prefix of it that no other alarm shares")
     _endpoint(ack)
     ack.set_defaults(handler=cmd_alarm_ack)
+    command = sub.add_parser(
+        "command",
+        help="command a unit of any node of the mesh, through the local agent",
+        description="Send UNIT's COMMAND to NODE (signed with the local agent's key; "
+        "NODE may be the local node) and print its outcome: done, accepted, refused, "
+        "failed or timed-out. Exit code 0 only for done or accepted.",
+    )
+    command.add_argument("node", help="the target node id")
+    command.add_argument("unit", help="the unit on that node")
+    command.add_argument("cmd", metavar="command", help="the unit's command")
+    command.add_argument(
+        "value", nargs="?", help="a number, true/false, null or text (default: none)"
+    )
+    command.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    command.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the outcome (default 5)"
+    )
+    _endpoint(command)
+    command.set_defaults(handler=cmd_command)
 
 
 def _endpoint(p: argparse.ArgumentParser) -> None:
@@ -161,6 +181,35 @@ def cmd_alarm_ack(args: argparse.Namespace) -> int:
     doc = StatusClient(endpoint_of(args)).ack_alarm(args.id)
     print(f"acknowledged {doc['id']}")
     return 0
+
+
+def command_value(text: str | None) -> Any:
+    """A command value from the command line: a JSON scalar (``42``, ``true``,
+    ``null``) or, failing that, the text itself."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if value is None or isinstance(value, bool | int | float | str) else text
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    if not 0.1 <= args.timeout <= 300:
+        print("vsm-edge command: --timeout must be in [0.1, 300] seconds", file=sys.stderr)
+        return 2
+    client = StatusClient(endpoint_of(args))
+    doc = client.command(
+        args.node, args.unit, args.cmd, command_value(args.value), timeout_s=args.timeout
+    )
+    status = doc["status"]
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        why = doc.get("why") or ""
+        print(f"{status}: {args.node} {args.unit}.{args.cmd}" + (f": {why}" if why else ""))
+    return 0 if status in ("done", "accepted") else 1
 
 
 def _num(value: Any, fmt: str = "{:.2f}") -> str:

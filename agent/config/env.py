@@ -92,6 +92,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "str",
         "HA discovery prefix (default homeassistant)",
     ),
+    EnvVar("VSM_HOMEASSISTANT_COMMANDS", "homeassistant.commands", "bool", "unit commands from HA"),
 )
 """Every config variable; ``VSM_CONFIG`` and :data:`RUN_ENV_VARS` are read elsewhere."""
 

@@ -141,6 +141,8 @@ class HomeAssistantConfig:
     enabled: bool = False
     discovery_prefix: str = field(default="homeassistant", metadata=limits(check=_plain_topic))
     state_interval_s: float = field(default=5.0, metadata=limits(minimum=0.5, maximum=3600))
+    # number/switch/text entities that command units, unsigned, through the broker
+    commands: bool = False
 
 
 @dataclass(frozen=True, slots=True)

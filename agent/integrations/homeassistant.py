@@ -15,6 +15,15 @@ connection to its broker (client id ``{node}-ha``) and publishes, retained:
   connected, "offline" as the connection's last will — the node's presence,
   in plain text, since HA cannot read the signed presence envelope.
 
+With ``[homeassistant] commands = true`` it also announces each unit command
+as an entity HA can use (:func:`command_messages`: ``number`` for a number,
+``switch`` for a bool, ``text`` for text), with a ``command_topic``
+``vsm-edge/{mesh}/{node}/cmd/{unit}/{command}``, and subscribes to those
+topics. HA cannot sign envelopes, so a command arriving there runs *locally*,
+as issuer ``homeassistant``, through the same S1/S2/S3/S5 checks as any
+local command (:func:`parse_command` checks the payload first); whoever may
+publish on those topics at the broker may command the node's units.
+
 HA announces itself with a birth message, "online" on ``{prefix}/status``;
 the agent subscribes to it and republishes every config and the state, so
 entities come back after HA restarts even without retained configs. The
@@ -26,8 +35,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +51,16 @@ if TYPE_CHECKING:
     from ..vsm.runtime import Runtime
 
 __all__ = [
+    "CommandInfo",
     "HomeAssistantPublisher",
     "ReadingInfo",
     "availability_topic",
+    "command_messages",
+    "command_topic",
     "discovery_messages",
     "is_birth",
     "object_id",
+    "parse_command",
     "serve_homeassistant",
     "state_payload",
     "state_topic",
@@ -57,6 +71,9 @@ log = logging.getLogger("vsm_edge.agent.homeassistant")
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_ENTITIES = 256
 VERSION = "0.1.0"
+MAX_COMMAND_PAYLOAD = 256  # bytes of a command from HA
+MAX_RUNNING_COMMANDS = 16  # commands from HA executing at once; more are dropped (counted)
+_TOPIC_UNSAFE = frozenset("/+#")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,21 @@ class ReadingInfo:
     @property
     def key(self) -> str:
         return f"{self.unit}.{self.reading}"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    """One unit command as HA sees it: kind ``number``, ``bool`` or ``text``, number bounds."""
+
+    unit: str
+    command: str
+    kind: str = "number"
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.unit}.{self.command}"
 
 
 def object_id(text: str) -> str:
@@ -197,6 +229,105 @@ def state_payload(
     ).encode()
 
 
+def command_topic(mesh: str, node: str, unit: str, command: str) -> str:
+    return f"vsm-edge/{mesh}/{node}/cmd/{unit}/{command}"
+
+
+def _commandable(info: CommandInfo) -> bool:
+    """Can HA reach this command: names usable as topic levels, a kind HA has an entity for."""
+    return (
+        info.kind in ("number", "bool", "text")
+        and bool(info.unit)
+        and bool(info.command)
+        and not _TOPIC_UNSAFE & set(info.unit + info.command)
+    )
+
+
+def command_messages(
+    prefix: str, mesh: str, node: str, commands: Iterable[CommandInfo]
+) -> list[tuple[str, bytes]]:
+    """(topic, JSON payload) of the discovery config of each unit command (pure).
+
+    ``number`` (bounds as declared; a missing bound is +-1e9, HA needs both),
+    ``switch`` (payloads ``true`` / ``false``) or ``text``, each optimistic (the
+    unit's state is its readings), at most :data:`MAX_ENTITIES`; commands whose
+    names cannot be topic levels (``/``, ``+``, ``#``) are left out.
+    """
+    device_id = _device_id(mesh, node)
+    out = []
+    for info in [c for c in commands if _commandable(c)][:MAX_ENTITIES]:
+        obj = object_id(f"c_{info.key}")
+        unique = f"{device_id}_{obj}"
+        payload: dict[str, Any] = {
+            "name": info.key,
+            "unique_id": unique,
+            "object_id": unique,
+            "command_topic": command_topic(mesh, node, info.unit, info.command),
+            "optimistic": True,
+            "retain": False,
+            "availability_topic": availability_topic(mesh, node),
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": {"identifiers": [device_id]},
+            "origin": {"name": "vsm-edge", "sw_version": VERSION},
+        }
+        if info.kind == "number":
+            component = "number"
+            payload["min"] = info.minimum if info.minimum is not None else -1e9
+            payload["max"] = info.maximum if info.maximum is not None else 1e9
+            payload["mode"] = "box"
+            payload["step"] = "any"
+        elif info.kind == "bool":
+            component = "switch"
+            payload["payload_on"] = "true"
+            payload["payload_off"] = "false"
+        else:
+            component = "text"
+            payload["max"] = MAX_COMMAND_PAYLOAD
+        topic = f"{prefix}/{component}/{device_id}/{obj}/config"
+        out.append((topic, json.dumps(payload, sort_keys=True).encode()))
+    return out
+
+
+def parse_command(
+    mesh: str, node: str, topic: str, payload: bytes, commands: Mapping[str, CommandInfo]
+) -> tuple[str, str, Any]:
+    """``(unit, command, value)`` of a command HA sent on ``topic``; raises ValueError.
+
+    ``commands`` maps ``unit.command`` to what the node declares. The
+    payload is at most :data:`MAX_COMMAND_PAYLOAD` bytes of UTF-8: a finite
+    number for a number command, ``true``/``false`` (or ``ON``/``OFF``) for a
+    bool, the text for text. The unit's own checks (bounds...) come after.
+    """
+    prefix = f"vsm-edge/{mesh}/{node}/cmd/"
+    if not topic.startswith(prefix) or topic[len(prefix) :].count("/") != 1:
+        raise ValueError(f"not a command topic: {topic!r}")
+    unit, command = topic[len(prefix) :].split("/")
+    info = commands.get(f"{unit}.{command}")
+    if info is None:
+        raise ValueError(f"no unit {unit!r} with command {command!r}")
+    if len(payload) > MAX_COMMAND_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes, more than {MAX_COMMAND_PAYLOAD}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("payload is not UTF-8") from None
+    if info.kind == "bool":
+        word = text.strip().lower()
+        if word not in ("true", "false", "on", "off"):
+            raise ValueError(f"{info.key} expects true or false, got {text[:32]!r}")
+        return unit, command, word in ("true", "on")
+    if info.kind == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{info.key} expects a number, got {text[:32]!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{info.key} expects a finite number")
+        return unit, command, int(number) if number.is_integer() and abs(number) < 2**53 else number
+    return unit, command, text
+
+
 def is_birth(prefix: str, topic: str, payload: bytes) -> bool:
     """Is this Home Assistant's birth message ("online" on ``{prefix}/status``)?"""
     return topic == f"{prefix}/status" and payload.strip() == b"online"
@@ -204,6 +335,9 @@ def is_birth(prefix: str, topic: str, payload: bytes) -> bool:
 
 # -- the Trio edge -----------------------------------------------------------------------
 
+
+Execute = Callable[[str, str, Any], Awaitable[str]]
+"""``execute(unit, command, value)``: run a command from HA locally; its outcome status."""
 
 SnapshotValue = tuple[list[ReadingInfo], dict[str, float], list[dict[str, Any]], bool, float]
 Snapshot = Callable[[], SnapshotValue]
@@ -222,8 +356,17 @@ class HomeAssistantPublisher:
         interval_s: float,
         transport_factory: Callable[[Will], Transport],
         snapshot: Snapshot,
+        commands: Callable[[], list[CommandInfo]] | None = None,
+        execute: Execute | None = None,
     ) -> None:
         self.prefix = prefix
+        # HA's commands: announced and taken only when both are given
+        self.commands = commands if execute is not None else None
+        self.execute = execute
+        self.commands_run: dict[str, int] = {}  # outcome status -> count
+        self.commands_refused = 0  # malformed or unknown, before running
+        self.commands_dropped = 0  # past MAX_RUNNING_COMMANDS
+        self._running = 0
         self.mesh = mesh
         self.node = node
         self.interval_s = interval_s
@@ -249,7 +392,7 @@ class HomeAssistantPublisher:
             await outer.start(run_transport)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._listen)
+                    nursery.start_soon(self._listen, nursery)
                     nursery.start_soon(self._publish_loop)
                     task_status.started()
             finally:
@@ -261,12 +404,38 @@ class HomeAssistantPublisher:
                         pass
                 transport_scope.cancel()
 
-    async def _listen(self) -> None:
+    async def _listen(self, nursery: trio.Nursery) -> None:
         async for message in self.transport.messages:
             if is_birth(self.prefix, message.topic, message.payload):
                 self.births += 1
                 self._announced.clear()  # HA restarted: announce everything again
                 self._republish.set()
+            elif self.commands is not None:
+                self._command(nursery, message.topic, message.payload)
+
+    def _command(self, nursery: trio.Nursery, topic: str, payload: bytes) -> None:
+        assert self.commands is not None
+        known = {c.key: c for c in self.commands() if _commandable(c)}
+        try:
+            unit, command, value = parse_command(self.mesh, self.node, topic, payload, known)
+        except ValueError as exc:
+            self.commands_refused += 1
+            log.info("command from home assistant refused: %s", exc)
+            return
+        if self._running >= MAX_RUNNING_COMMANDS:
+            self.commands_dropped += 1
+            log.warning("command from home assistant dropped: %d running", self._running)
+            return
+        self._running += 1
+        nursery.start_soon(self._run_command, unit, command, value)
+
+    async def _run_command(self, unit: str, command: str, value: Any) -> None:
+        assert self.execute is not None
+        try:
+            status = await self.execute(unit, command, value)
+        finally:
+            self._running -= 1
+        self.commands_run[status] = self.commands_run.get(status, 0) + 1
 
     async def _publish_loop(self) -> None:
         subscribed = False
@@ -275,6 +444,9 @@ class HomeAssistantPublisher:
             try:
                 if not subscribed:
                     await self.transport.subscribe(f"{self.prefix}/status", qos=1)
+                    if self.commands is not None:
+                        topics = f"vsm-edge/{self.mesh}/{self.node}/cmd/+/+"
+                        await self.transport.subscribe(topics, qos=1)
                     subscribed = True
                 await self.transport.publish(
                     availability_topic(self.mesh, self.node), b"online", qos=1, retain=True
@@ -291,7 +463,10 @@ class HomeAssistantPublisher:
 
     async def _publish_once(self) -> None:
         infos, values, alarms, safe_mode, ratio = self.snapshot()
-        for topic, payload in discovery_messages(self.prefix, self.mesh, self.node, infos):
+        configs = discovery_messages(self.prefix, self.mesh, self.node, infos)
+        if self.commands is not None:
+            configs += command_messages(self.prefix, self.mesh, self.node, self.commands())
+        for topic, payload in configs:
             if topic in self._announced:
                 continue
             await self.transport.publish(topic, payload, qos=1, retain=True)
@@ -310,15 +485,32 @@ def serve_homeassistant(agent: Agent, runtime: Runtime) -> HomeAssistantPublishe
     """
     if not agent.config.homeassistant.enabled:
         return None
+
+    async def execute(unit: str, command: str, value: Any) -> str:
+        # This node's own command (as the CLI's to the local node): recorded in
+        # the status section "commands" with issuer "homeassistant".
+        outcome = await agent.command(agent.node, unit, command, value, issuer="homeassistant")
+        if not outcome.ok:
+            log.info("command %s.%s from home assistant %s: %s", unit, command,
+                     outcome.status, outcome.why)  # fmt: skip
+        return outcome.status
+
     publisher = publisher_for_agent(
-        runtime, agent.config, agent.transport_factory(client_suffix="-ha")
+        runtime,
+        agent.config,
+        agent.transport_factory(client_suffix="-ha"),
+        execute=execute if agent.config.homeassistant.commands else None,
     )
     runtime.add_service("homeassistant", publisher.run)
     return publisher
 
 
 def publisher_for_agent(
-    runtime: Runtime, config: AgentConfig, transport_factory: Callable[[Will], Transport]
+    runtime: Runtime,
+    config: AgentConfig,
+    transport_factory: Callable[[Will], Transport],
+    *,
+    execute: Execute | None = None,
 ) -> HomeAssistantPublisher:
     """A publisher fed by a running :class:`~vsm_edge.agent.Runtime` (units, readings, alarms).
 
@@ -354,6 +546,13 @@ def publisher_for_agent(
         ratio = runtime.s4.ratio(trio.current_time())
         return infos, dict(latest), alarms, bool(runtime.s5.safe_mode), float(ratio)
 
+    def commands() -> list[CommandInfo]:
+        return [
+            CommandInfo(name, spec.name, spec.kind, spec.minimum, spec.maximum)
+            for name, record in sorted(runtime.units.items())
+            for spec in record.commands.values()
+        ]
+
     return HomeAssistantPublisher(
         prefix=config.homeassistant.discovery_prefix,
         mesh=config.node.mesh,
@@ -361,4 +560,6 @@ def publisher_for_agent(
         interval_s=config.homeassistant.state_interval_s,
         transport_factory=transport_factory,
         snapshot=snapshot,
+        commands=commands,
+        execute=execute,
     )

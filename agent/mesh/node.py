@@ -15,6 +15,9 @@ discovery. The arrows between them:
   peers' signals -> the local algedonic channel (S5 directly);
 * ``vsm/{mesh}/policy`` -> S5 (accepted only when admin-signed) -> the
   gateway's zone (``mesh.ingress.IngressGuard``);
+* remote commands (``mesh.commands``): ``vsm/{mesh}/cmd/{node}`` -> S5's
+  grants, staleness, ``runtime.execute_command`` -> the outcome on
+  ``vsm/{mesh}/cmdr/{issuer}``; :meth:`Agent.command` issues one;
 * every inbound envelope -> the ingress guard and its gateway, before
   anything is merged; each live one from a known peer (not retained, signed
   by the key bound to its sender, admitted, or refused as too far ahead) ->
@@ -96,6 +99,7 @@ from ..vsm.runtime import Runtime
 from ..vsm.s4 import PeerReport, PeerReportError
 from ..vsm.status import VsmStatus
 from ..vsm.unit import Unit
+from .commands import CommandOutcome, Commands
 from .ingress import OPEN_ZONE, IngressGuard
 from .schema import (
     MESH_DOC,
@@ -177,6 +181,7 @@ class Agent:
         self._advertise_broker_port = advertise_broker_port
         self.runtime: Runtime | None = None
         self.replicator: Replicator | None = None
+        self.commands: Commands | None = None
         self._broker_address = ""
         self.gateway: Gateway | None = None
         self.security: IngressGuard | None = None
@@ -278,6 +283,14 @@ class Agent:
             runtime.set_status_section("broker", self._broker_status)
             runtime.alarms.persist = functools.partial(self._write_alarms, replicator)
             replicator.observe_store_faults(self._on_store_fault)
+            commands = Commands(
+                self.node,
+                runtime,
+                functools.partial(_publish_addressed, replicator),
+                wall_clock=self._wall_clock,
+            )
+            self.commands = commands
+            runtime.set_status_section("commands", commands.status)
             for extend in self._extensions:  # e.g. the web face: cli/run.py composes it
                 extend(self, runtime)
             runtime_done = trio.Event()
@@ -302,6 +315,7 @@ class Agent:
                     await self._put(replicator, key, value)
 
                 nursery.start_soon(guard.run, put_proposal)
+                await nursery.start(commands.run)
                 nursery.start_soon(self._algedonic_out, runtime, replicator)
                 nursery.start_soon(self._replicate_local, runtime, replicator)
                 if cfg.discovery.enabled:
@@ -719,6 +733,10 @@ class Agent:
         runtime = self.runtime
         if runtime is None:
             return None
+        if channel == "cmd" and self.commands is not None:
+            return self.commands.on_command(sender, envelope.kid, body)
+        if channel == "cmdr" and self.commands is not None:
+            return self.commands.on_outcome(sender, body)
         if channel == "alg":
             self._load_alarms()
             signal, refused = decode_peer_signal(sender, body)
@@ -741,6 +759,23 @@ class Agent:
             if runtime.accept_policy(body, raise_errors=False) and self.security is not None:
                 self.security.policy_changed(runtime, body)
         return None
+
+    async def command(
+        self,
+        node: str,
+        unit: str,
+        cmd: str,
+        value: Any = None,
+        *,
+        timeout_s: float = 5.0,
+        issuer: str = "operator",
+    ) -> CommandOutcome:
+        """Command ``unit.cmd`` on ``node`` (this node: locally, as ``issuer``) and wait
+        for the outcome; see :meth:`Commands.issue` (raises CommandError, AgentError
+        before ``run``)."""
+        if self.commands is None:
+            raise AgentError("the agent has not started: no commands yet")
+        return await self.commands.issue(node, unit, cmd, value, timeout_s=timeout_s, issuer=issuer)
 
     # -- discovery --------------------------------------------------------------------
 
@@ -771,6 +806,12 @@ class Agent:
             from .mdns_host import explain_mdns_error
 
             log.warning("mDNS discovery unavailable: %s", explain_mdns_error(str(exc)))
+
+
+async def _publish_addressed(
+    replicator: Replicator, channel: str, body: dict[str, Any], to: str
+) -> None:
+    await replicator.publish_app(channel, body, retain=False, to=to)
 
 
 def _live_stamp(inbound: Inbound, reason: str | None, replicator: Replicator | None) -> bool:

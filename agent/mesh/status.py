@@ -1,6 +1,6 @@
 """The mesh's sections of the node status, and :class:`NodeStatus`, the whole of it.
 
-The agent adds five top-level keys to the VSM's status
+The agent adds six top-level keys to the VSM's status
 (:meth:`Runtime.set_status_section <vsm_edge.agent.vsm.runtime.Runtime.set_status_section>`):
 
 * ``gateway`` (:class:`GatewayStatus`): the ingress guard and its gateway's decisions;
@@ -9,7 +9,8 @@ The agent adds five top-level keys to the VSM's status
 * ``store`` (:class:`StoreStatus`): whether the store takes writes, and what is held;
 * ``broker`` (:class:`BrokerStatus`): the connection to the MQTT broker (connected,
   reconnecting, refused and why);
-* ``discovery`` (:class:`DiscoveryStatus`): peers found by mDNS (while discovery runs).
+* ``discovery`` (:class:`DiscoveryStatus`): peers found by mDNS (while discovery runs);
+* ``commands`` (:class:`CommandsStatus`): remote commands run and issued (``mesh.commands``).
 
 :class:`NodeStatus` is the node's status as readers want it: the VSM part
 (:class:`~vsm_edge.agent.vsm.status.VsmStatus`) and these sections typed
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BrokerStatus",
+    "CommandRecordStatus",
+    "CommandsStatus",
     "DiscoveredPeer",
     "DiscoveryCounters",
     "DiscoveryStatus",
@@ -372,12 +375,47 @@ class DiscoveryStatus(StatusRecord):
 
 # -- the whole ---------------------------------------------------------------------------
 
+# -- commands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecordStatus(StatusRecord):
+    """One outcome, as the ``commands`` section lists it (``issuer``: who asked)."""
+
+    id: str
+    issuer: str
+    node: str
+    target: str  # unit.command
+    status: str
+    why: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsStatus(StatusRecord):
+    """The ``commands`` section: outcomes counted by role and status, the latest ones.
+
+    ``executed`` counts commands this node ran for others (and itself) by
+    outcome; ``issued`` the commands it sent by outcome (``timed-out``
+    included); ``duplicates`` redeliveries answered from memory; ``refused``
+    messages refused before any outcome (malformed, not for this node,
+    queue full), by reason.
+    """
+
+    executed: Mapping[str, int]
+    issued: Mapping[str, int]
+    duplicates: int
+    refused: Mapping[str, int]
+    recent: tuple[CommandRecordStatus, ...]
+
+
 SECTIONS: Mapping[str, SectionParser] = {
     "gateway": SectionError.parse(GatewayStatus.from_json),
     "replication": SectionError.parse(ReplicationStatus.from_json),
     "store": SectionError.parse(StoreStatus.from_json),
     "broker": SectionError.parse(BrokerStatus.from_json),
     "discovery": SectionError.parse(DiscoveryStatus.from_json),
+    "commands": SectionError.parse(CommandsStatus.from_json),
 }
 """How each mesh section is read from JSON (an ``{"error": ...}`` object is a SectionError)."""
 
@@ -405,6 +443,10 @@ class NodeStatus:
     @property
     def broker(self) -> BrokerStatus | SectionError | None:
         return self._section("broker", BrokerStatus)
+
+    @property
+    def commands(self) -> CommandsStatus | SectionError | None:
+        return self._section("commands", CommandsStatus)
 
     @property
     def discovery(self) -> DiscoveryStatus | SectionError | None:

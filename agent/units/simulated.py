@@ -119,12 +119,15 @@ class SimulatedSensor:
 class SimulatedActuator:
     """An actuator with one numeric command (``set``) that reports its state.
 
-    Options: command ("set"), reading ("state"), minimum, maximum, initial (0.0).
-    ``history`` keeps ``(trio time, applied value, issuer)`` for inspection.
+    Options: command ("set"), reading ("state"), minimum, maximum, initial (0.0),
+    confirm (false). ``history`` keeps ``(trio time, applied value, issuer)``
+    for inspection. With ``confirm = true`` it confirms each command once
+    applied (``confirms_commands``), so a command's outcome (local or remote)
+    is "done", not only "accepted".
     """
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - {"command", "reading", "minimum", "maximum", "initial"}
+        unknown = set(options) - {"command", "reading", "minimum", "maximum", "initial", "confirm"}
         if unknown:
             raise UnitError(f"unit {name}: unknown option {sorted(unknown)[0]!r}")
         self.command_name = str(options.get("command", "set"))
@@ -141,6 +144,10 @@ class SimulatedActuator:
         )
         self.readings: tuple[ReadingSpec, ...] = (ReadingSpec(self.reading),)
         self.value = _opt(options, "initial", 0.0, name)
+        confirm = options.get("confirm", False)
+        if not isinstance(confirm, bool):
+            raise UnitError(f"unit {name}: option confirm must be true or false")
+        self.confirms_commands = confirm
         self.history: list[tuple[float, float, str]] = []
 
     async def run(self, ctx: UnitContext) -> None:
@@ -150,3 +157,5 @@ class SimulatedActuator:
             self.value = float(command.value)
             self.history.append((trio.current_time(), self.value, command.issuer))
             ctx.emit(self.reading, self.value)
+            if self.confirms_commands:
+                ctx.complete(command)

@@ -408,6 +408,11 @@ class Runtime:
             target, name, value, issuer=issuer, timeout_s=timeout_s
         )
 
+    def confirms_commands(self, unit: str) -> bool:
+        """Whether ``unit`` reports each command's outcome (``confirms_commands``)."""
+        record = self._operations.units.get(unit)
+        return record is not None and record.confirms
+
     # -- S2: leases (CoordinationLoops) -------------------------------------------------
 
     def acquire_lease(self, resource: str, ttl_s: float | None = None) -> LeaseMap:

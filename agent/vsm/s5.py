@@ -9,7 +9,10 @@ verifies, the mesh matches, and its version is newer than the current one
 (replays of older documents are refused). The ``policy`` map may carry a
 ``zone``: the serialized zone filters (``vsm_edge.models.ZonePolicy``, opaque
 here; the agent's ingress guard decodes them with the mesh secret). Documents
-without it, written before zones existed, decode as before.
+without it, written before zones existed, decode as before. It may carry
+``cmd``: the grants of remote commands (:class:`CommandGrant`: which node keys
+may command which nodes' ``unit.command``; docs/protocol.md §6). Without a
+grant for its key, a remote command is refused "not authorized".
 
 Safe mode: S5 tracks the pain it hears. The *pain level* is the highest pain
 intensity heard within the last ``safe_mode_after_s / 4`` seconds, or the
@@ -39,6 +42,7 @@ from .event import Scalar
 from .settings import S5Config
 
 __all__ = [
+    "CommandGrant",
     "Decision",
     "Identity",
     "Policy",
@@ -54,7 +58,50 @@ __all__ = [
 MAX_POLICY_BYTES = 192 * 1024
 MAX_ZONE_BYTES = 160 * 1024
 MAX_PATTERNS = 256
+MAX_GRANTS = 256
+MAX_GRANT_PATTERNS = 32
+KID_BYTES = 16
 _KEYS = frozenset({"version", "mesh", "allow", "deny", "safe", "limits"})
+_OPTIONAL_KEYS = frozenset({"zone", "cmd"})
+_GRANT_KEYS = frozenset({"kid", "nodes", "commands"})
+
+
+@dataclass(frozen=True, slots=True)
+class CommandGrant:
+    """The holder of the node key with id ``kid`` may command the nodes matching
+    ``nodes`` (globs on node ids), their ``unit.command`` matching ``commands``."""
+
+    kid: bytes
+    nodes: tuple[str, ...]
+    commands: tuple[str, ...]
+
+    def allows(self, kid: bytes, node: str, target: str) -> bool:
+        return kid == self.kid and _matches(node, self.nodes) and _matches(target, self.commands)
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {"kid": self.kid, "nodes": list(self.nodes), "commands": list(self.commands)}
+
+    @classmethod
+    def from_cbor(cls, obj: object) -> CommandGrant:
+        """Strict; raises :class:`PolicyError`."""
+        if not isinstance(obj, dict) or set(obj) != _GRANT_KEYS:
+            raise PolicyError("policy: a cmd grant must be a map of kid, nodes, commands")
+        kid = obj["kid"]
+        if not (isinstance(kid, bytes) and len(kid) == KID_BYTES):
+            raise PolicyError(f"policy: a cmd grant's kid must be {KID_BYTES} bytes")
+        lists = []
+        for key in ("nodes", "commands"):
+            value = obj[key]
+            if not (
+                isinstance(value, list)
+                and 0 < len(value) <= MAX_GRANT_PATTERNS
+                and all(isinstance(p, str) and 0 < len(p) <= 128 for p in value)
+            ):
+                raise PolicyError(
+                    f"policy: a cmd grant's {key} must be 1..{MAX_GRANT_PATTERNS} patterns"
+                )
+            lists.append(tuple(value))
+        return cls(kid, lists[0], lists[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +123,7 @@ class Policy:
     safe_mode_commands: tuple[str, ...] = ()
     limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     zone: bytes | None = None  # serialized ZonePolicy (VSZP), or None: no zone in this policy
+    grants: tuple[CommandGrant, ...] = ()  # remote commands ("cmd"); none: nobody may
 
     def to_cbor(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,13 +136,21 @@ class Policy:
         }
         if self.zone is not None:
             out["zone"] = self.zone
+        if self.grants:  # left out when empty: documents without grants are as before
+            out["cmd"] = [g.to_cbor() for g in self.grants]
         return out
 
     @classmethod
     def from_cbor(cls, obj: object) -> Policy:
         """Strict; raises :class:`PolicyError`."""
-        if not isinstance(obj, dict) or set(obj) not in (_KEYS, _KEYS | {"zone"}):
+        if not isinstance(obj, dict) or not _KEYS <= set(obj) <= _KEYS | _OPTIONAL_KEYS:
             raise PolicyError("policy: wrong shape")
+        grants_raw = obj.get("cmd", [])
+        if not isinstance(grants_raw, list) or not (
+            ("cmd" not in obj or grants_raw) and len(grants_raw) <= MAX_GRANTS
+        ):
+            raise PolicyError(f"policy: cmd must be a list of 1..{MAX_GRANTS} grants")
+        grants = tuple(CommandGrant.from_cbor(g) for g in grants_raw)
         zone = obj.get("zone")
         if "zone" in obj and not (isinstance(zone, bytes) and 0 < len(zone) <= MAX_ZONE_BYTES):
             raise PolicyError(f"policy: zone must be 1..{MAX_ZONE_BYTES} bytes")
@@ -130,7 +186,7 @@ class Policy:
             ):
                 raise PolicyError(f"policy: limits {key}: need finite min <= max")
             limits[key] = (float(lo), float(hi))
-        return cls(version, mesh, lists[0], lists[1], lists[2], limits, zone)
+        return cls(version, mesh, lists[0], lists[1], lists[2], limits, zone, grants)
 
 
 def _loads(data: bytes) -> Any:
@@ -253,6 +309,14 @@ class PolicyEngine:
         if reason is not None:
             self.refusals += 1
         return reason
+
+    def authorize_remote(self, kid: bytes, node: str, target: str) -> str | None:
+        """Why the holder of key ``kid`` may not command ``target`` (``unit.command``)
+        on ``node`` by the policy's grants, or None when a grant allows it."""
+        if any(g.allows(kid, node, target) for g in self.policy.grants):
+            return None
+        self.refusals += 1
+        return "not authorized"
 
     # -- arbitration --------------------------------------------------------------
 

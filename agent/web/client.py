@@ -83,6 +83,22 @@ class StatusClient:
         _, doc = self.request("POST", "/alarm", body)
         return dict(doc)
 
+    def command(
+        self, node: str, unit: str, cmd: str, value: Any = None, *, timeout_s: float = 5.0
+    ) -> dict[str, Any]:
+        """``POST /command`` and wait for the outcome (``{"id", "node", "status", "why", "at"}``).
+
+        The HTTP wait is the command's timeout plus this client's own.
+        """
+        body: dict[str, Any] = {"node": node, "unit": unit, "cmd": cmd, "timeout_s": timeout_s}
+        if value is not None:
+            body["value"] = value
+        waiting = StatusClient(self.endpoint, timeout_s=self.timeout_s + timeout_s)
+        _, doc = waiting.request("POST", "/command", body)
+        if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
+            raise StatusClientError(f"{self.endpoint}/command did not answer an outcome")
+        return dict(doc)
+
     def ack_alarm(self, alarm_id: str) -> dict[str, Any]:
         """Acknowledge the alarm whose id is or starts with ``alarm_id`` (hex digits).
 

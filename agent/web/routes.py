@@ -5,6 +5,7 @@
     GET /metrics     Prometheus text format (agent/web/metrics.py)
     GET /view.json   the mesh as this agent sees it (agent/web/view.py)
     GET /dashboard   the dashboard page (also GET /)
+    POST /command    a command to a unit of any node (agent/web/command_route.py)
 
 The aggregator serves the same page and the same two documents from its own
 read-only server (agent/cli/aggregate.py).
@@ -22,6 +23,7 @@ from vsm_edge.sync import CrdtDocument, thaw, wall_clock_ms
 from ..mesh.schema import MESH_DOC
 from ..mesh.status import NodeStatus
 from ..vsm.record import StatusRecord
+from .command_route import command_response
 from .http import HttpResponse, json_response
 from .status import StatusServer, serve_status
 from .view import History, LagTracker, alarm_entry, build_view, mesh_nodes, mesh_observers
@@ -137,6 +139,14 @@ def serve_agent(agent: Agent, runtime: Runtime) -> StatusServer | None:
         runtime, config.status, config.node.data_dir if runtime.write_state else None
     )
     install_agent_routes(agent, runtime, server.routes)
+
+    async def command(obj: Any) -> HttpResponse:
+        async def issue(node: str, unit: str, cmd: str, value: Any, timeout_s: float) -> Any:
+            return await agent.command(node, unit, cmd, value, timeout_s=timeout_s)
+
+        return await command_response(issue, obj)
+
+    server.post_routes["/command"] = command
     return server
 
 

@@ -22,14 +22,15 @@ Routes::
                              prefix (1-32 hex digits; 404 when no alarm has it, 409 when
                              several do); acknowledges mesh-wide
     POST /alarm/{id}/clear   -> {"id", "cleared": true, "state"}: the condition is over
+    GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
+    POST <post_routes>       JSON routes added by the composition (/command: web/command_route.py)
 
 A POST must say ``Content-Type: application/json`` (415 otherwise): a page of
 another site open in the operator's browser cannot make it send one without
 a CORS preflight, which nothing here answers. An alarm raised or acknowledged
-here is durable when the answer says so: the
-answer waits until the node's record of it is committed to its store (the
-mesh document), so a kill -9 right after it loses nothing.
-    GET  <routes>            routes added by the composition (/metrics, /dashboard, /view.json)
+here is durable when the answer says so: the answer waits until the node's
+record of it is committed to its store (the mesh document), so a kill -9
+right after it loses nothing.
 
 :func:`serve_status` composes it with a runtime: the server starts as one of
 the runtime's services (``Runtime.add_service``), so it is up before the
@@ -43,7 +44,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,8 @@ class StatusServer(HttpServer):
         super().__init__(host, port, max_connections=MAX_CONNECTIONS, head_timeout_s=head_timeout_s)
         self.runtime = runtime
         self.routes: dict[str, Callable[[], HttpResponse]] = {}  # extra GET routes
+        # extra POST routes: handler(decoded JSON body)
+        self.post_routes: dict[str, Callable[[Any], Awaitable[HttpResponse]]] = {}
         self.bound_port: int | None = None
 
     async def serve(
@@ -153,6 +156,15 @@ class StatusServer(HttpServer):
                 {"id": entry.id, done: True, "state": entry.state, "durable": durable},
                 200 if durable else 202,
             )
+        post = self.post_routes.get(target)
+        if post is not None:
+            _allow(method, "POST")
+            require_json_post(request)
+            try:
+                obj = decode_json(await read_body(MAX_BODY))
+            except JsonInputError as exc:
+                raise HttpError(400, str(exc)) from None
+            return await post(obj)
         extra = self.routes.get(target)
         if extra is not None:
             _allow(method, "GET")
