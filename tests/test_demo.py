@@ -37,6 +37,11 @@ def test_demo_forms_a_mesh_survives_the_script_and_converges() -> None:
     assert alarm["ack"]["by"] == "n2"
     assert sorted(alarm["ack"]["per_node_ms"]) == ["n1", "n2", "n3"]
     assert "acknowledged on all 3 nodes" in progress
+    # an operator on n2's host commands n1's vent: in range done, out of range refused
+    first, second = summary["commands"]
+    assert (first["value"], first["status"]) == (40, "done"), first
+    assert (second["value"], second["status"]) == (140, "refused"), second
+    assert "above maximum 100" in second["why"]
     statuses = summary["statuses"]
     assert len(statuses) == 3
     for status in statuses:

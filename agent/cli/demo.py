@@ -15,7 +15,10 @@ The script, for a run of ``--duration D`` seconds after the mesh has formed:
 * at 0.75 D an operator raises a critical alarm on ``n1`` (an emergency stop)
   and the demo times its arrival at every peer; then an operator on ``n2``
   acknowledges it and the demo times until every node holds it acknowledged
-  (alarms are mesh state: the acknowledgement travels);
+  (alarms are mesh state: the acknowledgement travels); then an operator on
+  ``n2`` commands ``n1``'s vent (``vsm-edge command n1 vent open 40``: signed
+  by n2's key, granted by the demo's admin-signed policy, outcome back to n2)
+  and once more out of range (refused by n1's S1 with the reason);
 * at D it takes every node's version vector and waits until every node covers
   all of them: *converged* means every update made before D reached every node.
 
@@ -30,6 +33,7 @@ partition, alarm, check), read top to bottom; its parts are used nowhere else.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -45,10 +49,14 @@ from urllib.parse import urlsplit
 
 import trio
 
+from vsm_edge.sync import NodeKey, save_node_key
+
 from .._errors import AgentError, StatusClientError, StatusError
 from ..mesh.broker import EmbeddedBroker
 from ..mesh.status import GatewayStatus, NodeStatus, ReplicationStatus
+from ..vsm.s5 import CommandGrant
 from ..web.client import StatusClient
+from .admin import sign_zone_policy
 from .demo_device import DemoDevice, start_device
 
 __all__ = ["add_demo_command", "cmd_demo"]
@@ -230,14 +238,28 @@ class Demo:
         else:
             self.device_note = device
             self.say(f"no simulated device: {device}; continuing without it")
+        # The demo is its own admin: node keys made here, and a signed policy that
+        # grants every node's key the commands of every node's vent.
+        admin = NodeKey.generate()
+        keys = {f"n{i}": NodeKey.generate() for i in range(1, self.count + 1)}
+        grants = [CommandGrant(key.kid, ("*",), ("vent.*",)) for key in keys.values()]
+        policy = workdir / "policy.cbor"
+        policy.write_bytes(
+            sign_zone_policy(None, admin.seed, mesh=MESH, version=1, grants=grants)
+        )
         for i in range(1, self.count + 1):
             proxy = TcpProxy(host, port)
             await nursery.start(proxy.run)
             name = f"n{i}"
             data_dir = workdir / name
             data_dir.mkdir()
+            save_node_key(keys[name], data_dir / "node.key")
             config = workdir / f"{name}.toml"
-            config.write_text(self._config(name, data_dir, proxy.port))
+            config.write_text(
+                self._config(name, data_dir, proxy.port)
+                + f'\n[s5]\nadmin_keys = ["{admin.public_key.hex()}"]\n'
+                f'policy_file = "{policy}"\n'
+            )
             self.nodes.append(_Node(name, data_dir, config, proxy))
         for node in self.nodes:
             node.log = (node.data_dir / "agent.log").open("w")
@@ -332,6 +354,7 @@ kind = "simulated-actuator"
 command = "open"
 minimum = 0
 maximum = 100
+confirm = true
 """ + (self.device.unit_toml() if self.device is not None and name == self.device.node else "")
 
     # -- polling ---------------------------------------------------------------------
@@ -414,6 +437,7 @@ maximum = 100
 
     async def _script(self, start: float, broker: EmbeddedBroker | None) -> None:
         self._alarm_report: dict[str, Any] = {}
+        self._command_report: list[dict[str, Any]] = []
         await self._at(start, 0.2)
         self.say("n2's temperature sensor floods (1000 readings/s; S3 should attenuate it)")
         await self._at(start, 0.25)
@@ -499,6 +523,32 @@ maximum = 100
             self.say(f"the alarm reached {len(heard)} of {self.count - 1} peers")
         if self.count > 1 and alarm_id:
             self._alarm_report["ack"] = await self._acknowledge(alarm_id)
+        if self.count > 1:
+            self._command_report = await self._commands()
+
+    async def _commands(self) -> list[dict[str, Any]]:
+        """An operator on n2's host commands n1's vent: once in range, once out of it."""
+        by, target = self.nodes[1], self.nodes[0]
+        client = await self._client(by)
+        assert client is not None
+        out: list[dict[str, Any]] = []
+        for value in (40, 140):
+            line = f"vsm-edge command {target.name} vent open {value} (on {by.name}'s host)"
+            sent = trio.current_time()
+            try:
+                outcome = await trio.to_thread.run_sync(
+                    functools.partial(client.command, target.name, "vent", "open", value)
+                )
+            except StatusClientError as exc:
+                self.say(f"{line}: {exc}")
+                out.append({"value": value, "error": str(exc)})
+                continue
+            took = round((trio.current_time() - sent) * 1000)
+            why = f": {outcome['why']}" if outcome.get("why") else ""
+            self.say(f"{line}: {outcome['status']}{why} ({took} ms)")
+            out.append({"value": value, "status": outcome["status"], "why": outcome.get("why"),
+                        "ms": took})  # fmt: skip
+        return out
 
     async def _acknowledge(self, alarm_id: str) -> dict[str, Any]:
         """An operator on n2 acknowledges the alarm; time until every node holds that."""
@@ -573,6 +623,7 @@ maximum = 100
             "convergence_ms": {**_pcts(everywhere), "updates": len(everywhere)},
             "receipt_latency_ms": _pcts(sorted(receipts)),
             "alarm_propagation_ms": alarm,
+            "commands": getattr(self, "_command_report", []),
             "messages": messages,
             "bytes": nbytes,
             "events": self.events,
@@ -608,6 +659,10 @@ maximum = 100
         if ack.get("per_node_ms"):
             print(f"acknowledged on {ack['by']} -> held acknowledged by {ack['nodes']} nodes "
                   f"within {max(ack['per_node_ms'].values()):.0f} ms", file=out)  # fmt: skip
+        for command in summary["commands"]:
+            if "status" in command:
+                print(f"command n2 -> n1 vent.open {command['value']}: {command['status']} "
+                      f"in {command['ms']} ms", file=out)  # fmt: skip
         device = summary["device"]
         if device.get("node"):
             rep = device["replication_ms"]
