@@ -113,6 +113,19 @@ mean = 45.0
 noise = 3.0
 period_s = 0.5
 resolution = 2.0
+""" + (VENT if node == "n4" else "")
+
+
+# n4 also has an actuator: the command form of its page commands it
+VENT = """
+[[units]]
+name = "vent"
+kind = "simulated-actuator"
+[units.options]
+command = "open"
+minimum = 0
+maximum = 100
+confirm = true
 """
 
 
@@ -193,7 +206,7 @@ def test_aggregator_converges_with_a_five_node_mesh(mesh: Mesh) -> None:
         by = {n["node"]: n for n in view["nodes"]}
         return all(
             name in by and by[name]["online"] and by[name]["health"] is not None
-            and len(by[name]["readings"]) == 2
+            and len(by[name]["readings"]) == (3 if name == "n4" else 2)  # n4: + vent.state
             for name in names
         )  # fmt: skip
 
@@ -225,7 +238,7 @@ def test_aggregator_converges_with_a_five_node_mesh(mesh: Mesh) -> None:
     for node in view["nodes"]:
         assert node["mesh"] == MESH
         assert node["self"] is False
-        assert set(node["readings"]) == {"temp.celsius", "humidity.percent"}
+        assert set(node["readings"]) - {"vent.state"} == {"temp.celsius", "humidity.percent"}
         assert 0.0 <= node["health"] <= 1.0
     # the agents see the aggregator as a peer (it owns no data, only presence)
     status = get_json(mesh.agent_url("n1", "/status"))
@@ -432,6 +445,47 @@ class _Page:
             }})()
         """))  # fmt: skip
 
+    def send_command(self, node: str, unit: str, cmd: str, value: str) -> dict[str, str]:
+        """Fill the command form and send it; the outcome the page shows."""
+        args = json.dumps([node, unit, cmd, value])
+        return dict(self.evaluate(f"""
+            (async () => {{
+              const [node, unit, cmd, value] = {args};
+              const wait = async (f) => {{
+                for (let i = 0; i < 300; i++) {{
+                  const v = f();
+                  if (v) return v;
+                  await new Promise(r => setTimeout(r, 100));
+                }}
+                throw new Error("timed out waiting in the page");
+              }};
+              const select = document.getElementById("command-node");
+              await wait(() => !document.getElementById("command-panel").hidden
+                               && [...select.options].some(o => o.value === node));
+              select.value = node;
+              document.getElementById("command-unit").value = unit;
+              document.getElementById("command-cmd").value = cmd;
+              document.getElementById("command-value").value = value;
+              const result = document.getElementById("command-result");
+              delete result.dataset.result;
+              document.querySelector("#command-form button").click();
+              const outcome = await wait(() => result.dataset.result);
+              return {{ outcome, text: result.textContent }};
+            }})()
+        """))  # fmt: skip
+
+    def command_panel_hidden(self) -> bool:
+        """Whether the command form stays hidden once the page has drawn a view."""
+        return bool(self.evaluate("""
+            (async () => {
+              for (let i = 0; i < 300; i++) {
+                if (document.querySelector("#nodes tbody tr")) break;
+                await new Promise(r => setTimeout(r, 100));
+              }
+              return document.getElementById("command-panel").hidden;
+            })()
+        """))  # fmt: skip
+
     def close(self) -> None:
         self.ws.close()
         self.proc.terminate()
@@ -476,6 +530,13 @@ def test_dashboard_acknowledge_button_in_headless_chromium_acknowledges(
         assert row is not None
         assert row[0].startswith("yes by n4 at "), row
         assert row[1] == 0
+        # the command form: n4's vent, in range (done) and out of range (refused, the reason)
+        done = page.send_command("n4", "vent", "open", "30")
+        assert done == {"outcome": "ok", "text": "done: n4 vent.open"}, done
+        refused = page.send_command("n4", "vent", "open", "130")
+        assert refused["outcome"] == "failed", refused
+        assert refused["text"].startswith("refused: n4 vent.open: "), refused
+        assert "above maximum 100" in refused["text"], refused
     finally:
         page.close()
     # every other agent holds the acknowledgement (replicated state)
@@ -494,6 +555,8 @@ def test_dashboard_acknowledge_button_in_headless_chromium_acknowledges(
     page = _Page(mesh.aggregator_url("/dashboard"), tmp_path / "profile-aggregator")
     try:
         answer = page.click_ack(other)
+        # started without --commands: the aggregator's page offers no command form
+        assert page.command_panel_hidden()
     finally:
         page.close()
     assert answer == {"outcome": "ok", "text": f"acknowledged {other[:12]}"}, answer

@@ -501,7 +501,16 @@ class Aggregator:
                         "gateway": dict(gateway.statistics()) if gateway is not None else {},
                     }
                 )
-        out = build_view("aggregator", self.node, now_ms, meshes, nodes, alarms, observers)
+        out = build_view(
+            "aggregator",
+            self.node,
+            now_ms,
+            meshes,
+            nodes,
+            alarms,
+            observers,
+            commands=self.config.commands,
+        )
         if with_history:
             out["history"] = self.history.export()
         return out

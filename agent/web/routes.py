@@ -121,7 +121,10 @@ def agent_view(agent: Agent, runtime: Runtime, now_ms: int | None = None) -> dic
         if a.state != "cleared"
     ]
     observers = mesh_observers(mesh, nodes, online)
-    return build_view("agent", agent.node, now_ms, meshes, nodes, alarms, observers)
+    commands = agent.config.status.enabled  # its status endpoint takes POST /command
+    return build_view(
+        "agent", agent.node, now_ms, meshes, nodes, alarms, observers, commands=commands
+    )
 
 
 def _section_json(section: StatusRecord | None) -> Any:

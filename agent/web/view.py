@@ -14,7 +14,8 @@ shape to read (``GET /view.json``)::
      "alarms": [{"mesh", "node", "id", "source", "intensity", "valence",
                  "reason", "age_s", "critical", "acked", "acked_by", "acked_ms"}],
      "events": [{"mesh", "node", "id", "source", "intensity", "valence",
-                 "reason", "age_s"}]}
+                 "reason", "age_s"}],
+     "commands": bool}      # the server takes POST /command (the dashboard's form)
 
 A *node* is a peer that wrote into the mesh document (a report or a
 reading). A peer whose presence is online but that wrote nothing is an
@@ -337,8 +338,13 @@ def build_view(
     nodes: list[dict[str, Any]],
     alarms: list[dict[str, Any]],
     observers: list[dict[str, Any]] | None = None,
+    *,
+    commands: bool = False,
 ) -> dict[str, Any]:
     """The document of ``GET /view.json`` (see the module docstring).
+
+    ``commands``: whether the server that serves it takes ``POST /command``
+    (the dashboard then shows its command form).
 
     ``alarms`` are entries of :func:`alarm_entry`, any valence: pain ones
     become the sorted ``alarms``, pleasure ones the ``events`` (newest first,
@@ -365,4 +371,5 @@ def build_view(
         "observers": observers or [],
         "alarms": sorted(pain, key=alarm_order),
         "events": events[:MAX_EVENTS],
+        "commands": commands,
     }
