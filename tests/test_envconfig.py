@@ -47,6 +47,7 @@ def test_every_variable_sets_its_key(tmp_path: Path) -> None:
         "VSM_SHUTDOWN_TIMEOUT_S": "4.5",
         "VSM_HOMEASSISTANT_ENABLED": "true",
         "VSM_HOMEASSISTANT_PREFIX": "ha",
+        "VSM_UNITS": '[{"name": "temp", "kind": "simulated-sensor", "options": {"mean": 20}}]',
     }
     assert set(env) == {v.name for v in ENV_VARS}, "the test covers every variable"
     lookups: list[str] = []
@@ -78,6 +79,9 @@ def test_every_variable_sets_its_key(tmp_path: Path) -> None:
     assert config.runtime.shutdown_timeout_s == 4.5
     assert config.homeassistant.enabled is True
     assert config.homeassistant.discovery_prefix == "ha"
+    assert [(u.name, u.kind, dict(u.options)) for u in config.units] == [
+        ("temp", "simulated-sensor", {"mean": 20})
+    ]
 
 
 def test_variables_override_the_base_file_key_by_key(tmp_path: Path) -> None:
