@@ -110,6 +110,18 @@ def test_units_is_a_top_level_key_of_the_table() -> None:
         ('[{"name": "a", "kind": "k", "options": {"x": NaN}}]', "VSM_UNITS: invalid JSON"),
         ('[{"name": "a b", "kind": "k"}]', "config error: VSM_UNITS (units[0].name): "),
         ("[" + " " * MAX_UNITS_VALUE + "]", "VSM_UNITS (units): longer than 65536 characters"),
+        (
+            '[{"name": "a", "kind": "k", "options": {"x": ' + "[" * 5000 + "]" * 5000 + "}}]",
+            "config error: VSM_UNITS: invalid JSON: arrays or tables nested too deeply",
+        ),
+        (
+            "units = " + "[" * 5000 + "]" * 5000,
+            "config error: VSM_UNITS: invalid TOML: arrays or tables nested too deeply",
+        ),
+        (
+            '[{"name": "a", "kind": "k", "options": {"x": ' + "[" * 40 + "]" * 40 + "}}]",
+            "[0][0]): nested deeper than 32",
+        ),
     ],
 )
 def test_bad_units_are_one_error_naming_vsm_units(text: str, message: str) -> None:
@@ -182,3 +194,15 @@ def test_run_env_runs_the_units_of_vsm_units(tmp_path: Path, mosquitto: Mosquitt
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+def test_a_base_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    """tomllib recurses: a deep file was a RecursionError traceback, for a file or VSM_CONFIG."""
+    from vsm_edge.agent.config.loader import load_config
+
+    deep = tmp_path / "node.toml"
+    deep.write_text('[node]\nid = "n1"\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="invalid TOML: arrays or tables nested too deeply"):
+        load_config(deep)
+    with pytest.raises(ConfigError, match=r"VSM_CONFIG: .*nested too deeply"):
+        config_from_env({"VSM_CONFIG": str(deep)})

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._errors import ConfigError
-from .loader import MAX_CONFIG_BYTES, parse_config
+from .loader import MAX_CONFIG_BYTES, NESTED_TOO_DEEPLY, parse_config
 from .schema import AgentConfig
 
 __all__ = [
@@ -145,11 +145,15 @@ def _units(text: str) -> list[Any]:
             data = json.loads(value, parse_constant=_no_constant)
         except (json.JSONDecodeError, ValueError) as exc:
             raise ConfigError("VSM_UNITS", f"invalid JSON: {exc} ({_UNITS_SHAPE})") from None
+        except RecursionError:
+            raise ConfigError("VSM_UNITS", f"invalid JSON: {NESTED_TOO_DEEPLY}") from None
     else:
         try:
             doc = tomllib.loads(value)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("VSM_UNITS", f"invalid TOML: {exc} ({_UNITS_SHAPE})") from None
+        except RecursionError:
+            raise ConfigError("VSM_UNITS", f"invalid TOML: {NESTED_TOO_DEEPLY}") from None
         other = sorted(set(doc) - {"units"})
         if other:
             raise ConfigError("VSM_UNITS", f"TOML key {other[0]!r} is not units ({_UNITS_SHAPE})")
@@ -166,16 +170,25 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _no_null(value: Any, key: str) -> None:
-    """TOML has no null: a JSON null would reach a unit as None, so it is refused."""
+MAX_UNITS_DEPTH = 32
+"""How deep ``VSM_UNITS`` may nest arrays and tables (a unit's options are shallow)."""
+
+
+def _no_null(value: Any, key: str, depth: int = 0) -> None:
+    """TOML has no null: a JSON null would reach a unit as None, so it is refused.
+
+    Values nested deeper than :data:`MAX_UNITS_DEPTH` are refused too.
+    """
+    if depth > MAX_UNITS_DEPTH:
+        raise ConfigError(f"VSM_UNITS ({key})", f"nested deeper than {MAX_UNITS_DEPTH}")
     if value is None:
         raise ConfigError(f"VSM_UNITS ({key})", "null is not allowed (leave the key out)")
     if isinstance(value, dict):
         for name, item in value.items():
-            _no_null(item, f"{key}.{name}")
+            _no_null(item, f"{key}.{name}", depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _no_null(item, f"{key}[{i}]")
+            _no_null(item, f"{key}[{i}]", depth + 1)
 
 
 def _convert(var: EnvVar, text: str, interface_addresses: Callable[[str], list[str]]) -> Any:
@@ -298,6 +311,8 @@ def _read_base(path: Path) -> dict[str, Any]:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("VSM_CONFIG", f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("VSM_CONFIG", f"{path}: invalid TOML: {NESTED_TOO_DEEPLY}") from None
 
 
 def config_from_env(
