@@ -8,22 +8,39 @@ modes, array depends_on); the Dockerfile picks a balenalib base by
 CMD; every variable the files set is one the agent (or the broker's
 entrypoint) reads; and the broker's entrypoint writes a config that the real
 Mosquitto accepts, including the bridge, which carries vsm/# between two real
-brokers. Building the images needs Docker and the balenalib registry: not here.
+brokers. Devices: the default maps none (a missing host path would stop the
+container from being created), and the commented examples, uncommented, are
+valid balena compose. Custom unit code: deploy/balena/units/ is copied onto
+the image's PYTHONPATH, and a unit module in such a folder runs from VSM_UNITS
+in a real agent process. Building the images needs Docker and the balenalib
+registry: not here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from support.brokers import find_mosquitto, free_port, require_tool, wait_for_port
+from support.brokers import (  # noqa: F401
+    Mosquitto,
+    find_mosquitto,
+    free_port,
+    mosquitto,
+    mosquitto_factory,
+    require_tool,
+    wait_for_port,
+)
 
 from vsm_edge.agent.config.env import ENV_VARS, RUN_ENV_VARS
 
@@ -113,10 +130,13 @@ def test_compose_is_the_2_4_subset_balena_supports() -> None:
         assert isinstance(service.get("depends_on", []), list), "depends_on: array form only"
 
 
-def test_agent_service_has_host_network_serial_devices_and_a_named_volume() -> None:
+def test_agent_service_has_host_network_no_required_device_and_a_named_volume() -> None:
     agent = _yaml("docker-compose.yml")["services"]["agent"]
     assert agent["network_mode"] == "host"  # mDNS multicast reaches the LAN
-    assert any(d.split(":")[0].startswith("/dev/tty") for d in agent["devices"])
+    # no device by default: an entry whose host path is missing (no USB adapter
+    # plugged in) stops the engine from creating the container at all
+    assert "devices" not in agent
+    assert "privileged" not in agent
     assert "dialout" in agent["group_add"]
     assert "vsm-data:/data" in agent["volumes"]
     assert agent["environment"]["VSM_DATA_DIR"] == "/data"
@@ -126,6 +146,35 @@ def test_agent_service_has_host_network_serial_devices_and_a_named_volume() -> N
     grace = agent["stop_grace_period"]
     assert grace.endswith("s")
     assert int(grace[:-1]) > 5
+
+
+_EXAMPLE = re.compile(r'^    # (devices:|  - "/dev/|privileged: )')
+
+
+def test_commented_device_examples_are_valid_balena_compose() -> None:
+    raw = (BALENA / "docker-compose.yml").read_text()
+    lines = raw.splitlines()
+    examples = [line for line in lines if _EXAMPLE.match(line)]
+    assert examples, "the compose file shows how to map devices"
+    uncommented = "\n".join(
+        line.replace("    # ", "    ", 1) if _EXAMPLE.match(line) else line for line in lines
+    )
+    agent = yaml.safe_load(uncommented)["services"]["agent"]
+    assert set(agent) <= SUPPORTED_SERVICE_FIELDS
+    assert agent["privileged"] is True
+    paths = []
+    for entry in agent["devices"]:
+        host, container = entry.split(":")
+        assert host == container, "the same path inside: a unit's device option is unchanged"
+        assert host.startswith("/dev/")
+        paths.append(host)
+    assert any(p.startswith("/dev/serial/by-id/") for p in paths)
+    for prefix in ("/dev/i2c-", "/dev/gpiochip", "/dev/spidev"):
+        assert any(p.startswith(prefix) for p in paths), prefix
+    assert "device_cgroup_rules" not in SUPPORTED_SERVICE_FIELDS  # why the docs do not use it
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    for word in ("privileged", "io.balena.features", "device_cgroup_rules", "/dev/serial/by-id/"):
+        assert word in doc, word
 
 
 def test_every_variable_set_by_the_files_is_read_by_someone() -> None:
@@ -198,6 +247,20 @@ def test_agent_image_runs_the_agent_from_the_environment() -> None:
     prepare = (BALENA / "prepare.sh").read_text()
     assert "pip wheel" in prepare
     assert '"$here/dist"' in prepare
+
+
+def test_custom_unit_code_has_a_place_in_the_image() -> None:
+    instructions = _dockerfile(BALENA / "Dockerfile.template")
+    copies = [shlex.split(rest) for word, rest in instructions if word == "COPY"]
+    assert ["units/", "/usr/src/app/units/"] in copies
+    env = " ".join(rest for word, rest in instructions if word == "ENV")
+    assert "PYTHONPATH=/usr/src/app/units" in env.split()
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    assert "/tmp/units/requirements.txt" in runs  # the units' own libraries
+    assert (BALENA / "units" / "README.md").exists()
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    assert "/usr/src/app/units" in doc
+    assert "plugin_dirs" in doc
 
 
 def test_healthcheck_command_of_the_agent_image_is_valid_python() -> None:
@@ -336,3 +399,70 @@ def test_broker_entrypoint_rejects_a_bad_port(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert b"MQTT_PORT must be a number" in proc.stderr
+
+
+UNIT_MODULE = """
+import trio
+
+from vsm_edge.agent import ReadingSpec, unit
+
+
+@unit(readings=[ReadingSpec("lux", unit="lx")])
+async def lux(ctx):
+    while True:
+        ctx.emit("lux", 420.0)
+        await trio.sleep(0.2)
+"""
+
+
+@pytest.mark.integration
+def test_a_unit_module_in_the_units_folder_runs_from_vsm_units(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The image's layout, on this host: a folder on PYTHONPATH holding a unit module."""
+    instructions = _dockerfile(BALENA / "Dockerfile.template")
+    env_words = " ".join(rest for word, rest in instructions if word == "ENV").split()
+    assert "PYTHONPATH=/usr/src/app/units" in env_words
+    units = tmp_path / "usr-src-app-units"  # stands for /usr/src/app/units
+    units.mkdir()
+    (units / "greenhouse_units.py").write_text(UNIT_MODULE)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(units),
+        "VSM_NODE_ID": "bal1",
+        "VSM_MESH": "balena",
+        "VSM_DATA_DIR": str(tmp_path / "data"),
+        "VSM_BROKER_URL": mosquitto.url,
+        "VSM_DISCOVERY_ENABLED": "false",
+        "VSM_STATUS_PORT": "0",
+        "VSM_UNITS": '[{"name": "lux", "kind": "greenhouse_units:lux"}]',
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vsm_edge.agent", "run", "--env"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        port_file = tmp_path / "data" / "status.port"
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.1)
+        port = int(port_file.read_text().strip())
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                unit = json.loads(r.read())["s1"]["units"].get("lux", {})
+            if unit.get("emitted", 0) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert unit.get("kind") == "greenhouse_units:lux", unit
+        assert unit["state"] == "running", unit
+        assert unit["emitted"] > 0, unit  # the module's readings flow
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()

@@ -48,6 +48,7 @@ def test_every_variable_sets_its_key(tmp_path: Path) -> None:
         "VSM_HOMEASSISTANT_ENABLED": "true",
         "VSM_HOMEASSISTANT_PREFIX": "ha",
         "VSM_HOMEASSISTANT_COMMANDS": "true",
+        "VSM_UNITS": '[{"name": "temp", "kind": "simulated-sensor", "options": {"mean": 20}}]',
     }
     assert set(env) == {v.name for v in ENV_VARS}, "the test covers every variable"
     lookups: list[str] = []
@@ -80,6 +81,9 @@ def test_every_variable_sets_its_key(tmp_path: Path) -> None:
     assert config.homeassistant.enabled is True
     assert config.homeassistant.discovery_prefix == "ha"
     assert config.homeassistant.commands is True
+    assert [(u.name, u.kind, dict(u.options)) for u in config.units] == [
+        ("temp", "simulated-sensor", {"mean": 20})
+    ]
 
 
 def test_variables_override_the_base_file_key_by_key(tmp_path: Path) -> None:

@@ -15,11 +15,19 @@ addresses (``VSM_DISCOVERY_INTERFACES=eth0`` is resolved by the caller's
 variable must not silently fall back to a default); ``VSM_EDGE_*`` is left to
 the project's scripts. The table of variables is :data:`ENV_VARS`; the
 documentation (docs/deploy.md) is checked against it by a test.
+
+``VSM_UNITS`` holds the whole ``[[units]]`` array, as JSON (a list of
+``{"name", "kind", "options"}`` objects) or as TOML (``[[units]]`` tables, or
+``units = [{...}]`` on one line); it replaces the base file's units. Any error
+in it, from its syntax to a unit's key, names ``VSM_UNITS``::
+
+    config error: VSM_UNITS (units[1].name): required
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -28,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._errors import ConfigError
-from .loader import MAX_CONFIG_BYTES, parse_config
+from .loader import MAX_CONFIG_BYTES, NESTED_TOO_DEEPLY, parse_config
 from .schema import AgentConfig
 
 __all__ = [
@@ -46,7 +54,7 @@ MAX_VALUE = 4096
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
-Kind = Literal["str", "int", "float", "bool", "list", "interfaces"]
+Kind = Literal["str", "int", "float", "bool", "list", "interfaces", "units"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "HA discovery prefix (default homeassistant)",
     ),
     EnvVar("VSM_HOMEASSISTANT_COMMANDS", "homeassistant.commands", "bool", "unit commands from HA"),
+    EnvVar(
+        "VSM_UNITS",
+        "units",
+        "units",
+        "the [[units]] array as JSON or TOML; replaces the base file's units",
+    ),
 )
 """Every config variable; ``VSM_CONFIG`` and :data:`RUN_ENV_VARS` are read elsewhere."""
 
@@ -109,9 +123,80 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+MAX_UNITS_VALUE = 65536
+"""``VSM_UNITS`` may be longer than other variables (a unit's options)."""
+
+_JSON_START = re.compile(r"\{|\[(?!\s*\[)")  # not [[units]]
+_UNITS_SHAPE = (
+    'expected a JSON array of {"name", "kind", "options"} objects, or TOML [[units]] tables'
+)
+
+
+def _units(text: str) -> list[Any]:
+    """The ``[[units]]`` array given by ``VSM_UNITS``: JSON or TOML, shape checked.
+
+    Text that starts with ``[`` (but not ``[[``) or ``{`` is JSON (and must
+    be an array); anything else is TOML whose only key is ``units``. The
+    units' own keys are checked by the loader, as for a file.
+    """
+    value = text.strip()
+    data: Any
+    if _JSON_START.match(value):
+        try:
+            data = json.loads(value, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise ConfigError("VSM_UNITS", f"invalid JSON: {exc} ({_UNITS_SHAPE})") from None
+        except RecursionError:
+            raise ConfigError("VSM_UNITS", f"invalid JSON: {NESTED_TOO_DEEPLY}") from None
+    else:
+        try:
+            doc = tomllib.loads(value)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("VSM_UNITS", f"invalid TOML: {exc} ({_UNITS_SHAPE})") from None
+        except RecursionError:
+            raise ConfigError("VSM_UNITS", f"invalid TOML: {NESTED_TOO_DEEPLY}") from None
+        other = sorted(set(doc) - {"units"})
+        if other:
+            raise ConfigError("VSM_UNITS", f"TOML key {other[0]!r} is not units ({_UNITS_SHAPE})")
+        if "units" not in doc:
+            raise ConfigError("VSM_UNITS", f"no units in it ({_UNITS_SHAPE})")
+        data = doc["units"]
+    if not isinstance(data, list):
+        raise ConfigError("VSM_UNITS", f"got {type(data).__name__}: {_UNITS_SHAPE}")
+    _no_null(data, "units")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+MAX_UNITS_DEPTH = 32
+"""How deep ``VSM_UNITS`` may nest arrays and tables (a unit's options are shallow)."""
+
+
+def _no_null(value: Any, key: str, depth: int = 0) -> None:
+    """TOML has no null: a JSON null would reach a unit as None, so it is refused.
+
+    Values nested deeper than :data:`MAX_UNITS_DEPTH` are refused too.
+    """
+    if depth > MAX_UNITS_DEPTH:
+        raise ConfigError(f"VSM_UNITS ({key})", f"nested deeper than {MAX_UNITS_DEPTH}")
+    if value is None:
+        raise ConfigError(f"VSM_UNITS ({key})", "null is not allowed (leave the key out)")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _no_null(item, f"{key}.{name}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _no_null(item, f"{key}[{i}]", depth + 1)
+
+
 def _convert(var: EnvVar, text: str, interface_addresses: Callable[[str], list[str]]) -> Any:
     where = f"{var.name} ({var.key})"
     value = text.strip()
+    if var.kind == "units":
+        return _units(text)
     if var.kind == "str":
         return value
     if var.kind == "bool":
@@ -186,12 +271,17 @@ def env_table(
         var = _BY_NAME.get(name)
         if var is None:
             raise ConfigError(name, "unknown variable (see docs/deploy.md for the list)")
-        if len(text) > MAX_VALUE:
-            raise ConfigError(f"{name} ({var.key})", f"longer than {MAX_VALUE} characters")
+        limit = MAX_UNITS_VALUE if var.kind == "units" else MAX_VALUE
+        if len(text) > limit:
+            raise ConfigError(f"{name} ({var.key})", f"longer than {limit} characters")
         if not text.strip():
             continue
+        value = _convert(var, text, interface_addresses)
         section, _, key = var.key.partition(".")
-        table.setdefault(section, {})[key] = _convert(var, text, interface_addresses)
+        if key:
+            table.setdefault(section, {})[key] = value
+        else:  # a top-level key: the [[units]] array
+            table[section] = value
     device = environ.get("BALENA_DEVICE_NAME_AT_INIT", "").strip()
     if "id" not in table.get("node", {}) and _ID.match(device):
         table.setdefault("node", {})["id"] = device
@@ -222,6 +312,8 @@ def _read_base(path: Path) -> dict[str, Any]:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("VSM_CONFIG", f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("VSM_CONFIG", f"{path}: invalid TOML: {NESTED_TOO_DEEPLY}") from None
 
 
 def config_from_env(
@@ -248,6 +340,8 @@ def config_from_env(
     try:
         return parse_config(overlay(base, table), base=folder)
     except ConfigError as exc:
+        if "units" in table and re.match(r"units(\[|\.|$)", exc.key):
+            raise ConfigError(f"VSM_UNITS ({exc.key})", exc.problem) from None
         plain = re.sub(r"\[\d+\]$", "", exc.key)  # s5.admin_keys[0] -> s5.admin_keys
         var = _BY_KEY.get(plain)
         section, _, key = plain.partition(".")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_CONFIG_BYTES", "load_config", "parse_config"]
 
 MAX_CONFIG_BYTES = 1 << 20
+NESTED_TOO_DEEPLY = "arrays or tables nested too deeply"
 
 
 def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> AgentConfig:
@@ -72,6 +73,8 @@ def load_config(path: str | Path) -> AgentConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError("", f"{path}: invalid TOML: {NESTED_TOO_DEEPLY}") from None
     config = parse_config(data, base=path.resolve().parent)
     return dataclasses.replace(config, source=path)
 
