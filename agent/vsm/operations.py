@@ -96,13 +96,18 @@ class _Context:
         self._ops = ops
         self._record = record
         self._options = options
-        self._random = random.Random(record.name)  # noqa: S311 - simulation, not crypto
+        # seeded per node and unit: two nodes with the same config draw differently
+        self._random = random.Random(f"{ops.node}/{record.name}")  # noqa: S311 - not crypto
         # a partial (C) rather than a method: emit is the hot path of every unit
         self.emit: Callable[..., bool] = functools.partial(ops._emit, record)
 
     @property
     def name(self) -> str:
         return self._record.name
+
+    @property
+    def node(self) -> str:
+        return self._ops.node
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -159,8 +164,9 @@ class Operations:
 
     ``pending`` are the loaded units by name. ``clear_pain`` is the algedonic
     channel's, for :meth:`UnitContext.clear_pain`; ``attenuation_pain`` is the
-    pain S3's attenuation raises. :class:`UnitError` is this part's error: a
-    reading a unit did not declare, or a declaration naming one twice.
+    pain S3's attenuation raises; ``node`` is the node id units see.
+    :class:`UnitError` is this part's error: a reading a unit did not declare,
+    or a declaration naming one twice.
     """
 
     def __init__(
@@ -170,7 +176,9 @@ class Operations:
         *,
         attenuation_pain: float,
         clear_pain: Callable[[str, str], int],
+        node: str = "",
     ) -> None:
+        self.node = node
         self._kernel = kernel
         self._raise_signal = kernel.raise_signal
         self._clear_pain = clear_pain
