@@ -203,14 +203,15 @@ class ExecUnit:
         try:
             await self.execute(argv)
         except ExecError as exc:
-            return str(exc)
+            return f"{Path(argv[0]).name}: {exc}"
         return None
 
     async def execute(self, argv: Sequence[str]) -> str:
         """Run ``argv`` (no shell) within ``timeout_s``; its standard output.
 
-        Raises :class:`ExecError`, one line: the exit code with the tail of
-        standard error, a timeout, or why the program could not start.
+        Raises :class:`ExecError`, one line (the caller names the program): the
+        exit code with the tail of standard error, a timeout, or why the program
+        could not start.
         """
         try:
             with trio.fail_after(self.timeout_s):
@@ -224,13 +225,11 @@ class ExecUnit:
                     stdin=subprocess.DEVNULL,
                 )
         except trio.TooSlowError:
-            raise ExecError(f"{argv[0]} timed out after {self.timeout_s:g} s") from None
+            raise ExecError(f"timed out after {self.timeout_s:g} s") from None
         except OSError as exc:
-            raise ExecError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            raise ExecError(f"cannot run: {exc.strerror or exc}") from None
         stdout = done.stdout[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
         if done.returncode != 0:
             tail = " ".join(done.stderr.decode("utf-8", "replace").split())[-STDERR_TAIL:]
-            raise ExecError(
-                f"{argv[0]} exited with {done.returncode}" + (f": {tail}" if tail else "")
-            )
+            raise ExecError(f"exited with {done.returncode}" + (f": {tail}" if tail else ""))
         return stdout
