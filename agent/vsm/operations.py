@@ -96,8 +96,7 @@ class _Context:
         self._ops = ops
         self._record = record
         self._options = options
-        # seeded per node and unit: two nodes with the same config draw differently
-        self._random = random.Random(f"{ops.node}/{record.name}")  # noqa: S311 - not crypto
+        self._random = random.Random(record.name)  # noqa: S311 - simulation, not crypto
         # a partial (C) rather than a method: emit is the hot path of every unit
         self.emit: Callable[..., bool] = functools.partial(ops._emit, record)
 

@@ -168,7 +168,8 @@ class UnitContext(Protocol):
 
     @property
     def random(self) -> random.Random:
-        """A generator seeded from the node id and the unit name (differs across nodes)."""
+        """A generator seeded from the unit name (the same on every node; mix in
+        :attr:`node` to differ per node)."""
         ...
 
     def emit(self, reading: str, value: float, *, priority: int | None = None) -> bool:
