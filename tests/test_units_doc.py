@@ -13,14 +13,18 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vsm_edge.agent import load_unit, parse_config
 from vsm_edge.agent.cli.init import UNIT_SKELETON
+from vsm_edge.agent.vsm.unit import BUILTIN_KINDS
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +181,25 @@ def test_init_refuses_a_bad_id_in_one_line(tmp_path: Path) -> None:
         "vsm-edge init: --id must be 1-64 characters of A-Z a-z 0-9 _ -, got 'no spaces'"
     ]
     assert not (tmp_path / "x").exists()
+
+
+README = DOC.parent.parent / "README.md"
+
+
+def readme_kind_examples() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Unit kinds") :]
+    section = section[: section.index("\n## ", 1)]
+    return [textwrap.dedent(b) for b in re.findall(r"```toml\n(.*?)```", section, re.S)]
+
+
+def test_the_readme_lists_each_built_in_kind_with_an_example_that_loads() -> None:
+    examples = readme_kind_examples()
+    kinds = set()
+    for block in examples:
+        cfg = parse_config({"node": {"id": "n1"}, **tomllib.loads(block)})
+        (unit,) = cfg.units
+        kinds.add(unit.kind)
+        if ":" not in unit.kind:  # a built-in kind: it loads with these options
+            load_unit(unit.name, unit.kind, unit.options)
+    assert set(BUILTIN_KINDS) <= kinds
