@@ -422,3 +422,21 @@ def test_exec_refuses_bad_options(options: dict[str, Any], message: str) -> None
 
 def test_exec_unit_is_confirming() -> None:
     assert ExecUnit("e", {"argv": ["x"]}).confirms_commands is True
+
+
+async def test_exec_output_past_the_bound_is_refused_and_stderr_keeps_its_tail(
+    tmp_path: Path,
+) -> None:
+    # 1 MB on stdout (more than a pipe holds: read to the end, kept only to the bound)
+    big = script(tmp_path, "big.py", "import sys\nsys.stdout.write('1' * 1_000_000)\n")
+    noisy = script(
+        tmp_path,
+        "noisy.py",
+        "import sys\nsys.stderr.write('x' * 1_000_000 + ' the end of it')\nsys.exit(2)\n",
+    )
+    unit = ExecUnit("e", {"argv": big})
+    with pytest.raises(Exception, match="output larger than 65536 bytes"):
+        await unit.execute(big)
+    with pytest.raises(Exception, match=r"exited with 2: x+ the end of it$") as err:
+        await unit.execute(noisy)
+    assert len(str(err.value)) < 300

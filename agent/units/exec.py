@@ -37,6 +37,7 @@ __all__ = ["ExecUnit", "parse_output"]
 
 MAX_OUTPUT_BYTES = 64 * 1024
 STDERR_TAIL = 200  # characters of standard error in a pain reason
+STDERR_BYTES = 4096  # the tail of standard error kept
 MAX_READINGS = 64
 PLACEHOLDER = "{value}"
 
@@ -215,21 +216,59 @@ class ExecUnit:
         """
         try:
             with trio.fail_after(self.timeout_s):
-                done = await trio.run_process(
-                    list(argv),
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                )
+                code, out, err = await self._run(argv)
         except trio.TooSlowError:
             raise ExecError(f"timed out after {self.timeout_s:g} s") from None
         except OSError as exc:
             raise ExecError(f"cannot run: {exc.strerror or exc}") from None
-        stdout = done.stdout[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
-        if done.returncode != 0:
-            tail = " ".join(done.stderr.decode("utf-8", "replace").split())[-STDERR_TAIL:]
-            raise ExecError(f"exited with {done.returncode}" + (f": {tail}" if tail else ""))
+        if len(out) > MAX_OUTPUT_BYTES:
+            raise ExecError(f"output larger than {MAX_OUTPUT_BYTES} bytes")
+        if code != 0:
+            tail = " ".join(err.decode("utf-8", "replace").split())[-STDERR_TAIL:]
+            raise ExecError(f"exited with {code}" + (f": {tail}" if tail else ""))
+        stdout = out.decode("utf-8", "replace")
         return stdout
+
+    async def _run(self, argv: Sequence[str]) -> tuple[int, bytes, bytes]:
+        """Run ``argv``; (exit code, the first MAX_OUTPUT_BYTES + 1 bytes of its
+        standard output, the tail of its standard error). Both pipes are read to
+        the end, so a chatty program never blocks on a full pipe and its output
+        never grows the agent's memory past the bounds. Cancelled (the timeout):
+        the program is killed and reaped."""
+        proc = await trio.lowlevel.open_process(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
+            env=self.env,
+        )
+        out, err = bytearray(), bytearray()
+        try:
+            async with trio.open_nursery() as nursery:
+                assert proc.stdout is not None  # both were asked for as pipes
+                assert proc.stderr is not None
+                nursery.start_soon(_drain, proc.stdout, out, MAX_OUTPUT_BYTES + 1, False)
+                nursery.start_soon(_drain, proc.stderr, err, STDERR_BYTES, True)
+                await proc.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
+        code = proc.returncode
+        assert code is not None  # waited for above
+        return code, bytes(out), bytes(err)
+
+
+async def _drain(stream: trio.abc.ReceiveStream, buf: bytearray, limit: int, tail: bool) -> None:
+    """Read ``stream`` to its end, keeping its first (or, with ``tail``, last) ``limit`` bytes."""
+    async for chunk in stream:
+        if tail:
+            buf += chunk
+            del buf[:-limit]
+        elif len(buf) < limit:
+            buf += chunk[: limit - len(buf)]
