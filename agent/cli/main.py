@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # tools (numpy, prometheus_client...) cost an agent RSS it would never use.
 _COMMAND_GROUPS: Final = {
     "keygen": "run",
+    "init": "init",
     "run": "run",
     "demo": "demo",
     "aggregate": "aggregate",
@@ -50,6 +51,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from .run import add_run_commands
 
         add_run_commands(sub)
+    if only in (None, "init"):
+        from .init import add_init_command
+
+        add_init_command(sub)
     if only in (None, "demo"):
         from .demo import add_demo_command
 

@@ -14,7 +14,8 @@ default is the dataclass's (a table absent or a key absent keeps it); its
 comparisons with another field of the same table. Adding a setting is adding
 a field. What the types cannot say is read by hand below: ``broker.tls``
 (its default follows the url), ``s5.admin_keys`` (hex keys), ``[[units]]``
-(unique names) and :func:`_check_security` (across sections).
+(unique names; a ``file.py:Class`` kind made relative to the config file) and
+:func:`_check_security` (across sections).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .._errors import ConfigError
 from .._limits import Limits, limits_of
 from ..vsm.event import Subsystem
 from ..vsm.settings import S5Config, UnitConfig
+from ..vsm.unit import file_kind
 from .schema import AgentConfig, BrokerConfig, SecurityConfig
 
 if TYPE_CHECKING:
@@ -217,6 +219,10 @@ def _convert(key: str, raw: object, tp: Any, base: Path) -> Any:
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
             raise ConfigError(key, "expected a list of strings")
         return tuple(raw)
+    if typing.get_origin(tp) is tuple and args == (Path, ...):
+        if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+            raise ConfigError(key, "expected a list of paths (non-empty strings)")
+        return tuple(_resolve(Path(v), base) for v in raw)
     if not isinstance(raw, str):
         raise ConfigError(key, f"expected a string, got {_type_name(raw)}")
     if tp is str:
@@ -313,6 +319,10 @@ def _units(t: _Table, name: str, values: Mapping[str, Any], base: Path) -> Any:
     units: list[UnitConfig] = []
     for i, item in enumerate(raw):
         unit: UnitConfig = _section(_Table(item, f"{t.key(name)}[{i}]"), UnitConfig, base)
+        in_file = file_kind(unit.kind)
+        if in_file is not None:  # file.py:Class is relative to the config file
+            file, attr = in_file
+            unit = dataclasses.replace(unit, kind=f"{_resolve(file, base)}:{attr}")
         if any(u.name == unit.name for u in units):
             raise ConfigError(f"{t.key(name)}[{i}].name", f"duplicate unit name {unit.name!r}")
         units.append(unit)

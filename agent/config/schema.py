@@ -97,6 +97,8 @@ class NodeConfig:
     zone: str = field(default="default", metadata=limits(check=identifier))
     key_file: Path | None = None
     data_dir: Path = Path("./vsm-data")
+    # directories searched (before sys.path) for a unit kind "module:attribute"
+    plugin_dirs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,8 @@ class SimulatedSensor:
     at low priority (``flood_priority``) so S3 may drop them.
 
     Options: reading ("value"), unit, period_s (1.0), mean (20.0), noise (0.5),
-    drift (0.0 per second), resolution (1.0), seed (from the name), flood_rate
+    drift (0.0 per second), resolution (1.0), seed (default: from the node id and
+    the unit name, so two nodes with the same config differ), flood_rate
     (0), flood_after_s (0), flood_noise (25.0), flood_priority ("low").
     """
 
@@ -73,10 +74,13 @@ class SimulatedSensor:
         self.flood_priority = PRIORITIES[priority]
         if self.period_s <= 0 or self.flood_rate < 0 or resolution <= 0:
             raise UnitError(f"unit {name}: period_s and resolution must be > 0, flood_rate >= 0")
-        seed = options.get("seed", zlib.crc32(name.encode()))
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        seed = options.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise UnitError(f"unit {name}: seed must be an integer")
-        self.rng = random.Random(seed)  # noqa: S311 - simulation, not crypto
+        self.name = name
+        # without a seed, run() seeds from the node id as well, once
+        self.seeded = seed is not None
+        self.rng = random.Random(seed if seed is not None else zlib.crc32(name.encode()))  # noqa: S311
         self.readings: tuple[ReadingSpec, ...] = (
             ReadingSpec(
                 self.reading, str(options.get("unit", "")), resolution, period_s=self.period_s
@@ -90,6 +94,9 @@ class SimulatedSensor:
         return self.mean + self.drift * t + self.rng.gauss(0.0, noise)
 
     async def run(self, ctx: UnitContext) -> None:
+        if not self.seeded:  # once: a restart continues the same stream
+            self.rng.seed(zlib.crc32(f"{ctx.node}/{self.name}".encode()))
+            self.seeded = True
         start = trio.current_time()
         next_normal = start
         while True:

@@ -105,6 +105,10 @@ class _Context:
         return self._record.name
 
     @property
+    def node(self) -> str:
+        return self._ops.node
+
+    @property
     def options(self) -> Mapping[str, Any]:
         return self._options
 
@@ -159,8 +163,9 @@ class Operations:
 
     ``pending`` are the loaded units by name. ``clear_pain`` is the algedonic
     channel's, for :meth:`UnitContext.clear_pain`; ``attenuation_pain`` is the
-    pain S3's attenuation raises. :class:`UnitError` is this part's error: a
-    reading a unit did not declare, or a declaration naming one twice.
+    pain S3's attenuation raises; ``node`` is the node id units see.
+    :class:`UnitError` is this part's error: a reading a unit did not declare,
+    or a declaration naming one twice.
     """
 
     def __init__(
@@ -170,7 +175,9 @@ class Operations:
         *,
         attenuation_pain: float,
         clear_pain: Callable[[str, str], int],
+        node: str = "",
     ) -> None:
+        self.node = node
         self._kernel = kernel
         self._raise_signal = kernel.raise_signal
         self._clear_pain = clear_pain

@@ -50,7 +50,7 @@ import json
 import logging
 import os
 import signal as signal_module
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +187,10 @@ class Runtime:
         self.on_lease_delta = self._coordination.on_lease_delta
         self._operations = Operations(
             kernel,
-            _load_units(config.units, units or {}),
+            _load_units(config.units, units or {}, config.node.plugin_dirs),
             attenuation_pain=config.s3.attenuation_pain,
             clear_pain=self._alarms.clear_pain,
+            node=config.node.id,
         )
         self.units = self._operations.units  # filled when the runtime starts
         # (unit, reading, value, stamp) for each admitted reading: the agent
@@ -544,14 +545,17 @@ def _event_bus(config: BusConfig, hlc: HybridLogicalClock) -> EventBus:
 
 
 def _load_units(
-    configured: Iterable[UnitConfig], made: Mapping[str, Unit]
+    configured: Iterable[UnitConfig], made: Mapping[str, Unit], plugin_dirs: Sequence[Path]
 ) -> dict[str, PendingUnit]:
-    """The units of the config, loaded, then those built in code.
+    """The units of the config, loaded (``module:attribute`` kinds found in
+    ``plugin_dirs`` too), then those built in code.
 
     Raises :class:`UnitError` for a unit that cannot be loaded or a name used twice.
     """
     pending = {
-        uc.name: PendingUnit(uc.kind, load_unit(uc.name, uc.kind, uc.options), uc.options)
+        uc.name: PendingUnit(
+            uc.kind, load_unit(uc.name, uc.kind, uc.options, plugin_dirs=plugin_dirs), uc.options
+        )
         for uc in configured
     }
     for name, unit in made.items():

@@ -23,8 +23,11 @@ or as an async function with :func:`unit`::
     async def thermometer(ctx: UnitContext) -> None: ...
 
 Units are registered from config (``[[units]] kind = ...``): a built-in kind
-(``simulated-sensor``, ``simulated-actuator``, ``firmware-bridge``), a name in
-the ``vsm_edge.units`` entry-point group, or ``package.module:attribute``. The attribute is a unit
+(``simulated-sensor``, ``simulated-actuator``, ``firmware-bridge``, ``system``,
+``onewire``, ``exec``...), a name in the ``vsm_edge.units`` entry-point group,
+``package.module:attribute`` (importable, or found in the node's
+``plugin_dirs``) or ``file.py:attribute`` (a file next to the config). The
+public page is docs/units.md. The attribute is a unit
 class, a :func:`unit`-decorated function, or a factory; it is called with
 ``(name, options)`` and must return a unit. Optionally a unit has
 ``async def probe(self) -> bool`` for S3* audits, ``def status(self)`` (a JSON-able
@@ -45,11 +48,17 @@ the built-in kinds are in agent/units/: simulated.py, firmware.py).
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.metadata
+import importlib.util
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import sys
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 from .._errors import UnitError
@@ -62,6 +71,7 @@ __all__ = [
     "ReadingSpec",
     "Unit",
     "UnitContext",
+    "file_kind",
     "load_unit",
     "unit",
     "unit_from_description",
@@ -149,10 +159,18 @@ class UnitContext(Protocol):
     def name(self) -> str: ...
 
     @property
+    def node(self) -> str:
+        """The id of the node the unit runs on."""
+        ...
+
+    @property
     def options(self) -> Mapping[str, Any]: ...
 
     @property
-    def random(self) -> random.Random: ...
+    def random(self) -> random.Random:
+        """A generator seeded from the unit name (the same on every node; mix in
+        :attr:`node` to differ per node)."""
+        ...
 
     def emit(self, reading: str, value: float, *, priority: int | None = None) -> bool:
         """Report a reading (non-blocking). False when S3 attenuation dropped or folded it."""
@@ -271,50 +289,139 @@ BUILTIN_KINDS: Mapping[str, str] = {
     "simulated-sensor": "vsm_edge.agent.units.simulated:SimulatedSensor",
     "simulated-actuator": "vsm_edge.agent.units.simulated:SimulatedActuator",
     "firmware-bridge": "vsm_edge.agent.units.firmware:FirmwareBridgeUnit",
+    "system": "vsm_edge.agent.units.system:SystemUnit",
+    "onewire": "vsm_edge.agent.units.onewire:OneWireUnit",
+    "exec": "vsm_edge.agent.units.exec:ExecUnit",
 }
 
 
-def _import(kind: str, path: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnitError(f"unit kind {kind!r}: cannot import {module_name}: {exc}") from None
+def _why(exc: BaseException) -> str:
+    """An exception as one line: its type and message, newlines folded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _attribute(kind: str, module: ModuleType, attr: str, where: str) -> Any:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise UnitError(f"unit kind {kind!r}: {module_name} has no {attr}") from None
+        raise UnitError(f"unit kind {kind!r}: {where} has no {attr}") from None
 
 
-def _resolve(kind: str) -> Any:
+def _import(kind: str, path: str, plugin_dirs: Sequence[Path] = ()) -> Any:
+    """``package.module:attribute``; the top-level package may be in ``plugin_dirs``."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UnitError(f"unit kind {kind!r}: expected module:attribute or file.py:attribute")
+    try:
+        if plugin_dirs:
+            _import_from_dirs(module_name.partition(".")[0], plugin_dirs)
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnitError(f"unit kind {kind!r}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the plugin's own code failed while importing
+        raise UnitError(
+            f"unit kind {kind!r}: importing {module_name} failed: {_why(exc)}"
+        ) from None
+    return _attribute(kind, module, attr, module_name)
+
+
+def _import_from_dirs(top: str, plugin_dirs: Sequence[Path]) -> None:
+    """Make the top-level module ``top`` importable from ``plugin_dirs`` (searched in
+    order, before sys.path) without changing sys.path: its package's submodules
+    then import through the package's own ``__path__``."""
+    if top in sys.modules:
+        return
+    spec = importlib.machinery.PathFinder.find_spec(top, [str(d) for d in plugin_dirs])
+    if spec is None or spec.loader is None:
+        return  # not in the plugin dirs: the ordinary import path decides
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(top, None)
+        raise
+
+
+def _import_file(kind: str, file: Path, attr: str) -> Any:
+    """``attribute`` of the Python file ``file`` (loaded once per file, not via sys.path)."""
+    file = file.resolve()
+    name = f"_vsm_unit_file_{zlib.crc32(str(file).encode()):08x}_{file.stem}"
+    module = sys.modules.get(name)
+    if module is None:
+        if not file.is_file():
+            raise UnitError(f"unit kind {kind!r}: no such file {file}")
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise UnitError(f"unit kind {kind!r}: cannot load {file} as Python")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and typing look their module up
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the plugin's own code: anything
+            sys.modules.pop(name, None)
+            raise UnitError(f"unit kind {kind!r}: loading {file} failed: {_why(exc)}") from None
+    return _attribute(kind, module, attr, file.name)
+
+
+def file_kind(kind: str) -> tuple[Path, str] | None:
+    """``(file, attribute)`` when ``kind`` names a Python file (``file.py:Class``), else None."""
+    module, sep, attr = kind.rpartition(":")
+    if sep and module.endswith(".py"):
+        return Path(module), attr
+    return None
+
+
+def _resolve(kind: str, plugin_dirs: Sequence[Path]) -> Any:
     if kind in BUILTIN_KINDS:
         return _import(kind, BUILTIN_KINDS[kind])
+    in_file = file_kind(kind)
+    if in_file is not None:
+        return _import_file(kind, *in_file)
     if ":" in kind:
-        return _import(kind, kind)
+        return _import(kind, kind, plugin_dirs)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == kind:
             try:
                 return ep.load()
             except Exception as exc:  # a broken plugin must not take the agent down
-                raise UnitError(f"unit kind {kind!r}: entry point failed to load: {exc}") from None
+                raise UnitError(
+                    f"unit kind {kind!r}: entry point failed to load: {_why(exc)}"
+                ) from None
     raise UnitError(
         f"unknown unit kind {kind!r} (built-in: {', '.join(BUILTIN_KINDS)}; or a "
-        f"'{ENTRY_POINT_GROUP}' entry point, or module:attribute)"
+        f"'{ENTRY_POINT_GROUP}' entry point, module:attribute or file.py:attribute)"
     )
 
 
-def load_unit(name: str, kind: str, options: Mapping[str, Any]) -> Unit:
-    """Instantiate the unit ``kind`` as ``name``. Raises :class:`UnitError` naming the unit."""
+def load_unit(
+    name: str,
+    kind: str,
+    options: Mapping[str, Any],
+    *,
+    plugin_dirs: Sequence[Path] = (),
+) -> Unit:
+    """Instantiate the unit ``kind`` as ``name``.
+
+    ``kind`` is a built-in kind, an entry point's name, ``module:attribute``
+    (the top-level module looked for in ``plugin_dirs`` first, then on
+    sys.path) or ``file.py:attribute`` (a file path, relative to the working
+    directory: the config loader makes it relative to the config file).
+    Raises :class:`UnitError`, one line naming the unit, the kind and the cause.
+    """
     try:
-        factory = _resolve(kind)
+        factory = _resolve(kind, plugin_dirs)
     except UnitError as exc:
         raise UnitError(f"unit {name}: {exc}") from None
     try:
         made = factory(name, options)
-    except UnitError:
-        raise
+    except UnitError as exc:
+        text = " ".join(str(exc).split())
+        text = text.removeprefix(f"unit {name}: ")
+        raise UnitError(f"unit {name} ({kind}): {text}") from None
     except Exception as exc:  # plugin constructors raise anything
-        raise UnitError(f"unit {name} ({kind}) failed to start: {exc!r}") from None
+        raise UnitError(f"unit {name} ({kind}) failed to start: {_why(exc)}") from None
     if not isinstance(made, Unit):
         raise UnitError(f"unit {name} ({kind}): {made!r} is not a unit (readings, commands, run)")
     return made

@@ -138,7 +138,13 @@ async def busy_runtime() -> AsyncIterator[Any]:
             "s3": {"breaker_failures": 2},
             "s5": {"admin_keys": [bytes(ADMIN.verify_key).hex()]},
             "units": [
-                {"name": "t1", "kind": "simulated-sensor", "options": {"mean": 21.0}},
+                # the seed a simulated sensor took from its name alone when the
+                # vector was captured (now it takes the node id too)
+                {
+                    "name": "t1",
+                    "kind": "simulated-sensor",
+                    "options": {"mean": 21.0, "seed": 1532276279},
+                },
                 {"name": "valve", "kind": "simulated-actuator"},
             ],
         }
