@@ -121,8 +121,10 @@ class CommandSpec:
 
     def __post_init__(self) -> None:
         if self.options is not None:
-            options = self.options
-            if isinstance(options, str) or not all(isinstance(o, str) for o in options):
+            options: object = self.options  # from config or a description: any JSON
+            if not isinstance(options, tuple | list) or not all(
+                isinstance(o, str) for o in options
+            ):
                 raise UnitError(f"command {self.name}: options must be a list of strings")
             if self.kind != "text" or not options or len(set(options)) != len(options):
                 raise UnitError(f"command {self.name}: options need kind text and distinct values")
