@@ -748,12 +748,18 @@ def test_the_memory_file_round_trips_and_bad_content_is_ignored(
 # -- the publisher over an in-memory broker: what it announces, clears and states ----------
 
 
-async def test_publisher_clears_what_it_no_longer_announces(tmp_path: Path) -> None:
+async def test_publisher_clears_what_it_no_longer_announces(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     broker = MemoryBroker()
     memory = tmp_path / MEMORY_FILE
-    infos = [ReadingInfo("temp", "celsius", "°C", 0.5), ReadingInfo("hum", "percent", "%")]
+    infos = [
+        ReadingInfo("odd", "t", "C", None, "temperature"),  # a pair HA refuses: said once
+        ReadingInfo("temp", "celsius", "°C", 0.5),
+        ReadingInfo("hum", "percent", "%"),
+    ]
     values: dict[str, float] = {}
-    units = {"temp", "hum", "late"}
+    units = {"odd", "temp", "hum", "late"}
     commands = [CommandInfo("valve", "set", "number", 0.0, 10.0)]
 
     def make(with_commands: bool) -> HomeAssistantPublisher:
@@ -783,8 +789,8 @@ async def test_publisher_clears_what_it_no_longer_announces(tmp_path: Path) -> N
     async with trio.open_nursery() as nursery:
         publisher = make(with_commands=True)
         await nursery.start(publisher.run)
-        await until(lambda: len(configs()) == 7)  # 2 readings, 4 node entities, 1 command
-        await until(lambda: publisher.configs_published == 7 and memory.exists())
+        await until(lambda: len(configs()) == 8)  # 3 readings, 4 node entities, 1 command
+        await until(lambda: publisher.configs_published == 8 and memory.exists())
         # readings declared but none seen yet: no state (no "readings": {})
         assert state not in broker.retained
         values["temp.celsius"] = 21.872370876952758
@@ -795,6 +801,11 @@ async def test_publisher_clears_what_it_no_longer_announces(tmp_path: Path) -> N
         await until(lambda: hum not in broker.retained)
         assert publisher.configs_removed == 1
         nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if "device_class" in r.getMessage()]
+    assert warnings == [
+        "home assistant: odd.t declares device_class 'temperature', which HA does not take "
+        "with unit 'C': left out"
+    ]
     assert set(read_memory(memory)) == set(configs())
     # restart: unit "temp" gone, commands off; "late" has not declared its readings yet
     units.discard("temp")

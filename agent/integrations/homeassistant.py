@@ -5,19 +5,28 @@ connection to its broker (client id ``{node}-ha``) and publishes, retained:
 
 * one discovery config per entity on
   ``{prefix}/{component}/vsm_{mesh}_{node}/{object_id}/config`` — a sensor per
-  S1 reading, a ``problem`` binary sensor for the node's alarms, sensors for
-  its pain and variety ratio, a binary sensor for safe mode — all grouped
-  under one HA device (``identifiers: ["vsm_{mesh}_{node}"]``);
+  S1 reading (its unit, and the device class the unit declares or its unit of
+  measure implies, only as pairs HA accepts: :func:`sensor_classes`), a
+  ``problem`` binary sensor for the node's alarms, diagnostic sensors for its
+  pain and variety ratio and a diagnostic binary sensor for safe mode — all
+  grouped under one HA device (``identifiers: ["vsm_{mesh}_{node}"]``), each
+  with a ``default_entity_id`` (HA 2025.10 deprecated ``object_id``);
 * the state of all of them as one JSON object on ``vsm-edge/{mesh}/{node}/state``
   (each entity reads its key with ``value_template``), at most once per
-  ``state_interval_s``;
+  ``state_interval_s``, from the first reading on, each value rounded to its
+  reading's resolution (:func:`rounded`);
+* an empty retained config for an entity announced before and gone now (its
+  unit removed from the config, a reading or command no longer declared,
+  commands turned off), so HA deletes it: the topics announced are kept in
+  ``{data_dir}/homeassistant.json`` across restarts (:meth:`HomeAssistantPublisher._removed`);
 * availability on ``vsm-edge/{mesh}/{node}/availability``: "online" when
   connected, "offline" as the connection's last will — the node's presence,
   in plain text, since HA cannot read the signed presence envelope.
 
 With ``[homeassistant] commands = true`` it also announces each unit command
 as an entity HA can use (:func:`command_messages`: ``number`` for a number,
-``switch`` for a bool, ``text`` for text), with a ``command_topic``
+``switch`` for a bool, ``select`` for text with options, ``text`` for other
+text), with a ``command_topic``
 ``vsm-edge/{mesh}/{node}/cmd/{unit}/{command}``, and subscribes to those
 topics. HA cannot sign envelopes, so a command arriving there runs *locally*,
 as issuer ``homeassistant``, through the same S1/S2/S3/S5 checks as any
@@ -54,19 +63,27 @@ if TYPE_CHECKING:
     from ..vsm.runtime import Runtime
 
 __all__ = [
+    "MEMORY_FILE",
+    "SENSOR_DEVICE_CLASSES",
     "CommandInfo",
     "HomeAssistantPublisher",
     "ReadingInfo",
     "availability_topic",
     "command_messages",
     "command_topic",
+    "derive_device_class",
     "discovery_messages",
+    "entity_slug",
     "is_birth",
     "object_id",
     "parse_command",
+    "read_memory",
+    "rounded",
+    "sensor_classes",
     "serve_homeassistant",
     "state_payload",
     "state_topic",
+    "write_memory",
 ]
 
 log = logging.getLogger("vsm_edge.agent.homeassistant")
@@ -558,6 +575,7 @@ class HomeAssistantPublisher:
         self._announced: dict[str, bytes] = {}  # topic -> payload, as the broker has it
         self._recorded: dict[str, str] = {}  # topic -> its unit ("": the node's), ever announced
         self._live: set[str] = set()  # announced in this run
+        self._warned: set[str] = set()  # readings whose device class HA would refuse
         self._republish = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -646,6 +664,16 @@ class HomeAssistantPublisher:
 
     async def _publish_once(self) -> None:
         infos, values, alarms, safe_mode, ratio = self.snapshot()
+        for info in infos:
+            if (
+                info.device_class
+                and info.key not in self._warned
+                and sensor_classes(info).get("device_class") != info.device_class
+            ):
+                self._warned.add(info.key)
+                log.warning("home assistant: %s declares device_class %r, which HA does not "
+                            "take with unit %r: left out", info.key, info.device_class,
+                            info.unit_of_measurement)  # fmt: skip
         configs = _discovery(self.prefix, self.mesh, self.node, infos)
         commands = self.commands() if self.commands is not None else []
         configs += _commands(self.prefix, self.mesh, self.node, commands)
