@@ -679,6 +679,8 @@ def test_device_class_from_the_declared_class_or_the_unit(
         (-3.14159, 0.01, -3.14),
         (1e-7, None, 0.0),
         (123456789.0, None, 123456789.0),
+        (1e308, 1e-12, 1e308),  # value / resolution overflows: left as it is
+        (7.0, 1e-20, 7.0),
     ],
 )
 def test_values_are_rounded_to_the_resolution(

@@ -249,9 +249,12 @@ def rounded(value: float, resolution: float | None) -> float:
     :data:`DEFAULT_DECIMALS` decimal places."""
     if resolution is None or not (0 < resolution < math.inf):
         return round(value, DEFAULT_DECIMALS)
+    steps = value / resolution
+    if not math.isfinite(steps):  # a huge value at a tiny resolution: nothing to round
+        return value
     exponent = Decimal(repr(float(resolution))).normalize().as_tuple().exponent
     decimals = min(12, max(0, -exponent)) if isinstance(exponent, int) else DEFAULT_DECIMALS
-    return round(round(value / resolution) * resolution, decimals)
+    return round(round(steps) * resolution, decimals)
 
 
 def state_topic(mesh: str, node: str) -> str:
