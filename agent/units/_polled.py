@@ -100,6 +100,8 @@ class Value:
     value: float
     unit: str = ""
     resolution: float | None = None
+    device_class: str | None = None  # Home Assistant's, when clear (ReadingSpec)
+    state_class: str | None = None
 
 
 @dataclass(slots=True)
@@ -170,7 +172,14 @@ class PollLoop:
             return
         for r in new:
             v = values[r]
-            self.specs[r] = ReadingSpec(r, v.unit, v.resolution, period_s=self.period_s)
+            self.specs[r] = ReadingSpec(
+                r,
+                v.unit,
+                v.resolution,
+                period_s=self.period_s,
+                device_class=v.device_class,
+                state_class=v.state_class,
+            )
         ctx.declare(readings=self.specs.values())
 
     def _health(self, ctx: UnitContext, problems: Mapping[str, str]) -> None:

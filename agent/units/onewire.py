@@ -131,7 +131,7 @@ class OneWireUnit:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 out.problems[sensor] = text
                 continue
-            out.values[self.reading_of(sensor)] = Value(value, "°C", self.resolution)
+            out.values[self.reading_of(sensor)] = Value(value, "°C", self.resolution, "temperature")
         if not wanted:
             out.problems["bus"] = f"no 1-Wire thermometer in {self.devices}"
         return out

@@ -38,7 +38,8 @@ class SimulatedSensor:
     Options: reading ("value"), unit, period_s (1.0), mean (20.0), noise (0.5),
     drift (0.0 per second), resolution (1.0), seed (default: from the node id and
     the unit name, so two nodes with the same config differ), flood_rate
-    (0), flood_after_s (0), flood_noise (25.0), flood_priority ("low").
+    (0), flood_after_s (0), flood_noise (25.0), flood_priority ("low"),
+    device_class (Home Assistant's, e.g. "temperature"; default: from the unit).
     """
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
@@ -55,6 +56,7 @@ class SimulatedSensor:
             "flood_after_s",
             "flood_noise",
             "flood_priority",
+            "device_class",
         }
         unknown = set(options) - known
         if unknown:
@@ -83,7 +85,11 @@ class SimulatedSensor:
         self.rng = random.Random(seed if seed is not None else zlib.crc32(name.encode()))  # noqa: S311
         self.readings: tuple[ReadingSpec, ...] = (
             ReadingSpec(
-                self.reading, str(options.get("unit", "")), resolution, period_s=self.period_s
+                self.reading,
+                str(options.get("unit", "")),
+                resolution,
+                period_s=self.period_s,
+                device_class=str(options["device_class"]) if "device_class" in options else None,
             ),
         )
         self.commands: tuple[CommandSpec, ...] = ()

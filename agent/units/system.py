@@ -201,7 +201,9 @@ class SystemUnit:
                     failed.append(f"{inp}: {_problem(exc)}")
                     continue
                 name = "temp" if prefix == "temp" else "fan"
-                out.values[f"{name}_{chip}_{_label(label)}"] = Value(value, unit, resolution)
+                out.values[f"{name}_{chip}_{_label(label)}"] = Value(
+                    value, unit, resolution, "temperature" if name == "temp" else None
+                )
                 found += 1
         if failed:
             raise UnitError("; ".join(failed))
@@ -222,7 +224,7 @@ class SystemUnit:
                 except (OSError, ValueError) as exc:
                     failed.append(f"{zone / 'temp'}: {_problem(exc)}")
                     continue
-                out.values[f"thermal_{number}_{kind}"] = Value(value, "°C", 0.5)
+                out.values[f"thermal_{number}_{kind}"] = Value(value, "°C", 0.5, "temperature")
         if failed:
             raise UnitError("; ".join(failed))
 
@@ -242,8 +244,12 @@ class SystemUnit:
                 continue
             fields = rest.split()
             label = _label(iface)
-            out.values[f"net_{label}_rx_bytes"] = Value(float(int(fields[0])), "B")
-            out.values[f"net_{label}_tx_bytes"] = Value(float(int(fields[8])), "B")
+            out.values[f"net_{label}_rx_bytes"] = Value(
+                float(int(fields[0])), "B", None, "data_size", "total_increasing"
+            )
+            out.values[f"net_{label}_tx_bytes"] = Value(
+                float(int(fields[8])), "B", None, "data_size", "total_increasing"
+            )
             count += 1
             if count >= MAX_SENSORS:
                 break

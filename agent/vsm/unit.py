@@ -87,7 +87,10 @@ class ReadingSpec:
 
     ``resolution`` bins values for S4's variety (None: no bins); ``period_s``
     says the reading is periodic, so S3* audits flag the unit when it falls
-    silent (None: reported on change only, never stale).
+    silent (None: reported on change only, never stale). ``device_class`` and
+    ``state_class`` say what the reading measures in Home Assistant's terms
+    (``"temperature"``, ``"measurement"``...; None: derived from ``unit`` where
+    unambiguous — docs/homeassistant.md); nothing else in the VSM reads them.
     """
 
     name: str
@@ -95,16 +98,44 @@ class ReadingSpec:
     resolution: float | None = None
     priority: int = NORMAL
     period_s: float | None = None
+    device_class: str | None = None
+    state_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A command a unit accepts. ``kind`` is number, bool or text; numbers may have bounds."""
+    """A command a unit accepts. ``kind`` is number, bool or text; numbers may have bounds.
+
+    ``step`` is a number's granularity, a hint for user interfaces (a Home
+    Assistant ``number``); values off the step are not refused. ``options``
+    makes a text command take one of a finite set of values (refused
+    otherwise; a Home Assistant ``select``).
+    """
 
     name: str
     kind: str = "number"
     minimum: float | None = None
     maximum: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.options is not None:
+            options: object = self.options  # from config or a description: any JSON
+            if not isinstance(options, tuple | list) or not all(
+                isinstance(o, str) for o in options
+            ):
+                raise UnitError(f"command {self.name}: options must be a list of strings")
+            if self.kind != "text" or not options or len(set(options)) != len(options):
+                raise UnitError(f"command {self.name}: options need kind text and distinct values")
+            object.__setattr__(self, "options", tuple(options))
+        if self.step is not None and (
+            isinstance(self.step, bool)
+            or not isinstance(self.step, int | float)
+            or not self.step > 0
+            or not math.isfinite(self.step)
+        ):
+            raise UnitError(f"command {self.name}: step must be a number > 0")
 
     def check(self, value: Scalar) -> str | None:
         if self.kind == "number":
@@ -122,6 +153,8 @@ class CommandSpec:
             return f"expects true or false, got {value!r}"
         elif self.kind == "text" and not isinstance(value, str):
             return f"expects text, got {value!r}"
+        elif self.options is not None and value not in self.options:
+            return f"expects one of {', '.join(self.options)}, got {str(value)[:32]!r}"
         return None
 
 
@@ -269,8 +302,9 @@ def unit_from_description(
 ) -> Unit:
     """A unit from a plain capability description (the firmware bridge's seam).
 
-    ``description`` is ``{"readings": [{"name", "unit"?, "resolution"?}],
-    "commands": [{"name", "kind"?, "minimum"?, "maximum"?}]}``; ``run`` is the
+    ``description`` is ``{"readings": [{"name", "unit"?, "resolution"?,
+    "device_class"?, "state_class"?}], "commands": [{"name", "kind"?,
+    "minimum"?, "maximum"?, "step"?, "options"?}]}``; ``run`` is the
     loop that moves frames between the device and the context.
     """
     try:
