@@ -16,7 +16,11 @@ proxy the test can cut (a partition); safe mode is quick
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,8 @@ S5_FAST = "[s5]\nsafe_mode_after_s = 1.0\nsafe_mode_exit_after_s = 1.0\n"
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[tuple[HostileMesh, TcpProxy]]:
-    creds = make_closed_zone(tmp_path / "admin", [*HONEST, "mallory"])
+    # agg1: the aggregator, a member of the closed zone (its repairs need it)
+    creds = make_closed_zone(tmp_path / "admin", [*HONEST, "mallory", "agg1"])
     m = HostileMesh(tmp_path, creds, HONEST)
     proxy = TcpProxy(("127.0.0.1", m.broker.port))
     proxy.start()
@@ -52,6 +57,55 @@ def mesh(tmp_path: Path) -> Iterator[tuple[HostileMesh, TcpProxy]]:
     finally:
         proxy.close()
         m.close()
+
+
+class AggregatorProcess:
+    """``vsm-edge aggregate`` on the mesh's broker: its /view.json."""
+
+    def __init__(self, m: HostileMesh, workdir: Path) -> None:
+        self.port_file = workdir / "agg.port"
+        self.log = (workdir / "agg.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vsm_edge.agent", "aggregate", "--broker", m.broker.url,
+             "--mesh", MESH, "--id", "agg1", "--http", "127.0.0.1:0",
+             "--port-file", str(self.port_file), "--protocol", "5",
+             "--key", str(m.creds.key_file("agg1"))],
+            stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+
+    def view(self) -> dict[str, Any] | None:
+        try:
+            port = int(self.port_file.read_text())
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/view.json", timeout=5) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+    def alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        view = self.view()
+        if view is None:
+            return None
+        return next((a for a in view["alarms"] if a["id"] == alarm_id), None)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def aggregator(
+    mesh: tuple[HostileMesh, TcpProxy], tmp_path: Path
+) -> Iterator[AggregatorProcess]:
+    agg = AggregatorProcess(mesh[0], tmp_path)
+    try:
+        yield agg
+    finally:
+        agg.close()
 
 
 def alarm(status: dict[str, Any], alarm_id: str) -> dict[str, Any] | None:
@@ -74,7 +128,7 @@ def post(m: HostileMesh, name: str, path: str) -> dict[str, Any]:
 
 
 def test_an_acknowledgement_travels_survives_restarts_and_partitions(
-    mesh: tuple[HostileMesh, TcpProxy],
+    mesh: tuple[HostileMesh, TcpProxy], aggregator: AggregatorProcess
 ) -> None:
     m, proxy = mesh
     raised = m.agent("n1").raise_alarm(0.99, "estop", "emergency stop pressed")
@@ -86,6 +140,11 @@ def test_an_acknowledgement_travels_survives_restarts_and_partitions(
         lambda: all(s == ("raised", None) for s in states(m, alarm_id).values()),
         15,
         "every node to hold the raised alarm",
+    )
+    wait_for(
+        lambda: (a := aggregator.alarm(alarm_id)) is not None and a["acked"] is False,
+        30,
+        "the aggregator to list the alarm, unacknowledged",
     )
     # every node agrees why it is in safe mode: the same critical alarm
     wait_for(
@@ -122,6 +181,13 @@ def test_an_acknowledgement_travels_survives_restarts_and_partitions(
         poll=0.05,
     )
     print(f"acknowledged on n1 and n2 {time.monotonic() - acked_at:.2f} s after n2's answer")
+    wait_for(
+        lambda: (a := aggregator.alarm(alarm_id)) is not None and a["acked_by"] == "n2",
+        10,
+        "the aggregator to show it acknowledged by n2",
+        poll=0.05,
+    )
+    print(f"acknowledged at the aggregator {time.monotonic() - acked_at:.2f} s after the answer")
     assert states(m, alarm_id, ["n3"]) == {"n3": ("raised", None)}  # cut off: not yet
     wait_for(
         lambda: all(not m.agent(n).status()["s5"]["safe_mode"] for n in ("n1", "n2")),  # type: ignore[index]
