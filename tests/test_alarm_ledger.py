@@ -194,3 +194,11 @@ def test_a_record_cannot_carry_another_nodes_raise_or_good_news() -> None:
 def test_the_record_decoder_never_raises(value: Any) -> None:
     record = parse_alarm_record("n1", value)
     assert record is None or isinstance(record, AlarmRecord)
+
+
+def test_alarms_heard_without_records_are_bounded_in_all() -> None:
+    lg = ledger("me", max_entries=5)
+    for i in range(8):
+        lg.hear(signal(f"m{i}", 0.99, T0 + i))
+    assert len(lg.entries) == 5
+    assert lg.refused == 3

@@ -33,7 +33,8 @@ the mesh document; a record of an alarm whose raise is unknown (an *orphan*:
 the origin already removed it, or it never arrived) is removed by its writer
 once its own stamp is older than ``retention_s``. A late record of a
 forgotten alarm is not taken back in. Bounds: a writer's records beyond
-``max_per_writer`` and orphans beyond ``max_orphans`` are refused (counted);
+``max_per_writer``, orphans beyond ``max_orphans`` and any alarm beyond
+``max_entries`` in all are refused (counted);
 an origin that holds more than ``max_per_writer`` unsettled alarms of its own
 clears the oldest non-critical ones itself.
 
@@ -147,12 +148,14 @@ class AlarmLedger:
         retention_s: float,
         max_per_writer: int = 256,
         max_orphans: int = 1024,
+        max_entries: int = 8192,
     ) -> None:
         self.node = node
         self.critical = critical
         self.retention_ms = int(retention_s * 1000)
         self.max_per_writer = max_per_writer
         self.max_orphans = max_orphans
+        self.max_entries = max_entries
         self.entries: dict[str, AlarmEntry] = {}
         self._per_writer: dict[str, int] = {}
         self._forgotten: dict[str, int] = {}  # id -> wall ms it was forgotten at
@@ -228,8 +231,10 @@ class AlarmLedger:
             return None
         entry = self.entries.get(alarm_id)
         if entry is None:
-            if self._per_writer.get(writer, 0) >= self.max_per_writer or (
-                record.signal is None and self._orphans() >= self.max_orphans
+            if (
+                self._per_writer.get(writer, 0) >= self.max_per_writer
+                or (record.signal is None and self._orphans() >= self.max_orphans)
+                or len(self.entries) >= self.max_entries
             ):
                 self.refused += 1
                 return None
@@ -253,6 +258,9 @@ class AlarmLedger:
         adds no record. None for a forgotten alarm.
         """
         if signal.id in self._forgotten:
+            return None
+        if signal.id not in self.entries and len(self.entries) >= self.max_entries:
+            self.refused += 1  # a member raising alarm after alarm: bounded
             return None
         entry = self._entry(signal.id, force=True)
         assert entry is not None
