@@ -33,8 +33,11 @@ the mesh document; a record of an alarm whose raise is unknown (an *orphan*:
 the origin already removed it, or it never arrived) is removed by its writer
 once its own stamp is older than ``retention_s``. A late record of a
 forgotten alarm is not taken back in. Bounds: a writer's records beyond
-``max_per_writer``, orphans beyond ``max_orphans`` and any alarm beyond
-``max_entries`` in all are refused (counted);
+``max_per_writer``, alarms heard on the algedonic channel from an origin that
+already has ``max_per_writer`` known alarms, orphans beyond ``max_orphans``
+and any alarm beyond ``max_entries`` in all are refused (counted): one member
+raising critical signal after signal fills its own share, never the room of
+the others' alarms;
 an origin that holds more than ``max_per_writer`` unsettled alarms of its own
 clears the oldest non-critical ones itself.
 
@@ -158,6 +161,7 @@ class AlarmLedger:
         self.max_entries = max_entries
         self.entries: dict[str, AlarmEntry] = {}
         self._per_writer: dict[str, int] = {}
+        self._per_origin: dict[str, int] = {}  # entries whose signal is known, by its node
         self._forgotten: dict[str, int] = {}  # id -> wall ms it was forgotten at
         self._dirty: set[str] = set()  # ids of our own records to (re)write
         self._orphan_count = 0  # entries whose signal is unknown
@@ -259,8 +263,11 @@ class AlarmLedger:
         """
         if signal.id in self._forgotten:
             return None
-        if signal.id not in self.entries and len(self.entries) >= self.max_entries:
-            self.refused += 1  # a member raising alarm after alarm: bounded
+        if signal.id not in self.entries and (
+            len(self.entries) >= self.max_entries
+            or self._per_origin.get(signal.node, 0) >= self.max_per_writer
+        ):
+            self.refused += 1  # a member raising alarm after alarm: bounded, by origin first
             return None
         entry = self._entry(signal.id, force=True)
         assert entry is not None
@@ -271,6 +278,7 @@ class AlarmLedger:
     def _learn_signal(self, entry: AlarmEntry, signal: Signal) -> None:
         if entry.signal is None:
             self._orphan_count -= 1
+            self._per_origin[signal.node] = self._per_origin.get(signal.node, 0) + 1
         entry.signal = signal
         entry.critical = signal.pain and signal.intensity >= self.critical
         self.changes += 1
@@ -366,6 +374,11 @@ class AlarmLedger:
             del self.entries[alarm_id]
             if entry.signal is None:
                 self._orphan_count -= 1
+            else:
+                origin = entry.signal.node
+                self._per_origin[origin] -= 1
+                if not self._per_origin[origin]:
+                    del self._per_origin[origin]
             self._dirty.discard(alarm_id)
             self._forgotten[alarm_id] = now_ms
             self.forgotten += 1
