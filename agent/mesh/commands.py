@@ -16,10 +16,16 @@ The target (:meth:`Commands.on_command`), in this order:
    (nothing is answered: it was not for us);
 2. an id it has seen (a redelivery, a replay): the outcome it gave then is
    sent again, never a second execution (the last :data:`RECENT_IDS` ids are
-   kept; a command still running is answered when it ends);
+   kept; a command still running is answered when it ends, at most
+   :data:`MAX_REDELIVERIES` times). An id is its first sender's: the same id
+   from another node is refused ``cmd:id-reused`` and gets no answer (a
+   member that saw a command on the broker learns nothing of its outcome and
+   cannot grow what the target keeps for it);
 3. S5's grants (:meth:`PolicyEngine.authorize_remote`): the key that signed the
    envelope must hold a grant for this node and ``unit.command``, else
-   refused "not authorized";
+   refused "not authorized" (answered every time, never remembered: a member
+   without a grant cannot push the ids of granted commands out of the
+   target's memory);
 4. ``exp`` (the issuer's wall clock plus its timeout) against the target's
    wall clock: a command past it is refused "stale" (the issuer has already
    reported it timed out);
@@ -86,6 +92,7 @@ MIN_TIMEOUT_S: Final = 0.1
 MAX_TIMEOUT_S: Final = 300.0
 DEFAULT_TIMEOUT_S: Final = 5.0
 RECENT_IDS: Final = 1024  # outcomes remembered per target, for redeliveries
+MAX_REDELIVERIES: Final = 4  # redeliveries of a running command answered when it ends
 RECENT_SHOWN: Final = 16  # outcomes in the status section
 MAX_PENDING: Final = 256  # commands an issuer waits for at once
 MAX_RUNNING: Final = 16  # commands a target executes at once
@@ -255,9 +262,10 @@ class Commands:
         self.publish = publish
         self.wall_clock = wall_clock
         self.randbytes = randbytes
-        # id -> its outcome (None while it runs): a redelivery is answered from here
-        self._seen: OrderedDict[bytes, CommandOutcome | None] = OrderedDict()
-        self._waiting: dict[bytes, list[str]] = {}  # ids running -> who else asked
+        # id -> (its first sender, its outcome (None while it runs)): a
+        # redelivery from that sender is answered from here
+        self._seen: OrderedDict[bytes, tuple[str, CommandOutcome | None]] = OrderedDict()
+        self._waiting: Counter[bytes] = Counter()  # ids running -> redeliveries meanwhile
         self._pending: dict[bytes, _Pending] = {}
         self._executed: Counter[str] = Counter()
         self._issued: Counter[str] = Counter()
@@ -357,10 +365,13 @@ class Commands:
         if self.runtime is None:
             return self._refuse("cmd:not-a-target")
         if request.id in self._seen:
+            first, known = self._seen[request.id]
+            if sender != first:
+                return self._refuse("cmd:id-reused")
             self._duplicates += 1
-            known = self._seen[request.id]
             if known is None:  # still running: answered when it ends
-                self._waiting.setdefault(request.id, []).append(sender)
+                if self._waiting[request.id] < MAX_REDELIVERIES:
+                    self._waiting[request.id] += 1
             else:
                 self._send_soon(known, sender)
             return None
@@ -370,7 +381,8 @@ class Commands:
             why = "stale"
         if why is not None:
             outcome = self._local_outcome(request.id, self.node, "refused", why)
-            self._remember(request.id, outcome)
+            if why == "stale":  # by a granted key: remembered like an execution
+                self._remember(request.id, sender, outcome)
             self._executed["refused"] += 1
             self._record(sender, target, outcome)
             self._send_soon(outcome, sender)
@@ -379,7 +391,7 @@ class Commands:
             self._queue_send.send_nowait((sender, kid, request))
         except trio.WouldBlock:
             return self._refuse("cmd:busy")  # not remembered: a redelivery may run it
-        self._remember(request.id, None)
+        self._remember(request.id, sender, None)
         return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -401,11 +413,11 @@ class Commands:
             )
         finally:
             limiter.release_on_behalf_of(request.id)
-        self._remember(request.id, outcome)
+        self._remember(request.id, sender, outcome)
         self._executed[outcome.status] += 1
         self._record(sender, f"{request.unit}.{request.cmd}", outcome)
-        for asker in [sender, *self._waiting.pop(request.id, [])]:
-            await self._send(outcome, asker)
+        for _ in range(1 + self._waiting.pop(request.id, 0)):
+            await self._send(outcome, sender)
 
     async def _execute(
         self, ident: bytes, unit: str, cmd: str, value: Scalar, *, issuer: str
@@ -450,8 +462,8 @@ class Commands:
     def _local_outcome(self, ident: bytes, node: str, status: Status, why: str) -> CommandOutcome:
         return CommandOutcome(ident, node, status, why[:MAX_WHY], self.wall_clock())
 
-    def _remember(self, ident: bytes, outcome: CommandOutcome | None) -> None:
-        self._seen[ident] = outcome
+    def _remember(self, ident: bytes, sender: str, outcome: CommandOutcome | None) -> None:
+        self._seen[ident] = (sender, outcome)
         self._seen.move_to_end(ident)
         while len(self._seen) > RECENT_IDS:
             self._seen.popitem(last=False)
