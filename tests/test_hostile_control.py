@@ -10,12 +10,17 @@ The cores are pure, so the attacks run on them directly, fast.
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
 import trio
 import trio.testing
+from support.adversary import HostileMesh, adversary, make_closed_zone, wait_for
 
 from vsm_edge.agent.mesh.commands import RECENT_IDS, Commands, decode_outcome
 from vsm_edge.agent.vsm.alarm_ledger import AlarmLedger, AlarmRecord
@@ -29,6 +34,7 @@ T0 = 1_800_000_000_000
 NOW = 1_700_000_000_000
 ALICE = b"\xaa" * 16  # the honest issuer's key id (granted)
 MALLORY = b"\xee" * 16  # a member's key id (no grant)
+FLOOD = 8_300  # critical signals: more than the ledger's 8,192 alarms in all
 
 
 # -- alarms ----------------------------------------------------------------------------
@@ -212,3 +218,71 @@ async def test_refusals_of_a_member_without_a_grant_do_not_evict_granted_ids() -
     assert [o.status for o in wire.outcomes_to("n2")] == ["done", "done"]
     refusals = wire.outcomes_to("mallory")
     assert {(o.status, o.why) for o in refusals} == {("refused", "not authorized")}
+
+
+# -- the alarm flood, with real agents on Mosquitto ----------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[HostileMesh]:
+    creds = make_closed_zone(tmp_path / "admin", ["n1", "n2", "mallory"])
+    m = HostileMesh(tmp_path, creds, ["n1", "n2"])
+    try:
+        m.start()
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_flood_of_critical_signals_from_a_member_does_not_silence_an_honest_alarm(
+    pair: HostileMesh,
+) -> None:
+    """mallory publishes 8,300 critical signals at once (more than the ledger's
+    8,192 alarms in all) on her algedonic topic; then n2 raises a critical
+    alarm, which n1 must still show. This held before the per-origin bound too:
+    n1's gateway quarantines mallory for ``flood`` after ~170 signals (the
+    broker also drops part of the burst). A member dripping signals below the
+    flood detector is what the per-origin bound stops (the unit test above)."""
+    m = pair
+    flood = FLOOD
+    with adversary(m) as mallory:
+        messages = []
+        for i in range(flood):
+            body = {"node": "mallory", "src": "s1.pump", "i": 0.99, "v": "pain",
+                    "hlc": mallory.hlc(), "why": f"flood {i}", "esc": False}  # fmt: skip
+            messages.append((mallory.topic("alg"), mallory.seal("alg", body)))
+        started = time.monotonic()
+        mallory.publish_many(messages)
+        print(f"\nflood: {flood} critical signals published in {time.monotonic() - started:.1f} s")
+
+        def n1_heard_the_flood() -> bool:
+            status = m.agent("n1").status()
+            return status is not None and len(status["algedonic"]["alarms"]) > 0
+
+        wait_for(n1_heard_the_flood, 60, "n1 to hear mallory's signals")
+        time.sleep(2)  # the tail of the flood (QoS 1, in order) reaches n1 first
+        client = m.agent("n2").client()
+        assert client is not None
+        raised = client.request(
+            "POST", "/alarm", {"intensity": 0.99, "source": "estop", "reason": "honest"}
+        )[1]
+        alarm_id = raised["id"]
+
+        def n1_shows_it() -> bool:
+            status = m.agent("n1").status()
+            return status is not None and any(
+                a["id"] == alarm_id for a in status["algedonic"]["alarms"]
+            )
+
+        wait_for(n1_shows_it, 30, "n1 to show n2's critical alarm")
+        status = m.agent("n1").status()
+        assert status is not None
+        print(f"n1 after the flood: {len(status['algedonic']['alarms'])} alarms listed, "
+              f"ledger {json.dumps(status['algedonic'].get('ledger'))}")  # fmt: skip
+        gateway = status["gateway"]
+        print(f"n1's gateway: {gateway['reasons']}, quarantine {gateway['quarantine']}")
+        assert status["algedonic"]["ledger"]["alarms"] < 1024
+    assert m.dead() == []
