@@ -105,6 +105,37 @@ def test_honest_replicas_agree_on_an_alarm_whatever_order_a_members_records_arri
     assert second.critical_pain() == first.critical_pain()
 
 
+def test_an_acknowledgement_stamped_before_the_raise_does_not_erase_the_alarm() -> None:
+    """Any member may acknowledge (by design), but mallory stamps her
+    acknowledgement at wall 0: every replica took it as the settling stamp, so
+    the next upkeep's retention rule forgot n2's critical alarm at once (and
+    refused n2's own records of it for two retentions). An acknowledgement
+    older than the raise it answers is no acknowledgement of it."""
+    raise_ = critical("n2", 0)
+    lg = ledger("n1")
+    lg.merge("n2", raise_.id, AlarmRecord(signal=raise_))
+    stamps = {"acked": Timestamp(0, 0, "mallory"), "cleared": Timestamp(1, 0, "mallory")}
+    lg.merge("mallory", raise_.id, AlarmRecord(**stamps))
+    lg.expired(T0 + 60_000)  # the next upkeep, a minute after the raise
+    assert raise_.id in lg.entries
+    entry = lg.entries[raise_.id]
+    assert entry.state == "raised"
+    assert lg.critical_pain() == 0.99
+    # an honest acknowledgement after the raise still settles it, whoever's stamp is earliest
+    lg.merge("n3", raise_.id, AlarmRecord(acked=Timestamp(T0 + 5, 0, "n3")))
+    assert (entry.state, entry.acked and entry.acked.node) == ("acknowledged", "n3")
+
+
+def test_an_acknowledgement_from_a_clock_behind_the_raise_still_counts() -> None:
+    lg = ledger("n1")
+    raise_ = critical("n2", 0)
+    lg.merge("n2", raise_.id, AlarmRecord(signal=raise_))
+    entry = lg.acknowledge(raise_.id, Timestamp(T0 - 500, 0, "n1"))  # our HLC behind n2's
+    assert entry is not None
+    assert (entry.state, entry.acked and entry.acked.node) == ("acknowledged", "n1")
+    assert lg.critical_pain() == 0.0
+
+
 # -- remote commands --------------------------------------------------------------------
 
 

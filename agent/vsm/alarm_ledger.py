@@ -32,7 +32,9 @@ forgotten by every replica, and each writer removes its own record of it from
 the mesh document; a record of an alarm whose raise is unknown (an *orphan*:
 the origin already removed it, or it never arrived) is removed by its writer
 once its own stamp is older than ``retention_s``. A late record of a
-forgotten alarm is not taken back in. Bounds: a writer's records beyond
+forgotten alarm is not taken back in. An acknowledgement or clearing stamped
+before the raise it answers is not counted once the raise is known (every
+replica that knows the raise ignores it alike). Bounds: a writer's records beyond
 ``max_per_writer``, alarms heard on the algedonic channel from an origin that
 already has ``max_per_writer`` known alarms, orphans beyond ``max_orphans``
 and any alarm beyond ``max_entries`` in all are refused (counted): one member
@@ -104,18 +106,30 @@ class AlarmEntry:
 
     @property
     def acked(self) -> Timestamp | None:
-        """The earliest acknowledgement (its node says who), or None."""
+        """The earliest acknowledgement (its node says who), or None.
+
+        Once the raise is known, a stamp older than it is no answer to it and
+        is not counted (a member stamping its acknowledgement at wall 0 would
+        otherwise have every replica forget the alarm at the next upkeep).
+        """
         out: Timestamp | None = None
         for record in self.records.values():
-            out = _earliest(out, record.acked)
+            out = _earliest(out, self._after_raise(record.acked))
         return out
 
     @property
     def cleared(self) -> Timestamp | None:
         out: Timestamp | None = None
         for record in self.records.values():
-            out = _earliest(out, record.cleared)
+            out = _earliest(out, self._after_raise(record.cleared))
         return out
+
+    def _after_raise(self, stamp: Timestamp | None) -> Timestamp | None:
+        signal = self.signal
+        if stamp is None or signal is None:
+            return stamp
+        raised = signal.hlc
+        return stamp if (stamp.wall, stamp.logical) >= (raised.wall, raised.logical) else None
 
     @property
     def settled(self) -> Timestamp | None:
@@ -179,13 +193,26 @@ class AlarmLedger:
         """Our acknowledgement of a known alarm (idempotent: the earliest stays)."""
         if alarm_id not in self.entries:
             return None
-        return self._mine(alarm_id, AlarmRecord(acked=stamp), None)
+        return self._mine(
+            alarm_id, AlarmRecord(acked=self._not_before_raise(alarm_id, stamp)), None
+        )
 
     def clear(self, alarm_id: str, stamp: Timestamp) -> AlarmEntry | None:
         """Our word that the alarm's condition is over."""
         if alarm_id not in self.entries:
             return None
-        return self._mine(alarm_id, AlarmRecord(cleared=stamp), None)
+        return self._mine(
+            alarm_id, AlarmRecord(cleared=self._not_before_raise(alarm_id, stamp)), None
+        )
+
+    def _not_before_raise(self, alarm_id: str, stamp: Timestamp) -> Timestamp:
+        """``stamp``, or the raise's own time when our clock is behind it (a raise
+        heard from a retained message does not advance the HLC): never a stamp
+        that :attr:`AlarmEntry.acked` would not count."""
+        signal = self.entries[alarm_id].signal
+        if signal is None or (stamp.wall, stamp.logical) >= (signal.hlc.wall, signal.hlc.logical):
+            return stamp
+        return Timestamp(signal.hlc.wall, signal.hlc.logical, stamp.node)
 
     def _mine(self, alarm_id: str, record: AlarmRecord, signal: Signal | None) -> AlarmEntry:
         entry = self._entry(alarm_id, force=True)
