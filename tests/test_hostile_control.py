@@ -10,6 +10,7 @@ The cores are pure, so the attacks run on them directly, fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -22,12 +23,15 @@ import trio
 import trio.testing
 from support.adversary import HostileMesh, adversary, make_closed_zone, wait_for
 
-from vsm_edge.agent.mesh.commands import RECENT_IDS, Commands, decode_outcome
+from vsm_edge.agent.mesh.commands import RECENT_IDS, CommandOutcome, Commands, decode_outcome
 from vsm_edge.agent.vsm.alarm_ledger import AlarmLedger, AlarmRecord
 from vsm_edge.agent.vsm.algedonic import PAIN, Signal
 from vsm_edge.agent.vsm.s5 import CommandGrant, Identity, Policy, PolicyEngine, sign_policy
 from vsm_edge.agent.vsm.settings import S5Config
 from vsm_edge.agent.vsm.unit import CommandResult
+from vsm_edge.agent.web import http
+from vsm_edge.agent.web.client import StatusClient
+from vsm_edge.agent.web.command_route import CommandServer
 from vsm_edge.sync import Timestamp
 
 T0 = 1_800_000_000_000
@@ -317,3 +321,31 @@ def test_a_flood_of_critical_signals_from_a_member_does_not_silence_an_honest_al
         print(f"n1's gateway: {gateway['reasons']}, quarantine {gateway['quarantine']}")
         assert status["algedonic"]["ledger"]["alarms"] < 1024
     assert m.dead() == []
+
+
+# -- POST /command ----------------------------------------------------------------------
+
+
+async def test_post_command_waits_for_its_own_timeout_past_the_http_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``timeout_s`` may be up to 300 s, but the HTTP layer cancelled every
+    handler after REQUEST_TIMEOUT_S (5 s): a command given 60 s was answered 408
+    "request not complete" after 5 s, never its outcome. Here the request
+    timeout is shortened so that the test is quick; the issuer answers
+    ``timed-out`` at the command's timeout, as a target that never answers."""
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT_S", 0.2)
+
+    async def issue(node: str, unit: str, cmd: str, value: Any, timeout: float) -> CommandOutcome:
+        await trio.sleep(timeout)
+        return CommandOutcome(bytes(16), node, "timed-out", f"no outcome within {timeout:g} s", 1)
+
+    server = CommandServer({}, "127.0.0.1", 0, issue)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.run)
+        client = StatusClient(f"http://127.0.0.1:{port}", timeout_s=10)
+        answer = await trio.to_thread.run_sync(
+            functools.partial(client.command, "n2", "valve", "set", 1, timeout_s=0.6)
+        )
+        nursery.cancel_scope.cancel()
+    assert (answer["status"], answer["why"]) == ("timed-out", "no outcome within 0.6 s")

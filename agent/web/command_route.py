@@ -18,8 +18,22 @@ from typing import Any
 
 import h11
 
-from ..mesh.commands import DEFAULT_TIMEOUT_S, CommandError, CommandOutcome, check_name
-from .http import BodyReader, HttpError, HttpResponse, ReadOnlyServer, Route, json_response
+from ..mesh.commands import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    CommandError,
+    CommandOutcome,
+    check_name,
+)
+from .http import (
+    BodyReader,
+    HttpError,
+    HttpResponse,
+    ReadOnlyServer,
+    Route,
+    extend_request_deadline,
+    json_response,
+)
 from .json_input import JsonInputError, decode_json
 
 __all__ = ["MAX_BODY", "CommandServer", "Issue", "command_response"]
@@ -50,6 +64,8 @@ async def command_response(issue: Issue, obj: Any) -> HttpResponse:
             check_name(obj.get(key), key)
     except CommandError as exc:
         raise HttpError(400, str(exc)) from None
+    # the HTTP request's own deadline (5 s) must not cut the command's wait short
+    extend_request_deadline(min(timeout, MAX_TIMEOUT_S) + 1.0)
     try:
         outcome = await issue(obj["node"], obj["unit"], obj["cmd"], obj.get("value"), timeout)
     except CommandError as exc:

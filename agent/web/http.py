@@ -33,6 +33,7 @@ One request per connection (``Connection: close``). For each connection:
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
@@ -54,6 +55,7 @@ __all__ = [
     "ReadOnlyServer",
     "Route",
     "ServerStatistics",
+    "extend_request_deadline",
     "json_response",
 ]
 
@@ -66,6 +68,20 @@ LINGER_S = 2.0  # after the answer: how long to wait for the client's close
 LINGER_BYTES = 1 << 20  # ... and how much of its input to read and drop meanwhile
 REFUSE_TIMEOUT_S = 1.0  # to send a 503
 _RECEIVE = 8192
+
+# The cancel scope of the request being answered (body and handler), so that a
+# route that waits on purpose can take longer: extend_request_deadline.
+_REQUEST_SCOPE: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("request")
+
+
+def extend_request_deadline(seconds: float) -> None:
+    """Let the handler of the current request run until ``seconds`` from now, if that
+    is later than its deadline (:data:`REQUEST_TIMEOUT_S` from its head): a route
+    that waits on purpose, as ``POST /command`` for its command's timeout. Outside
+    a request it does nothing."""
+    scope = _REQUEST_SCOPE.get(None)
+    if scope is not None:
+        scope.deadline = max(scope.deadline, trio.current_time() + seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +269,14 @@ class HttpServer:
         head_only = request.method == b"HEAD"
         response: HttpResponse | None = None
         try:
-            with trio.move_on_after(REQUEST_TIMEOUT_S):
-                response = await self._answer(request, functools.partial(_read_body, stream, conn))
+            with trio.move_on_after(REQUEST_TIMEOUT_S) as scope:
+                token = _REQUEST_SCOPE.set(scope)
+                try:
+                    response = await self._answer(
+                        request, functools.partial(_read_body, stream, conn)
+                    )
+                finally:
+                    _REQUEST_SCOPE.reset(token)
         except HttpError as exc:
             response = _error(exc.status, exc.message)
         if response is None:
