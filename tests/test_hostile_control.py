@@ -10,6 +10,7 @@ The cores are pure, so the attacks run on them directly, fast.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -32,7 +33,7 @@ from vsm_edge.agent.vsm.unit import CommandResult
 from vsm_edge.agent.web import http
 from vsm_edge.agent.web.client import StatusClient
 from vsm_edge.agent.web.command_route import CommandServer
-from vsm_edge.sync import Timestamp
+from vsm_edge.sync import ORMap, Timestamp, cbor_dumps
 
 T0 = 1_800_000_000_000
 NOW = 1_700_000_000_000
@@ -349,3 +350,78 @@ async def test_post_command_waits_for_its_own_timeout_past_the_http_request_time
         )
         nursery.cancel_scope.cancel()
     assert (answer["status"], answer["why"]) == ("timed-out", "no outcome within 0.6 s")
+
+
+# -- removal games in the mesh document, real agents -------------------------------------
+
+
+@pytest.fixture
+def trio_mesh(tmp_path: Path) -> Iterator[HostileMesh]:
+    creds = make_closed_zone(tmp_path / "admin", ["n1", "n2", "n3", "mallory"])
+    m = HostileMesh(tmp_path, creds, ["n1", "n2", "n3"])
+    try:
+        m.start()
+        yield m
+    finally:
+        m.close()
+
+
+def alarm_states(m: HostileMesh, alarm_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in m.names:
+        status = m.agent(name).status()
+        found = None
+        if status is not None:
+            found = next((a for a in status["algedonic"]["alarms"] if a["id"] == alarm_id), None)
+        out[name] = None if found is None else (found["state"], found.get("acked_by"))
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_members_removal_of_another_nodes_records_does_not_make_replicas_disagree(
+    trio_mesh: HostileMesh,
+) -> None:
+    """n1 raises a critical alarm, n2 acknowledges it, every node agrees. mallory
+    sends one delta: a removal record naming every dot of n2's (their counters
+    are in any status's version vector; a pushed removal may name any dots the
+    receiver holds, docs/protocol.md §3.4). n3 restarts and loads its mesh
+    document. It said ``raised`` (critical: safe mode) while n1 and n2 said
+    acknowledged: the removal had taken n2's record out of every document and
+    only the ledgers' memory kept it. Now n2 writes its removed record again."""
+    m = trio_mesh
+    raised = m.agent("n1").raise_alarm(0.99, "estop", "real")
+    alarm_id = raised["id"]
+    wait_for(lambda: all(alarm_states(m, alarm_id).values()), 15, "the alarm everywhere")
+    client = m.agent("n2").client()
+    assert client is not None
+    client.request("POST", f"/alarm/{alarm_id}/ack")
+    acked = ("acknowledged", "n2")
+    wait_for(lambda: set(alarm_states(m, alarm_id).values()) == {acked}, 15, "the ack everywhere")
+    with adversary(m) as mallory:
+        statuses = m.statuses() or []
+        vv = statuses[0]["replication"]["vv"]
+        base = max(s["replication"]["vv"].get("mallory", 0) for s in statuses)
+        dot = ["mallory", base + 1]
+        removal = [14, {"mallory": [base + 1, base + 1]}, [],
+                   [[dot, [["n2", i] for i in range(1, vv["n2"] + 1)]]]]  # fmt: skip
+        ORMap.from_cbor(removal)  # a valid delta
+        mallory.send("d", "delta", [["mesh", cbor_dumps(removal)]])
+
+        def removed_everywhere() -> bool:
+            return all(
+                (s := m.agent(n).status()) is not None
+                and s["replication"]["vv"].get("mallory", 0) >= base + 1
+                for n in m.names
+            )
+
+        wait_for(removed_everywhere, 15, "every agent to apply mallory's removal")
+    m.restart_agents(["n3"])
+    wait_for(lambda: all(alarm_states(m, alarm_id).values()), 30, "n3 to list the alarm again")
+    with contextlib.suppress(AssertionError, TimeoutError):
+        wait_for(lambda: alarm_states(m, alarm_id)["n3"] == acked, 15, "n3 to say acknowledged")
+    states = alarm_states(m, alarm_id)
+    print(f"\nafter mallory's removal and n3's restart: {states}")
+    assert states == {"n1": acked, "n2": acked, "n3": acked}
+    assert m.dead() == []

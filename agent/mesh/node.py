@@ -656,9 +656,35 @@ class Agent:
             return
         self.runtime.alarms.merge_record(writer, alarm_id, record)
 
+    def _reassert_alarm_records(self) -> None:
+        """Our alarm records that a removal by another node took out of the mesh
+        document: written again at the next round.
+
+        A pushed removal may name any dots its receiver holds (docs/protocol.md
+        §3.4), so a member can remove our acknowledgement from every replica's
+        document with one delta; the ledgers keep it in memory, but a replica
+        that restarts (or an aggregator, which keeps no store) would not know it.
+        """
+        assert self.runtime is not None
+        if self.replicator is None:
+            return
+        mesh = self.replicator.docs[MESH_DOC]
+        assert isinstance(mesh, CrdtDocument)
+        state = mesh.state
+        ledger = self.runtime.alarms.ledger
+        for alarm_id, entry in ledger.entries.items():
+            if self.node not in entry.records:
+                continue
+            key = alarm_key(self.node, alarm_id)
+            if state.get(key, CausalLWWRegister).latest_by(self.node) is None:
+                log.info("alarm record %s removed by another node: written again", key)
+                ledger.mark_dirty(alarm_id)
+
     def _on_mesh_change(self, doc: str, delta: Any, local: bool) -> None:
         if local or self.runtime is None:
             return
+        if isinstance(delta, ORMap) and delta.record_count():
+            self._reassert_alarm_records()
         now_ms = self._wall_clock()
         for key, frozen in delta.value().items():
             info = parse_key(key)
