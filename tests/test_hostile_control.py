@@ -141,6 +141,26 @@ def test_an_acknowledgement_from_a_clock_behind_the_raise_still_counts() -> None
     assert lg.critical_pain() == 0.0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="no deterministic anchor bounds a record's stamps from above (the register's "
+    "own stamp is the writer's too): a far-future settling stamp keeps the alarm, and a "
+    "slot of its origin's max_per_writer share, on every replica for good (reported)",
+)
+def test_an_acknowledgement_stamped_far_in_the_future_does_not_pin_the_alarm() -> None:
+    """mallory acknowledges n2's alarm at wall 2^47 ms (year 6429): the retention
+    rule, reading the settling stamp's age, never forgets it; acknowledging each
+    of n2's alarms so would fill n2's share (256) on every replica for good, after
+    which n2's new alarms are refused everywhere."""
+    raise_ = critical("n2", 0)
+    lg = ledger("n1")
+    lg.merge("n2", raise_.id, AlarmRecord(signal=raise_))
+    lg.merge("mallory", raise_.id, AlarmRecord(acked=Timestamp(1 << 47, 0, "mallory")))
+    assert lg.entries[raise_.id].state == "acknowledged"
+    lg.expired(T0 + 3 * lg.retention_ms)
+    assert raise_.id not in lg.entries
+
+
 # -- remote commands --------------------------------------------------------------------
 
 
