@@ -83,10 +83,16 @@ from ..vsm.alarm_ledger import AlarmLedger
 from ..vsm.algedonic import Signal, decode_peer_signal
 from ..vsm.settings import AlgedonicConfig
 from ..web.command_route import CommandServer
-from ..web.http import BodyReader, HttpError, HttpResponse, ReadOnlyServer, json_response
+from ..web.http import (
+    BodyReader,
+    HttpError,
+    HttpResponse,
+    ReadOnlyServer,
+    json_response,
+    require_json_post,
+)
 from ..web.metrics import view_families
 from ..web.routes import dashboard_response, metrics_response
-from ..web.status import require_json_post
 from ..web.view import (
     History,
     LagTracker,
@@ -534,9 +540,7 @@ class _AggregatorServer(CommandServer):
         if path == "/command":
             if not self.commands_enabled:  # without --commands: a read-only server's answer
                 return await ReadOnlyServer.handle(self, request, read_body)
-            if request.method == b"POST":
-                require_json_post(request)
-            return await super().handle(request, read_body)
+            return await super().handle(request, read_body)  # CommandServer checks it
         match = _ACK.match(path)
         if match is None:
             return await super().handle(request, read_body)

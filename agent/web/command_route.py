@@ -33,6 +33,7 @@ from .http import (
     Route,
     extend_request_deadline,
     json_response,
+    require_json_post,
 )
 from .json_input import JsonInputError, decode_json
 
@@ -87,6 +88,7 @@ class CommandServer(ReadOnlyServer):
             return await super().handle(request, read_body)
         if request.method != b"POST":
             raise HttpError(405, "method not allowed (use POST)")
+        require_json_post(request)
         try:
             obj = decode_json(await read_body(MAX_BODY))
         except JsonInputError as exc:

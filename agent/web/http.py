@@ -57,6 +57,7 @@ __all__ = [
     "ServerStatistics",
     "extend_request_deadline",
     "json_response",
+    "require_json_post",
 ]
 
 log = logging.getLogger("vsm_edge.agent.http")
@@ -410,3 +411,19 @@ async def _linger(stream: trio.SocketStream) -> None:
 
 def _error(status: int, message: str) -> HttpResponse:
     return json_response({"error": message}, status)
+
+
+def require_json_post(request: h11.Request) -> None:
+    """415 unless a POST says ``Content-Type: application/json``.
+
+    A page of another site open in the operator's browser can make it send a
+    form or a plain-text POST to a loopback address, but not one with this
+    header without asking first (a CORS preflight, which no route here
+    answers): no state changes from a stray web page.
+    """
+    for name, value in request.headers:
+        if name == b"content-type" and value.split(b";", 1)[0].strip().lower() == (
+            b"application/json"
+        ):
+            return
+    raise HttpError(415, "a POST needs Content-Type: application/json")

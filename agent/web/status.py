@@ -60,6 +60,7 @@ from .http import (
     HttpResponse,
     HttpServer,
     json_response,
+    require_json_post,
 )
 from .json_input import JsonInputError, decode_json
 
@@ -217,22 +218,6 @@ class StatusServer(HttpServer):
             {"id": alarm.signal.id, "delivered": True, "critical": alarm.critical, "durable": True},
             201,
         )
-
-
-def require_json_post(request: h11.Request) -> None:
-    """415 unless a POST says ``Content-Type: application/json``.
-
-    A page of another site open in the operator's browser can make it send a
-    form or a plain-text POST to a loopback address, but not one with this
-    header without asking first (a CORS preflight, which no route here
-    answers): no state changes from a stray web page.
-    """
-    for name, value in request.headers:
-        if name == b"content-type" and value.split(b";", 1)[0].strip().lower() == (
-            b"application/json"
-        ):
-            return
-    raise HttpError(415, "a POST needs Content-Type: application/json")
 
 
 def _not_durable(response: HttpResponse) -> HttpResponse:
