@@ -138,16 +138,22 @@ def test_an_active_alarm_is_never_forgotten_and_orphans_are() -> None:
     assert lg.get("f" * 32) is None
 
 
-def test_a_writers_records_and_the_orphans_are_bounded() -> None:
-    lg = ledger("me", max_per_writer=4, max_orphans=3)
+def test_records_are_all_taken_and_heard_alarms_are_bounded_per_origin() -> None:
+    """Records come from the mesh document (which bounds them): all taken, so the
+    ledger is the same on every replica; alarms only *heard* are bounded by origin."""
+    lg = ledger("me", max_per_writer=4)
     for i in range(6):
         lg.merge("spammer", f"{i:032x}", AlarmRecord(acked=Timestamp(T0, 0, "spammer")))
-    assert len(lg.entries) == 3
-    assert lg.refused == 3
+    assert len(lg.entries) == 6
+    assert lg.refused == 0
     for i in range(6):
-        s = signal("loud", 0.5, T0 + i)
-        lg.merge("loud", s.id, AlarmRecord(signal=s))
+        lg.hear(signal("loud", 0.5, T0 + i))
     assert sum(1 for e in lg.alarms() if e.signal and e.signal.node == "loud") == 4
+    assert lg.refused == 2
+    late = signal("loud", 0.5, T0 + 4)  # refused when heard, known once its record arrives
+    lg.merge("loud", late.id, AlarmRecord(signal=late))
+    assert lg.get(late.id) is not None
+    assert lg.get(late.id).signal == late  # type: ignore[union-attr]
 
 
 def test_our_oldest_non_critical_alarms_are_cleared_beyond_the_bound() -> None:

@@ -78,12 +78,6 @@ def test_a_members_share_is_freed_when_its_alarms_are_forgotten() -> None:
     assert lg.hear(critical("mallory", 20_000)) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger's bounds refuse by arrival order: a member past its share of "
-    "records is accepted on one replica and refused on another (a deterministic "
-    "choice of the records kept is a design change, reported)",
-)
 def test_honest_replicas_agree_on_an_alarm_whatever_order_a_members_records_arrive() -> None:
     """Mallory acknowledges n2's critical alarm, then writes a full share of
     orphan records (acknowledgements of ids nobody raised). A replica that got
@@ -141,17 +135,12 @@ def test_an_acknowledgement_from_a_clock_behind_the_raise_still_counts() -> None
     assert lg.critical_pain() == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no deterministic anchor bounds a record's stamps from above (the register's "
-    "own stamp is the writer's too): a far-future settling stamp keeps the alarm, and a "
-    "slot of its origin's max_per_writer share, on every replica for good (reported)",
-)
 def test_an_acknowledgement_stamped_far_in_the_future_does_not_pin_the_alarm() -> None:
     """mallory acknowledges n2's alarm at wall 2^47 ms (year 6429): the retention
     rule, reading the settling stamp's age, never forgets it; acknowledging each
     of n2's alarms so would fill n2's share (256) on every replica for good, after
-    which n2's new alarms are refused everywhere."""
+    which n2's new alarms are refused everywhere. A settled alarm raised more than
+    twice the retention ago is forgotten whatever its settling stamp."""
     raise_ = critical("n2", 0)
     lg = ledger("n1")
     lg.merge("n2", raise_.id, AlarmRecord(signal=raise_))

@@ -27,21 +27,28 @@ commutative, associative and idempotent. Acknowledged and cleared alarms are
 agrees why it is (not) in safe mode.
 
 Garbage collection (the rule docs/operations.md states): an alarm settled
-more than ``retention_s`` ago (by the settling stamp's wall time) is
-forgotten by every replica, and each writer removes its own record of it from
-the mesh document; a record of an alarm whose raise is unknown (an *orphan*:
-the origin already removed it, or it never arrived) is removed by its writer
+more than ``retention_s`` ago (by the settling stamp's wall time), or settled
+and raised more than twice ``retention_s`` ago (so that a settling stamp far
+in the future cannot pin it), is forgotten by every replica, and each writer
+removes its own record of it from the mesh document; a record of an alarm
+whose raise is unknown (an *orphan*: the origin already removed it, or it
+never arrived) is removed by its writer
 once its own stamp is older than ``retention_s``. A late record of a
 forgotten alarm is not taken back in. An acknowledgement or clearing stamped
 before the raise it answers is not counted once the raise is known (every
-replica that knows the raise ignores it alike). Bounds: a writer's records beyond
-``max_per_writer``, alarms heard on the algedonic channel from an origin that
-already has ``max_per_writer`` known alarms, orphans beyond ``max_orphans``
-and any alarm beyond ``max_entries`` in all are refused (counted): one member
-raising critical signal after signal fills its own share, never the room of
-the others' alarms;
-an origin that holds more than ``max_per_writer`` unsettled alarms of its own
-clears the oldest non-critical ones itself.
+replica that knows the raise ignores it alike).
+
+Bounds. Records come from the mesh document, which bounds them (its state
+limit): the ledger takes every one, so that it stays a function of the
+document, the same on every replica whatever order records arrive in (a bound
+that refused by arrival order would let one member make two honest replicas
+disagree). Alarms *heard* on the algedonic channel before their record
+arrives are bounded: from an origin that already has ``max_per_writer`` known
+alarms, or beyond ``max_entries`` in all, they are refused (counted) and known
+when their record arrives; one member raising critical signal after signal
+fills its own share, never the room of the others' alarms. An origin that
+holds more than ``max_per_writer`` unsettled alarms of its own clears the
+oldest non-critical ones itself.
 
 Pure: no clock reads (``now_ms`` is an argument), no I/O. The mesh
 (:mod:`vsm_edge.agent.mesh.schema`) encodes records; the VSM's
@@ -164,21 +171,17 @@ class AlarmLedger:
         critical: float,
         retention_s: float,
         max_per_writer: int = 256,
-        max_orphans: int = 1024,
         max_entries: int = 8192,
     ) -> None:
         self.node = node
         self.critical = critical
         self.retention_ms = int(retention_s * 1000)
         self.max_per_writer = max_per_writer
-        self.max_orphans = max_orphans
         self.max_entries = max_entries
         self.entries: dict[str, AlarmEntry] = {}
-        self._per_writer: dict[str, int] = {}
         self._per_origin: dict[str, int] = {}  # entries whose signal is known, by its node
         self._forgotten: dict[str, int] = {}  # id -> wall ms it was forgotten at
         self._dirty: set[str] = set()  # ids of our own records to (re)write
-        self._orphan_count = 0  # entries whose signal is unknown
         self.refused = 0  # records refused: over a bound, or of a forgotten alarm
         self.forgotten = 0
         self.changes = 0  # bumped on every change of any entry's state
@@ -260,25 +263,14 @@ class AlarmLedger:
         ):
             self.refused += 1
             return None
-        entry = self.entries.get(alarm_id)
-        if entry is None:
-            if (
-                self._per_writer.get(writer, 0) >= self.max_per_writer
-                or (record.signal is None and self._orphans() >= self.max_orphans)
-                or len(self.entries) >= self.max_entries
-            ):
-                self.refused += 1
-                return None
-            entry = self._entry(alarm_id, force=True)
-            assert entry is not None
+        # No bound here: the document bounds its records (module docstring).
+        entry = self._entry(alarm_id, force=True)
+        assert entry is not None
         if record.signal is not None and entry.signal is None:
             self._learn_signal(entry, record.signal)
         old = entry.records.get(writer)
         new = record if old is None else old.join(record)
         if new != old:
-            if old is None and self._per_writer.get(writer, 0) >= self.max_per_writer:
-                self.refused += 1
-                return entry
             self._set(entry, writer, new)
         return entry
 
@@ -304,7 +296,6 @@ class AlarmLedger:
 
     def _learn_signal(self, entry: AlarmEntry, signal: Signal) -> None:
         if entry.signal is None:
-            self._orphan_count -= 1
             self._per_origin[signal.node] = self._per_origin.get(signal.node, 0) + 1
         entry.signal = signal
         entry.critical = signal.pain and signal.intensity >= self.critical
@@ -314,17 +305,11 @@ class AlarmLedger:
         entry = self.entries.get(alarm_id)
         if entry is None and force:
             entry = self.entries[alarm_id] = AlarmEntry(alarm_id)
-            self._orphan_count += 1
         return entry
 
     def _set(self, entry: AlarmEntry, writer: str, record: AlarmRecord) -> None:
-        if writer not in entry.records:
-            self._per_writer[writer] = self._per_writer.get(writer, 0) + 1
         entry.records[writer] = record
         self.changes += 1
-
-    def _orphans(self) -> int:
-        return self._orphan_count
 
     # -- queries ---------------------------------------------------------------------
 
@@ -379,29 +364,25 @@ class AlarmLedger:
     def expired(self, now_ms: int) -> list[str]:
         """Forget what the retention rule says is over; the ids of our records to remove.
 
-        Settled alarms whose settling stamp is older than the retention, and
-        orphan records older than it.
+        Settled alarms whose settling stamp is older than the retention (or whose
+        raise is older than twice the retention), and orphan records older than it.
         """
         horizon = now_ms - self.retention_ms
         ours = []
         for alarm_id, entry in list(self.entries.items()):
             settled = entry.settled
             if entry.signal is not None:
-                old = settled is not None and settled.wall < horizon
+                old = settled is not None and (
+                    settled.wall < horizon or entry.signal.hlc.wall < horizon - self.retention_ms
+                )
             else:
                 old = all(r.newest_ms < horizon for r in entry.records.values())
             if not old:
                 continue
             if self.node in entry.records:
                 ours.append(alarm_id)
-            for writer in entry.records:
-                self._per_writer[writer] -= 1
-                if not self._per_writer[writer]:
-                    del self._per_writer[writer]
             del self.entries[alarm_id]
-            if entry.signal is None:
-                self._orphan_count -= 1
-            else:
+            if entry.signal is not None:
                 origin = entry.signal.node
                 self._per_origin[origin] -= 1
                 if not self._per_origin[origin]:
