@@ -271,6 +271,8 @@ BUILTIN_KINDS: Mapping[str, str] = {
     "simulated-sensor": "vsm_edge.agent.units.simulated:SimulatedSensor",
     "simulated-actuator": "vsm_edge.agent.units.simulated:SimulatedActuator",
     "firmware-bridge": "vsm_edge.agent.units.firmware:FirmwareBridgeUnit",
+    "modbus": "vsm_edge.agent.units.modbus:ModbusUnit",
+    "mqtt-source": "vsm_edge.agent.units.mqtt_source:MqttSourceUnit",
 }
 
 
