@@ -12,7 +12,8 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
-from support.brokers import free_port
+from support.brokers import Mosquitto, free_port, mosquitto, mosquitto_factory  # noqa: F401
+from support.mesh import AgentProcess, wait_until
 from support.modbus_server import ServerProcess, null_modem
 from support.vsm import config, running
 
@@ -352,4 +353,67 @@ async def test_an_exception_response_is_pain_with_its_reason() -> None:
                 )
                 rt.stop()
     finally:
+        server.stop()
+
+
+MODBUS_TOML = """
+[[units]]
+name = "plc"
+kind = "modbus"
+[units.options]
+host = "127.0.0.1"
+port = {port}
+period_s = 0.2
+
+[[units.options.registers]]
+name = "temperature"
+address = 0
+scale = 0.1
+unit = "°C"
+
+[[units.options.registers]]
+name = "energy"
+table = "input"
+address = 2
+type = "uint32"
+word_order = "little"
+"""
+
+
+@pytest.mark.integration
+def test_a_vsm_edge_run_process_reads_the_device_and_a_peer_process_sees_it(
+    tmp_path: Any, mosquitto: Mosquitto
+) -> None:
+    port = free_port()
+    server = ServerProcess("tcp", str(port), *SERVER_VALUES)
+    a = AgentProcess(tmp_path, "a1", mosquitto.url, sensors=0)
+    with a.config_path.open("a") as toml:
+        toml.write(MODBUS_TOML.format(port=port))
+    b = AgentProcess(tmp_path, "b1", mosquitto.url, sensors=0)
+    try:
+        a.start()
+        b.start()
+
+        def at_b() -> dict[str, Any] | None:
+            if b.status() is None:
+                return None
+            client = b.client()
+            assert client is not None
+            _, view = client.request("GET", "/view.json")
+            for node in view["nodes"]:
+                if node["node"] == "a1" and {"plc.temperature", "plc.energy"} <= set(
+                    node["readings"]
+                ):
+                    return dict(node["readings"])
+            return None
+
+        readings = wait_until(at_b, 60, "a1's modbus readings in b1's view")
+        assert readings["plc.temperature"] == pytest.approx(21.5)
+        assert readings["plc.energy"] == 70000
+        unit = a.wait_status()["s1"]["units"]["plc"]
+        assert unit["kind"] == "modbus"
+        assert unit["detail"]["failures"] == 0
+    finally:
+        a.stop()
+        b.stop()
         server.stop()
