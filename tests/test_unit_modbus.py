@@ -317,7 +317,7 @@ async def test_a_silent_device_is_pain_and_its_return_clears_it() -> None:
         async with running(cfg) as rt:
             await _until(lambda: ("pain", False) in _pain(rt), "pain")
             alarm = next(a for a in rt.algedonic.alarms.values() if a.signal.source == "s1.plc")
-            assert f"modbus tcp://127.0.0.1:{port}: cannot connect" in alarm.signal.reason
+            assert alarm.signal.reason == f"modbus tcp://127.0.0.1:{port}: cannot connect"
             refused = await rt.execute_command("plc", "setpoint", 20)
             assert not refused.accepted
             assert "cannot connect" in refused.reason
@@ -417,3 +417,39 @@ def test_a_vsm_edge_run_process_reads_the_device_and_a_peer_process_sees_it(
         a.stop()
         b.stop()
         server.stop()
+
+
+@pytest.mark.integration
+async def test_a_device_that_accepts_but_never_answers_is_a_timeout_and_pain() -> None:
+    # a TCP listener that takes the connection and the request, and says nothing
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    held: list[trio.socket.SocketType] = []
+
+    async def mute() -> None:
+        while True:
+            conn, _ = await listener.accept()
+            held.append(conn)
+
+    options = {"host": "127.0.0.1", "port": port, "period_s": 0.1, "timeout_s": 0.3,
+               "registers": [{"name": "t", "address": 0}]}  # fmt: skip
+    cfg = config({"units": [{"name": "plc", "kind": "modbus", "options": options}]})
+    with trio.fail_after(30), listener:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mute)
+            async with running(cfg) as rt:
+                await _until(lambda: ("pain", False) in _pain(rt), "pain")
+                alarm = next(a for a in rt.algedonic.alarms.values() if a.signal.source == "s1.plc")
+                assert alarm.signal.reason == (
+                    f"modbus tcp://127.0.0.1:{port}: reading holding 0 (t): no answer within 0.3 s"
+                )
+                assert held  # it did connect: the failure is the silence
+                detail = rt.status().s1.units["plc"].to_json()["detail"]
+                assert detail["polls"] >= 1
+                assert detail["failures"] >= 1
+                rt.stop()
+            nursery.cancel_scope.cancel()
+        for conn in held:
+            conn.close()

@@ -300,12 +300,14 @@ async def test_readings_from_device_payloads_and_commands_to_device_topics(
                 # a partial update only counts (no second pain)
                 await dev.publish("zigbee2mqtt/living_room", b'{"linkquality":90}', qos=1)
                 await _until(lambda: src.refusals.get("missing field") == 2, "counted")
+                await dev.publish("zigbee2mqtt/living_room", b" " * 70000, qos=1)
+                await _until(lambda: src.refusals.get("too large") == 2, "too large")
                 await dev.publish("zigbee2mqtt/living_room", Z2M.replace(b"21.85", b"22.0"),
                                   qos=1)  # fmt: skip
                 await _until(lambda: src.values["room_temp"] == 22.0, "a good value")
                 await _until(lambda: _pain(rt)[-1:] == [("pleasure", False)], "cleared")
                 assert _pain(rt) == [("pain", True), ("pleasure", False)]
-                assert src.refusals == {"not UTF-8": 2, "missing field": 2}
+                assert src.refusals == {"not UTF-8": 2, "missing field": 2, "too large": 2}
                 nursery.cancel_scope.cancel()
             rt.stop()
 

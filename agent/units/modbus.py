@@ -250,8 +250,9 @@ _READERS = {
 
 
 class _Link:
-    def __init__(self, make_client: Any, device_id: int) -> None:
+    def __init__(self, make_client: Any, device_id: int, timeout_s: float) -> None:
         self._make_client = make_client
+        self.timeout_s = timeout_s
         self._client: Any = None
         self.device_id = device_id
 
@@ -260,7 +261,7 @@ class _Link:
             client = self._make_client()
             if not client.connect():
                 client.close()
-                raise ModbusLinkError(f"cannot connect to {client}")
+                raise ModbusLinkError("cannot connect")
             self._client = client
         return self._client
 
@@ -270,11 +271,17 @@ class _Link:
             client.close()
 
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        from pymodbus.exceptions import ModbusException
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
         client = self._connected()
         try:
             response = getattr(client, method)(*args, **kwargs, device_id=self.device_id)
+        except ModbusIOException:
+            self.close()
+            raise ModbusLinkError(f"{what}: no answer within {self.timeout_s:g} s") from None
+        except ConnectionException:
+            self.close()
+            raise ModbusLinkError(f"{what}: the connection was lost") from None
         except (ModbusException, OSError, ValueError) as exc:
             self.close()
             raise ModbusLinkError(f"{what}: {exc}") from None
@@ -373,7 +380,7 @@ class ModbusUnit:
             for r in self.registers if r.writable
         )  # fmt: skip
         self._writable = {r.name: r for r in self.registers if r.writable}
-        self._link = _Link(self._make_client, self.device_id)
+        self._link = _Link(self._make_client, self.device_id, self.timeout_s)
         self._limiter = trio.CapacityLimiter(1)
         self._pained = False
         self.polls = self.failures = self.refusals = self.writes = 0

@@ -310,9 +310,9 @@ class MqttSourceUnit:
         if not isinstance(client_id, str):
             raise UnitError(f"{where}: client_id must be a string")
         try:
-            self.settings = MqttSettings.from_url(
-                broker, client_id=client_id, max_payload=limit, session_expiry=0
-            )
+            # the transport's own bound (1 MiB) stays above ours, so a payload over
+            # max_payload_bytes arrives and is counted; the broker drops bigger ones
+            self.settings = MqttSettings.from_url(broker, client_id=client_id, session_expiry=0)
         except ValueError as exc:
             raise UnitError(f"{where}: broker: {exc}") from None
         self.broker = f"{self.settings.host}:{self.settings.port}"
