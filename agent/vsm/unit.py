@@ -42,7 +42,8 @@ describes itself in a handshake) declares them then with
 A firmware-bridge unit plugs in here: the bridge describes each device's
 capabilities as plain readings and commands, which become a unit's
 :class:`ReadingSpec` and :class:`CommandSpec` (see :func:`unit_from_description`;
-the built-in kinds are in agent/units/: simulated.py, firmware.py).
+the built-in kinds are in agent/units/: simulated, firmware, system, onewire,
+exec, modbus, mqtt_source).
 """
 
 from __future__ import annotations
@@ -326,6 +327,8 @@ BUILTIN_KINDS: Mapping[str, str] = {
     "system": "vsm_edge.agent.units.system:SystemUnit",
     "onewire": "vsm_edge.agent.units.onewire:OneWireUnit",
     "exec": "vsm_edge.agent.units.exec:ExecUnit",
+    "modbus": "vsm_edge.agent.units.modbus:ModbusUnit",
+    "mqtt-source": "vsm_edge.agent.units.mqtt_source:MqttSourceUnit",
 }
 
 
