@@ -402,9 +402,26 @@ async def test_exec_command_passes_the_value_as_one_argument_without_a_shell(
         rt.stop()
 
 
+async def test_exec_trigger_command_runs_its_program_with_no_value(tmp_path: Path) -> None:
+    """A trigger (a push button: Home Assistant's ``button``) takes no value."""
+    out = tmp_path / "flushed"
+    argv = script(tmp_path, "flush.py", f"open({str(out)!r}, 'a').write('x')\n")
+    options = {"commands": {"flush": {"argv": argv, "kind": "trigger"}}}
+    async with running(cfg("exec", options, "pump")) as rt:
+        done = await rt.execute_command("pump", "flush", None)
+        assert done.accepted, done.reason
+        assert out.read_text() == "x"
+        refused = await rt.execute_command("pump", "flush", 1)
+        assert not refused.accepted
+        assert "takes no value" in refused.reason
+        assert out.read_text() == "x"  # not run
+        rt.stop()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"commands": {"go": {"argv": ["x", "{value}"], "kind": "trigger"}}}, "takes no value"),
         ({}, "option argv is required"),
         ({"argv": "echo 1"}, "option argv must be a non-empty list of strings"),
         ({"argv": []}, "option argv must be a non-empty list"),

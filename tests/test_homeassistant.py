@@ -424,6 +424,11 @@ PLATFORMS: dict[str, dict[str, set[str]]] = {
         "allowed": {"command_topic", "command_template", "state_topic", "value_template",
                     "min", "max", "mode", "pattern", "optimistic", "retain"},
     },
+    "button": {
+        "required": {"command_topic"},
+        "allowed": {"command_topic", "command_template", "payload_press", "retain",
+                    "device_class"},
+    },
 }  # fmt: skip
 # a sample of abbreviations.py: a config must use the full names only
 ABBREVIATIONS = {
@@ -517,6 +522,9 @@ def check_config(component: str, config: dict[str, Any]) -> None:
     elif component == "text":
         assert 0 <= config.get("min", 0) <= config["max"] <= 255  # MAX_LENGTH_STATE_STATE
         assert config.get("mode", "text") in ("text", "password")
+    elif component == "button":
+        assert isinstance(config.get("payload_press", "PRESS"), str)
+        assert config.get("device_class") in (None, "identify", "restart", "update")
 
 
 CONFIG_TOPIC = re.compile(
@@ -542,6 +550,7 @@ RICH_COMMANDS = [
     CommandInfo("pump", "on", "bool"),
     CommandInfo("panel", "say", "text"),
     CommandInfo("panel", "mode", "text", options=("eco", "comfort", "off")),
+    CommandInfo("pump", "flush", "trigger"),
 ]
 
 
@@ -560,7 +569,7 @@ def test_every_discovery_config_fits_home_assistants_schema_for_its_platform() -
     assert len(entity_ids) == len(messages)
     assert components == {
         "sensor": len(RICH_READINGS) + 2, "binary_sensor": 2,
-        "number": 2, "switch": 1, "text": 1, "select": 1,
+        "number": 2, "switch": 1, "text": 1, "select": 1, "button": 1,
     }  # fmt: skip
 
 
@@ -604,6 +613,7 @@ def test_discovery_fields_one_by_one() -> None:
         "c_pump_on",
         "c_panel_say",
         "c_panel_mode",
+        "c_pump_flush",
     }
     valve = commands["c_valve_set"]
     assert (valve["min"], valve["max"], valve["step"]) == (0.0, 10.0, 0.5)
@@ -924,3 +934,20 @@ async def test_agent_clears_a_removed_units_entities_over_mosquitto(
         assert air_topic not in read_memory(tmp_path / "data" / MEMORY_FILE)
         assert seen[temp_topic].count(b"") == 0
         nursery.cancel_scope.cancel()
+
+
+def test_a_trigger_command_is_a_button_that_sends_no_value() -> None:
+    (topic, raw), = command_messages(
+        "homeassistant", "home", "ha1", [CommandInfo("pump", "flush", "trigger")]
+    )
+    config = json.loads(raw)
+    assert topic == "homeassistant/button/vsm_home_ha1/c_pump_flush/config"
+    assert config["payload_press"] == "PRESS"
+    assert config["command_topic"] == "vsm-edge/home/ha1/cmd/pump/flush"
+    assert "optimistic" not in config  # not a button key
+    infos = {"pump.flush": CommandInfo("pump", "flush", "trigger")}
+    assert parse_command("home", "ha1", config["command_topic"], b"PRESS", infos) == (
+        "pump", "flush", None,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="is a button"):
+        parse_command("home", "ha1", config["command_topic"], b"1", infos)

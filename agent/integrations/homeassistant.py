@@ -408,7 +408,8 @@ def command_topic(mesh: str, node: str, unit: str, command: str) -> str:
 MAX_TEXT = 255  # HA's limit of a text entity's max length
 NUMBER_RANGE = 1e9  # a number's missing bound: HA needs both
 DEFAULT_STEP = 0.001  # a number's step when the command declares none (HA's smallest)
-COMMAND_COMPONENTS = frozenset({"number", "switch", "text", "select"})
+COMMAND_COMPONENTS = frozenset({"number", "switch", "text", "select", "button"})
+PRESS = "PRESS"  # a button's payload (HA's default payload_press)
 
 
 def _bounds(info: CommandInfo) -> tuple[float, float]:
@@ -425,7 +426,7 @@ def _commandable(info: CommandInfo) -> bool:
         if not low < high:
             return False
     return (
-        info.kind in ("number", "bool", "text")
+        info.kind in ("number", "bool", "text", "trigger")
         and bool(info.unit)
         and bool(info.command)
         and not _TOPIC_UNSAFE & set(info.unit + info.command)
@@ -441,13 +442,18 @@ def _commands(
             component = "number"
         elif info.kind == "bool":
             component = "switch"
+        elif info.kind == "trigger":
+            component = "button"
         else:
             component = "select" if info.options else "text"
         obj = object_id(f"c_{info.key}")
         topic, payload = _entity(prefix, mesh, node, component, obj, info.key, info.key)
         payload["command_topic"] = command_topic(mesh, node, info.unit, info.command)
-        payload["optimistic"] = True
         payload["retain"] = False
+        if component == "button":
+            payload["payload_press"] = PRESS
+        else:
+            payload["optimistic"] = True
         if component == "number":
             payload["min"], payload["max"] = _bounds(info)
             payload["step"] = info.step if info.step is not None else DEFAULT_STEP
@@ -457,7 +463,7 @@ def _commands(
             payload["payload_off"] = "false"
         elif component == "select":
             payload["options"] = list(info.options or ())
-        else:
+        elif component == "text":
             payload["max"] = MAX_TEXT
         out.append((topic, _encode(payload), info.unit))
     return out
@@ -471,8 +477,9 @@ def command_messages(
     ``number`` (bounds as declared, a missing bound is +-1e9 as HA needs both;
     ``step`` as declared, else 0.001), ``switch`` (payloads ``true`` /
     ``false``), ``select`` for a text command with ``options``, else ``text``
-    (at most 255 characters, HA's limit); each optimistic (the unit's state is
-    its readings), at most :data:`MAX_ENTITIES`. Commands whose names cannot be
+    (at most 255 characters, HA's limit), ``button`` for a trigger (payload
+    ``PRESS``); each but the button optimistic (the unit's state is its
+    readings), at most :data:`MAX_ENTITIES`. Commands whose names cannot be
     topic levels (``/``, ``+``, ``#``), or numbers whose bounds leave no range,
     are left out.
     """
@@ -502,6 +509,10 @@ def parse_command(
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("payload is not UTF-8") from None
+    if info.kind == "trigger":
+        if text.strip() != PRESS:
+            raise ValueError(f"{info.key} is a button: expects {PRESS}, got {text[:32]!r}")
+        return unit, command, None
     if info.kind == "bool":
         word = text.strip().lower()
         if word not in ("true", "false", "on", "off"):

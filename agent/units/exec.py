@@ -146,8 +146,14 @@ class ExecUnit:
                 raise opts.error(key, f"has unknown key {sorted(unknown)[0]!r}")
             argv = _argv(opts, f"{key}.argv", spec.get("argv"))
             kind = spec.get("kind", "number")
-            if kind not in ("number", "bool", "text"):
-                raise opts.error(f"{key}.kind", f"must be number, bool or text, got {kind!r}")
+            if kind not in ("number", "bool", "text", "trigger"):
+                raise opts.error(
+                    f"{key}.kind", f"must be number, bool, text or trigger, got {kind!r}"
+                )
+            if kind == "trigger" and PLACEHOLDER in argv:
+                raise opts.error(
+                    f"{key}.argv", f"a trigger takes no value: leave {PLACEHOLDER} out"
+                )
             bounds = []
             for b in ("minimum", "maximum"):
                 v = spec.get(b)

@@ -105,7 +105,8 @@ class ReadingSpec:
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A command a unit accepts. ``kind`` is number, bool or text; numbers may have bounds.
+    """A command a unit accepts. ``kind`` is number, bool, text or trigger (a command
+    that takes no value: its value is None, a push button); numbers may have bounds.
 
     ``step`` is a number's granularity, a hint for user interfaces (a Home
     Assistant ``number``); values off the step are not refused. ``options``
@@ -154,6 +155,8 @@ class CommandSpec:
             return f"expects true or false, got {value!r}"
         elif self.kind == "text" and not isinstance(value, str):
             return f"expects text, got {value!r}"
+        elif self.kind == "trigger" and value is not None:
+            return f"takes no value, got {value!r}"
         elif self.options is not None and value not in self.options:
             return f"expects one of {', '.join(self.options)}, got {str(value)[:32]!r}"
         return None
