@@ -363,6 +363,11 @@ class CausalCRDT:
         """How many removal records await garbage collection."""
         return len(self._records)
 
+    def removes_dots_of(self, node: str) -> bool:
+        """Whether its removal records name a dot of ``node`` (a delta that removes,
+        or overwrites, an entry ``node`` wrote)."""
+        return any(dot.node == node for dots in self._records.values() for dot in dots)
+
     def __len__(self) -> int:
         """The number of live entries (dots) in the store."""
         return len(self._index)

@@ -9,16 +9,14 @@ mistake in it is one ``config error: VSM_UNITS ...`` line.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from support.brokers import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
+from support.env_agent import env_agent
 
 from vsm_edge.agent import ConfigError
 from vsm_edge.agent.config.env import MAX_UNITS_VALUE, config_from_env, env_table
@@ -157,7 +155,6 @@ def test_run_env_reports_bad_units_in_one_line_and_exits_1(tmp_path: Path) -> No
 @pytest.mark.integration
 def test_run_env_runs_the_units_of_vsm_units(tmp_path: Path, mosquitto: Mosquitto) -> None:
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "VSM_NODE_ID": "env1",
         "VSM_MESH": "envunits",
         "VSM_DATA_DIR": str(tmp_path / "state"),
@@ -166,34 +163,14 @@ def test_run_env_runs_the_units_of_vsm_units(tmp_path: Path, mosquitto: Mosquitt
         "VSM_STATUS_PORT": "0",
         "VSM_UNITS": UNITS_TOML_ONE_LINE,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vsm_edge.agent", "run", "--env"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-    )  # fmt: skip
-    try:
-        port_file = tmp_path / "state" / "status.port"
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the agent did not start"
-            time.sleep(0.1)
-        port = int(port_file.read_text().strip())
+    with env_agent(env, tmp_path / "state", tmp_path) as status:
         deadline = time.monotonic() + 30
         while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
-                text = r.read().decode()
-            if ("air-temp" in text and "fan" in text) or time.monotonic() > deadline:
+            units = status()["s1"]["units"]
+            if {"air-temp", "fan"} <= set(units) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert "air-temp" in text, text[:2000]
-        assert "fan" in text, text[:2000]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        assert {"air-temp", "fan"} <= set(units), units
 
 
 def test_a_base_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:

@@ -101,6 +101,20 @@ def test_awset_repeated_adds_keep_one_dot_per_element() -> None:
     assert s.compact(s.digest()).record_count() == 0
 
 
+def test_a_delta_says_whose_dots_it_removes() -> None:
+    t = Timestamp(1, 0, "a")
+    m = ORMap()
+    mine = m.update("a", "a/x", CausalLWWRegister, lambda r: r.set("a", t, 1))
+    m = m.merge(mine)
+    assert not mine.removes_dots_of("a")  # a first write removes nothing
+    own = m.update("a", "a/x", CausalLWWRegister, lambda r: r.set("a", Timestamp(2, 0, "a"), 2))
+    assert own.removes_dots_of("a")  # an overwrite removes the old entry
+    assert not own.removes_dots_of("b")
+    theirs = m.remove("b", "a/x")
+    assert theirs.removes_dots_of("a")  # b removes an entry a wrote
+    assert not theirs.removes_dots_of("b")
+
+
 def test_awset_mutation_delta_is_tiny_and_carries_its_dot() -> None:
     s = AWSet()
     for i in range(100):

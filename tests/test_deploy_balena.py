@@ -18,15 +18,11 @@ registry: not here.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +37,7 @@ from support.brokers import (  # noqa: F401
     require_tool,
     wait_for_port,
 )
+from support.env_agent import env_agent
 
 from vsm_edge.agent.config.env import ENV_VARS, RUN_ENV_VARS
 
@@ -427,7 +424,6 @@ def test_a_unit_module_in_the_units_folder_runs_from_vsm_units(
     units.mkdir()
     (units / "greenhouse_units.py").write_text(UNIT_MODULE)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(units),
         "VSM_NODE_ID": "bal1",
         "VSM_MESH": "balena",
@@ -437,32 +433,13 @@ def test_a_unit_module_in_the_units_folder_runs_from_vsm_units(
         "VSM_STATUS_PORT": "0",
         "VSM_UNITS": '[{"name": "lux", "kind": "greenhouse_units:lux"}]',
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vsm_edge.agent", "run", "--env"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-    )  # fmt: skip
-    try:
-        port_file = tmp_path / "data" / "status.port"
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the agent did not start"
-            time.sleep(0.1)
-        port = int(port_file.read_text().strip())
+    with env_agent(env, tmp_path / "data", tmp_path) as status:
         deadline = time.monotonic() + 30
         while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
-                unit = json.loads(r.read())["s1"]["units"].get("lux", {})
+            unit = status()["s1"]["units"].get("lux", {})
             if unit.get("emitted", 0) > 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert unit.get("kind") == "greenhouse_units:lux", unit
         assert unit["state"] == "running", unit
         assert unit["emitted"] > 0, unit  # the module's readings flow
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()

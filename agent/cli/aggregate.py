@@ -78,7 +78,7 @@ from vsm_edge.sync import (
 from .._errors import AgentError
 from ..mesh.commands import CommandError, CommandOutcome, Commands
 from ..mesh.ingress import OPEN_ZONE, gateway_check
-from ..mesh.schema import MESH_DOC, alarm_key, alarm_record_value, parse_alarm_record, parse_key
+from ..mesh.schema import MESH_DOC, alarm_key, alarm_record_in, alarm_record_value, parse_key
 from ..vsm.alarm_ledger import AlarmLedger
 from ..vsm.algedonic import Signal, decode_peer_signal
 from ..vsm.settings import AlgedonicConfig
@@ -394,9 +394,7 @@ class Aggregator:
                 info = parse_key(key)
                 if info is None or info.kind != "alarm" or mesh.ledger is None:
                     continue
-                # only the entry the key's node wrote counts (as on the agents)
-                own = delta.get(key, CausalLWWRegister).latest_by(info.origin)
-                record = None if own is None else parse_alarm_record(info.origin, thaw(own[1]))
+                record = alarm_record_in(delta, key, info.origin)  # as on the agents
                 if record is None:
                     mesh.ledger.refused += 1
                 else:

@@ -104,9 +104,9 @@ from .ingress import OPEN_ZONE, IngressGuard
 from .schema import (
     MESH_DOC,
     alarm_key,
+    alarm_record_in,
     alarm_record_value,
     lease_key,
-    parse_alarm_record,
     parse_key,
     parse_reading,
     reading_key,
@@ -635,7 +635,7 @@ class Agent:
         mesh = self.replicator.docs[MESH_DOC]
         assert isinstance(mesh, CrdtDocument)
         state = mesh.state
-        for key in state.value():
+        for key in state.keys():  # noqa: SIM118 (an ORMap, not a dict: no __iter__)
             info = parse_key(key)
             if info is not None and info.kind == "alarm":
                 self._on_alarm_record(state, key, info.origin, info.name)
@@ -644,15 +644,10 @@ class Agent:
         """``writer``'s record of ``alarm_id``: only an entry of the register that
         ``writer`` wrote (its dot) counts, whatever another member wrote under its key."""
         assert self.runtime is not None
-        own = delta.get(key, CausalLWWRegister).latest_by(writer)
-        if own is None:
-            self.runtime.alarms.ledger.refused += 1
-            log.debug("alarm record %s refused: not written by %s", key, writer)
-            return
-        record = parse_alarm_record(writer, thaw(own[1]))
+        record = alarm_record_in(delta, key, writer)
         if record is None:
             self.runtime.alarms.ledger.refused += 1
-            log.debug("alarm record %s refused: malformed", key)
+            log.debug("alarm record %s refused: malformed or not written by %s", key, writer)
             return
         self.runtime.alarms.merge_record(writer, alarm_id, record)
 
@@ -683,8 +678,8 @@ class Agent:
     def _on_mesh_change(self, doc: str, delta: Any, local: bool) -> None:
         if local or self.runtime is None:
             return
-        if isinstance(delta, ORMap) and delta.record_count():
-            self._reassert_alarm_records()
+        if isinstance(delta, ORMap) and delta.removes_dots_of(self.node):
+            self._reassert_alarm_records()  # not on honest peers' own overwrites
         now_ms = self._wall_clock()
         for key, frozen in delta.value().items():
             info = parse_key(key)

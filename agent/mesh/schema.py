@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final, Literal, NamedTuple
 
-from vsm_edge.sync import Timestamp
+from vsm_edge.sync import CausalLWWRegister, ORMap, Timestamp, thaw
 
 from ..vsm.alarm_ledger import AlarmRecord
 from ..vsm.algedonic import Signal, SignalError
@@ -49,6 +49,7 @@ __all__ = [
     "KeyKind",
     "MeshKeyInfo",
     "alarm_key",
+    "alarm_record_in",
     "alarm_record_value",
     "lease_key",
     "parse_alarm_record",
@@ -108,6 +109,14 @@ def alarm_record_value(record: AlarmRecord) -> dict[str, Any]:
     if record.cleared is not None:
         out["clr"] = record.cleared.packed
     return out
+
+
+def alarm_record_in(state: ORMap, key: str, writer: str) -> AlarmRecord | None:
+    """``writer``'s alarm record under ``key`` in ``state`` (a mesh document or delta),
+    or None: only an entry ``writer`` wrote (its dot) counts, whatever another
+    member wrote under its key or stamped in its name."""
+    own = state.get(key, CausalLWWRegister).latest_by(writer)
+    return None if own is None else parse_alarm_record(writer, thaw(own[1]))
 
 
 def parse_alarm_record(writer: str, value: object) -> AlarmRecord | None:
